@@ -15,7 +15,7 @@ use crate::BlobError;
 /// The account and key Azurite and the old storage emulator accept (public, documented).
 const DEV_ACCOUNT: &str = "devstoreaccount1";
 const DEV_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UFErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 const DEV_ENDPOINT: &str = "http://127.0.0.1:10000";
 /// A REST API version every Azure Storage service and Azurite release of recent years accepts.
 const API_VERSION: &str = "2021-08-06";
