@@ -70,9 +70,11 @@ async fn round_trip(backend: Backend) {
     if !measured {
         println!("{backend:?}: peak RSS cannot be reset on this system; growth not checked");
     } else if backend == Backend::Memory {
-        // The memory store holds the blob by definition; what must not happen is a second copy.
+        // The memory store holds the blob by definition, and object_store's InMemory joins the
+        // parts of a multipart upload into one buffer while the parts still exist (two copies
+        // for a moment). What must not happen on top of that is a copy of ours.
         assert!(
-            growth < SIZE + BUDGET,
+            growth < 2 * SIZE + BUDGET,
             "{backend:?}: peak RSS grew by {growth} bytes"
         );
     } else {
