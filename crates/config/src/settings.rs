@@ -10,7 +10,7 @@ use tessera_blob::{BlobStoreLocation, ContainerNames};
 use tessera_core::FormatType;
 use uuid::Uuid;
 
-use crate::sources::{Origin, RawConfig};
+use crate::sources::{Origin, RawConfig, RawValue};
 use crate::values::{
     format_timespan, parse_bool, parse_datetime, parse_guid, parse_number, parse_timespan,
 };
@@ -131,17 +131,11 @@ impl Binder<'_> {
         parse: impl Fn(&str) -> Result<T, String>,
         show: impl Fn(&T) -> String,
     ) -> Result<T, ConfigError> {
-        let mut best = None;
-        for key in keys {
-            if let Some(found) = self.raw.get(key) {
-                if best
-                    .as_ref()
-                    .is_none_or(|(_, b): &(_, &crate::sources::RawValue)| {
-                        found.origin.rank() > b.origin.rank()
-                    })
-                {
-                    best = Some((*key, found));
-                }
+        // Strongest source first; among equals, the earlier spelling in `keys`.
+        let mut best: Option<(&'static str, &RawValue)> = None;
+        for (key, found) in keys.iter().filter_map(|k| Some((*k, self.raw.get(k)?))) {
+            if best.is_none_or(|(_, b)| found.origin.rank() > b.origin.rank()) {
+                best = Some((key, found));
             }
         }
         let (value, origin) = match best {
