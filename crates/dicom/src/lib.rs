@@ -1,0 +1,36 @@
+//! Tessera's DICOM knowledge, over the dicom-rs crates.
+//!
+//! - [`scan_header`] reads a Part-10 instance from a *prefix* of its bytes, up to the Pixel Data
+//!   element, so that a store can learn the UIDs and attributes of an instance while the rest of
+//!   it streams on to the blob store (the instance is never held whole in memory).
+//! - [`InstanceHeader`] validates what STOW requires (orig E), extracts the instance identifier
+//!   and the attributes the index keeps, and renders the metadata JSON (PS3.18 F.2, without group
+//!   0002 and without bulk data, orig A.4).
+//! - [`FragmentScanner`] follows encapsulated pixel data as it streams past, to record the byte
+//!   range of each fragment, from which [`FrameRanges`] are built.
+
+mod frames;
+mod header;
+
+pub use frames::{FragmentScanner, FrameRange, FrameRanges};
+pub use header::{
+    HeaderScan, IndexAttributes, InstanceHeader, PixelData, ValidationError, scan_header,
+};
+
+/// Why bytes are not a DICOM instance Tessera can store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DicomError {
+    /// No `DICM` magic code where a Part-10 file has one.
+    #[error("not a DICOM Part-10 file (no DICM magic code)")]
+    NotDicom,
+    /// The file meta information or the data set cannot be parsed.
+    #[error("malformed DICOM: {0}")]
+    Malformed(String),
+    /// A transfer syntax dicom-rs does not know.
+    #[error("unsupported transfer syntax {0}")]
+    UnsupportedTransferSyntax(String),
+    /// The header (everything before Pixel Data) is larger than Tessera buffers.
+    #[error("the DICOM header is larger than {0} bytes")]
+    HeaderTooLarge(usize),
+}

@@ -1,0 +1,131 @@
+//! The header reader on the real sample files, read whole and as growing prefixes.
+
+use std::path::PathBuf;
+
+use tessera_dicom::{FragmentScanner, HeaderScan, InstanceHeader, PixelData, scan_header};
+
+fn testdata() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata")
+}
+
+fn samples() -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for dir in [testdata(), testdata().join("transfer-syntaxes")] {
+        for entry in std::fs::read_dir(&dir).expect("testdata") {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "dcm") {
+                out.push((
+                    path.file_name().unwrap().to_string_lossy().into_owned(),
+                    std::fs::read(&path).unwrap(),
+                ));
+            }
+        }
+    }
+    assert!(out.len() >= 15, "expected the shared samples");
+    out
+}
+
+/// Feeds growing prefixes like a store does, doubling from 4 KiB.
+fn incremental(bytes: &[u8]) -> InstanceHeader {
+    let mut len = 4096;
+    loop {
+        let complete = len >= bytes.len();
+        match scan_header(&bytes[..len.min(bytes.len())], complete).unwrap() {
+            HeaderScan::Complete(header) => return *header,
+            HeaderScan::NeedMore => {
+                assert!(!complete);
+                len *= 2;
+            }
+        }
+    }
+}
+
+#[test]
+fn every_sample_has_a_header_with_its_uids() {
+    for (name, bytes) in samples() {
+        let header = incremental(&bytes);
+        let id = header
+            .identifier()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(!id.sop.as_str().is_empty());
+        header
+            .index_attributes(false)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let json: serde_json::Value =
+            serde_json::from_slice(&header.metadata_json().unwrap()).unwrap();
+        let object = json.as_object().unwrap();
+        assert!(
+            object.contains_key("00080018"),
+            "{name}: SOP Instance UID in metadata"
+        );
+        assert!(
+            !object.keys().any(|k| k.starts_with("0002")),
+            "{name}: group 0002 in metadata"
+        );
+        assert!(
+            !object.contains_key("7FE00010"),
+            "{name}: pixel data in metadata"
+        );
+        assert!(
+            !object.values().any(|v| matches!(
+                v["vr"].as_str(),
+                Some("OB" | "OW" | "UN" | "OF" | "OD" | "OL" | "OV")
+            )),
+            "{name}: bulk data in metadata"
+        );
+    }
+}
+
+#[test]
+fn native_pixel_data_is_located_exactly() {
+    for (name, bytes) in samples() {
+        let header = incremental(&bytes);
+        if let Some(PixelData::Native { offset, length }) = header.pixel_data() {
+            assert_eq!(
+                offset + length,
+                bytes.len() as u64,
+                "{name}: pixel data is the last element"
+            );
+            let field = &bytes[offset as usize - 4..offset as usize];
+            let len = length as u32;
+            assert!(
+                field == len.to_le_bytes() || field == len.to_be_bytes(),
+                "{name}: the length field precedes the value"
+            );
+        }
+    }
+}
+
+#[test]
+fn encapsulated_frames_of_layer1_are_its_fragments() {
+    let bytes = std::fs::read(testdata().join("layer1.dcm")).unwrap();
+    let header = incremental(&bytes);
+    let Some(PixelData::Encapsulated { items_offset }) = header.pixel_data() else {
+        panic!("layer1 is encapsulated")
+    };
+    let mut scanner = FragmentScanner::new(items_offset);
+    for (i, chunk) in bytes.chunks(1000).enumerate() {
+        scanner.feed((i * 1000) as u64, chunk);
+    }
+    let ranges = scanner
+        .frame_ranges(header.frame_count())
+        .expect("one fragment per frame");
+    let first = ranges.0[0];
+    let fragment = &bytes[first.offset as usize..(first.offset + first.length) as usize];
+    assert_eq!(
+        &fragment[..2],
+        &[0xFF, 0xD8],
+        "a JPEG frame starts with SOI"
+    );
+}
+
+#[test]
+fn implicit_vr_and_garbage_are_told_apart() {
+    let case1 = std::fs::read(testdata().join("case1_008.dcm")).unwrap();
+    assert!(incremental(&case1).is_implicit_vr());
+    assert!(scan_header(b"definitely not dicom, just some text that goes on", true).is_err());
+    assert!(matches!(
+        scan_header(b"short", false),
+        Ok(HeaderScan::NeedMore)
+    ));
+}
