@@ -8,6 +8,10 @@ pub const INDEX: &str = "Tessera:Index";
 pub const BLOB_STORE: &str = "Tessera:BlobStore";
 /// Old-name read fallback in FormatType New.
 pub const READ_FALLBACK: &str = "Tessera:ReadFallback";
+/// A store still `Creating` after this long is considered crashed and swept.
+pub const STALE_STORE_TIMEOUT: &str = "Tessera:StaleStoreTimeout";
+/// Time between sweeps for crashed stores.
+pub const SWEEP_INTERVAL: &str = "Tessera:SweepInterval";
 
 /// Blob format: Old, Dual or New.
 pub const FORMAT_TYPE: &str = "DicomServer:Services:BlobMigration:FormatType";

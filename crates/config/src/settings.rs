@@ -44,6 +44,10 @@ pub struct TesseraSettings {
     pub blob_store: BlobStoreLocation,
     /// Read Old names when a New blob is missing in FormatType New.
     pub read_fallback: bool,
+    /// A store still `Creating` after this long is swept as crashed.
+    pub stale_store_timeout: Duration,
+    /// Time between sweeps.
+    pub sweep_interval: Duration,
 }
 
 /// The original's blob-migration settings, with Tessera's default format `New`.
@@ -279,6 +283,9 @@ impl Settings {
                 BlobStoreLocation::to_string,
             )?,
             read_fallback: b.boolean(keys::READ_FALLBACK, true)?,
+            stale_store_timeout: b
+                .timespan(keys::STALE_STORE_TIMEOUT, Duration::from_secs(3600))?,
+            sweep_interval: b.timespan(keys::SWEEP_INTERVAL, Duration::from_secs(300))?,
         };
         let blob_migration = BlobMigrationSettings {
             format_type: b.bind(

@@ -12,6 +12,7 @@
 mod frames;
 mod header;
 
+pub use dicom_dictionary_std::tags;
 pub use frames::{FragmentScanner, FrameRange, FrameRanges};
 pub use header::{
     HeaderScan, IndexAttributes, InstanceHeader, PixelData, ValidationError, scan_header,

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use tessera_blob::{FormatPolicy, InstanceBlobStore};
 use tessera_config::{Config, LoadOptions, keys};
+use tessera_index::InstanceIndex;
+use tessera_service::{DeletedInstanceCleanup, DicomService, ServiceSettings, StaleStoreSweeper};
 
 /// Tessera, a DICOMweb server for object storage.
 #[derive(Parser)]
@@ -106,6 +108,33 @@ async fn run_server(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         log_old_format_usage: migration.log_old_format_usage,
     };
     let blobs = Arc::new(InstanceBlobStore::new(containers, policy));
+    let index = InstanceIndex::open(&settings.tessera.index).await?;
+    let cleanup = &settings.deleted_instance_cleanup;
+    let service = DicomService::new(
+        index,
+        blobs,
+        ServiceSettings {
+            delete_delay: cleanup.delete_delay,
+        },
+    );
+    let workers = [
+        tokio::spawn(
+            DeletedInstanceCleanup {
+                polling_interval: cleanup.polling_interval,
+                batch_size: cleanup.batch_size,
+                max_retries: cleanup.max_retries,
+                retry_back_off: cleanup.retry_back_off,
+            }
+            .run(service.clone()),
+        ),
+        tokio::spawn(
+            StaleStoreSweeper {
+                timeout: settings.tessera.stale_store_timeout,
+                interval: settings.tessera.sweep_interval,
+            }
+            .run(service.clone()),
+        ),
+    ];
     let listener = tokio::net::TcpListener::bind(settings.tessera.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.tessera.listen))?;
@@ -115,10 +144,13 @@ async fn run_server(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         format = %migration.format_type,
         "listening on {address}"
     );
-    let app = tessera_http::router(tessera_http::AppState { blobs });
+    let app = tessera_http::router(tessera_http::AppState { service });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    for worker in workers {
+        worker.abort();
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -9,5 +9,7 @@
 pub mod backend;
 pub mod blob_suite;
 pub mod memory;
+pub mod server;
+pub mod synthetic;
 
 pub use backend::{Backend, TestContainers};

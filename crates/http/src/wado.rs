@@ -1,0 +1,313 @@
+//! WADO-RS: instances, metadata and frames (PS3.18 §10.4, orig D.2–D.3).
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt, stream};
+use tessera_core::InstanceIdentifier;
+use tessera_service::{DicomService, RetrieveScope, StoredInstance};
+
+use crate::multipart::{self, Part};
+use crate::stow::parse_uid;
+use crate::{ApiError, AppState, media};
+
+type StudyPath = Path<String>;
+type SeriesPath = Path<(String, String)>;
+type InstancePath = Path<(String, String, String)>;
+
+fn study_scope(study: &str) -> Result<RetrieveScope, ApiError> {
+    Ok(RetrieveScope::Study(parse_uid(study, "StudyInstanceUID")?))
+}
+
+fn series_scope((study, series): &(String, String)) -> Result<RetrieveScope, ApiError> {
+    Ok(RetrieveScope::Series(
+        parse_uid(study, "StudyInstanceUID")?,
+        parse_uid(series, "SeriesInstanceUID")?,
+    ))
+}
+
+fn instance_scope(
+    (study, series, sop): &(String, String, String),
+) -> Result<RetrieveScope, ApiError> {
+    Ok(RetrieveScope::Instance(InstanceIdentifier {
+        study: parse_uid(study, "StudyInstanceUID")?,
+        series: parse_uid(series, "SeriesInstanceUID")?,
+        sop: parse_uid(sop, "SOPInstanceUID")?,
+    }))
+}
+
+/// `GET /studies/{study}`.
+pub async fn study(
+    State(s): State<AppState>,
+    Path(p): StudyPath,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
+    retrieve(&s.service, study_scope(&p)?, &h, false).await
+}
+
+/// `GET /studies/{study}/series/{series}`.
+pub async fn series(
+    State(s): State<AppState>,
+    Path(p): SeriesPath,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
+    retrieve(&s.service, series_scope(&p)?, &h, false).await
+}
+
+/// `GET /studies/{study}/series/{series}/instances/{instance}`.
+pub async fn instance(
+    State(s): State<AppState>,
+    Path(p): InstancePath,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
+    retrieve(&s.service, instance_scope(&p)?, &h, true).await
+}
+
+/// `GET /studies/{study}/metadata`.
+pub async fn study_metadata(
+    State(s): State<AppState>,
+    Path(p): StudyPath,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
+    metadata(&s.service, study_scope(&p)?, &h).await
+}
+
+/// `GET /studies/{study}/series/{series}/metadata`.
+pub async fn series_metadata(
+    State(s): State<AppState>,
+    Path(p): SeriesPath,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
+    metadata(&s.service, series_scope(&p)?, &h).await
+}
+
+/// `GET /studies/{study}/series/{series}/instances/{instance}/metadata`.
+pub async fn instance_metadata(
+    State(s): State<AppState>,
+    Path(p): InstancePath,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
+    metadata(&s.service, instance_scope(&p)?, &h).await
+}
+
+/// Picks the first acceptable representation for instances of `stored_syntaxes`: a multipart of
+/// `application/dicom`, or (for one instance) a bare `application/dicom`. Tessera does not
+/// transcode, so a transfer syntax other than the stored one is not acceptable; a request that
+/// names none gets the stored one.
+fn negotiate(
+    headers: &HeaderMap,
+    single: bool,
+    stored_syntaxes: &[&str],
+    part_type: &str,
+) -> Result<bool, ApiError> {
+    for requested in media::accepted(headers) {
+        let Some(requested) = requested else {
+            return Ok(!single);
+        };
+        let type_fits = if requested.multipart {
+            requested.part_type == part_type
+        } else {
+            single && (requested.part_type == part_type || requested.part_type == "application/*")
+        };
+        let syntax_fits = requested
+            .transfer_syntax
+            .as_deref()
+            .is_none_or(|ts| stored_syntaxes.iter().all(|stored| *stored == ts));
+        if type_fits && syntax_fits {
+            return Ok(requested.multipart);
+        }
+    }
+    Err(ApiError::NotAcceptable(format!(
+        "the instances are available as {part_type} in their stored transfer syntax only"
+    )))
+}
+
+async fn retrieve(
+    service: &DicomService,
+    scope: RetrieveScope,
+    headers: &HeaderMap,
+    single: bool,
+) -> Result<Response, ApiError> {
+    let instances = service.instances(&scope).await?;
+    let syntaxes: Vec<&str> = instances
+        .iter()
+        .map(|i| i.transfer_syntax.as_str())
+        .collect();
+    let multipart = negotiate(headers, single, &syntaxes, "application/dicom")?;
+    if !multipart {
+        let instance = instances.into_iter().next().ok_or(ApiError::Service(
+            tessera_service::ServiceError::NotFound("instance"),
+        ))?;
+        let content_type = dicom_type(&instance);
+        let file = service.open_file(instance).await?;
+        let body = Body::from_stream(file.read.stream.map_err(std::io::Error::other));
+        return Ok((
+            [
+                (CONTENT_TYPE, content_type),
+                (CONTENT_LENGTH, file.read.size.to_string()),
+            ],
+            body,
+        )
+            .into_response());
+    }
+    let boundary = multipart::boundary();
+    let service = service.clone();
+    let parts = stream::iter(instances)
+        .then(move |instance| {
+            let service = service.clone();
+            async move {
+                let content_type = dicom_type(&instance);
+                let file = service
+                    .open_file(instance)
+                    .await
+                    .map_err(std::io::Error::other)?;
+                Ok(Part {
+                    content_type,
+                    length: Some(file.read.size),
+                    body: file.read.stream.map_err(std::io::Error::other).boxed(),
+                })
+            }
+        })
+        .boxed();
+    let content_type = multipart::content_type(&boundary, "application/dicom");
+    let body = Body::from_stream(multipart::body(boundary, parts));
+    Ok(([(CONTENT_TYPE, content_type)], body).into_response())
+}
+
+fn dicom_type(instance: &StoredInstance) -> String {
+    format!(
+        "application/dicom; transfer-syntax={}",
+        instance.transfer_syntax
+    )
+}
+
+/// An entity tag for the metadata of a set of instances: it changes whenever an instance is
+/// added, deleted or re-stored (each gets a new watermark).
+fn metadata_etag(instances: &[StoredInstance]) -> String {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for instance in instances {
+        hasher.update(&instance.instance.watermark().get().to_le_bytes());
+    }
+    format!("\"{:016x}-{}\"", hasher.digest(), instances.len())
+}
+
+async fn metadata(
+    service: &DicomService,
+    scope: RetrieveScope,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let accepted = media::accepted(headers).into_iter().any(|r| match r {
+        None => true,
+        Some(r) => {
+            !r.multipart
+                && matches!(
+                    r.part_type.as_str(),
+                    "application/dicom+json" | "application/json" | "application/*"
+                )
+        }
+    });
+    if !accepted {
+        return Err(ApiError::NotAcceptable(
+            "metadata is application/dicom+json".into(),
+        ));
+    }
+    let instances = service.instances(&scope).await?;
+    let etag = metadata_etag(&instances);
+    let etag_value =
+        HeaderValue::from_str(&etag).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let matches = headers
+        .get_all(IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|tag| tag.trim() == etag || tag.trim() == "*");
+    if matches {
+        return Ok((StatusCode::NOT_MODIFIED, [(ETAG, etag_value)]).into_response());
+    }
+    let service = service.clone();
+    let count = instances.len();
+    let items = stream::iter(instances.into_iter().enumerate()).then(move |(i, instance)| {
+        let service = service.clone();
+        async move {
+            let json = service
+                .metadata(&instance)
+                .await
+                .map_err(std::io::Error::other)?;
+            let separator = if i + 1 < count {
+                Bytes::from_static(b",")
+            } else {
+                Bytes::new()
+            };
+            Ok::<_, std::io::Error>(stream::iter([
+                Ok::<Bytes, std::io::Error>(json),
+                Ok(separator),
+            ]))
+        }
+    });
+    let body = stream::once(async { Ok(Bytes::from_static(b"[")) })
+        .chain(items.try_flatten())
+        .chain(stream::once(async { Ok(Bytes::from_static(b"]")) }));
+    Ok((
+        [
+            (
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/dicom+json"),
+            ),
+            (ETAG, etag_value),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// `GET …/instances/{instance}/frames/{1,2,…}`: frames by range reads of the stored file.
+pub async fn frames(
+    State(state): State<AppState>,
+    Path((study, series, sop, list)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let scope = instance_scope(&(study, series, sop))?;
+    let numbers = list
+        .split(',')
+        .map(|n| n.trim().parse::<u32>().ok().filter(|&n| n >= 1))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "frame numbers must be 1 or more, comma separated: '{list}'"
+            ))
+        })?;
+    let instance = state.service.instances(&scope).await?.remove(0);
+    let multipart = negotiate(
+        &headers,
+        numbers.len() == 1,
+        &[instance.transfer_syntax.as_str()],
+        "application/octet-stream",
+    )?;
+    let frames = state.service.frames(&scope, &numbers).await?;
+    let part_type = format!(
+        "application/octet-stream; transfer-syntax={}",
+        instance.transfer_syntax
+    );
+    if !multipart {
+        let frame = frames.into_iter().next().unwrap_or_default();
+        return Ok(([(CONTENT_TYPE, part_type)], frame).into_response());
+    }
+    let boundary = multipart::boundary();
+    let parts = stream::iter(frames.into_iter().map(move |frame| {
+        Ok(Part {
+            content_type: part_type.clone(),
+            length: Some(frame.len() as u64),
+            body: stream::once(async move { Ok(frame) }).boxed(),
+        })
+    }))
+    .boxed();
+    let content_type = multipart::content_type(&boundary, "application/octet-stream");
+    Ok((
+        [(CONTENT_TYPE, content_type)],
+        Body::from_stream(multipart::body(boundary, parts)),
+    )
+        .into_response())
+}

@@ -1,0 +1,100 @@
+//! Tessera's use cases, between the HTTP surface and the stores: storing an instance (index
+//! reservation, streaming to blobs, completion), retrieving files, metadata and frames,
+//! deleting, reading the change feed, and the background workers that remove deleted blobs and
+//! sweep what crashed stores left behind.
+//!
+//! Nothing here knows HTTP: results are domain values and [`ServiceError`]s.
+
+mod retrieve;
+mod store;
+mod workers;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_blob::{BlobError, InstanceBlobStore};
+use tessera_index::{IndexError, InstanceIndex};
+
+pub use retrieve::{FrameData, InstanceFile};
+pub use store::{ApiVersion, FailureReason, StoreOutcome, WarningReason};
+pub use tessera_index::{
+    ChangeAction, ChangeFeedEntry, ChangeState, RetrieveScope, StoredInstance,
+};
+pub use workers::{DeletedInstanceCleanup, StaleStoreSweeper};
+
+/// What can go wrong in a use case (per-instance STOW failures are [`StoreOutcome`]s instead).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// Nothing matched the request.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A requested frame does not exist.
+    #[error("frame {0} does not exist")]
+    FrameNotFound(u32),
+    /// Frames cannot be served without transcoding or parsing the whole file.
+    #[error("frames of this instance cannot be served without transcoding")]
+    FramesUnavailable,
+    /// The index failed.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// The blob store failed.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+}
+
+/// How long deleted blobs wait, and how stores are swept.
+#[derive(Clone, Debug)]
+pub struct ServiceSettings {
+    /// `DeleteDelay`: time between a delete and the removal of its blobs.
+    pub delete_delay: Duration,
+}
+
+/// The DICOMweb use cases over one index and one blob store.
+#[derive(Clone)]
+pub struct DicomService {
+    index: InstanceIndex,
+    blobs: Arc<InstanceBlobStore>,
+    settings: ServiceSettings,
+}
+
+impl DicomService {
+    /// Use cases over `index` and `blobs`.
+    pub fn new(
+        index: InstanceIndex,
+        blobs: Arc<InstanceBlobStore>,
+        settings: ServiceSettings,
+    ) -> Self {
+        Self {
+            index,
+            blobs,
+            settings,
+        }
+    }
+
+    /// The index.
+    pub fn index(&self) -> &InstanceIndex {
+        &self.index
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &Arc<InstanceBlobStore> {
+        &self.blobs
+    }
+
+    /// Deletes the instances in `scope` (blobs go after `DeleteDelay`).
+    pub async fn delete(&self, scope: &RetrieveScope) -> Result<usize, ServiceError> {
+        match self.index.delete(scope, self.settings.delete_delay).await {
+            Err(IndexError::NotFound) => Err(ServiceError::NotFound(scope_name(scope))),
+            other => Ok(other?),
+        }
+    }
+}
+
+fn scope_name(scope: &RetrieveScope) -> &'static str {
+    match scope {
+        RetrieveScope::Study(_) => "study",
+        RetrieveScope::Series(..) => "series",
+        RetrieveScope::Instance(_) => "instance",
+    }
+}

@@ -1,0 +1,323 @@
+//! STOW: one instance from a request body to a `Created` row (contract §5).
+
+use std::pin::pin;
+
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt, stream};
+use tessera_blob::BodyError;
+use tessera_core::{InstanceIdentifier, Uid, VersionedInstance, Watermark};
+use tessera_dicom::{
+    FragmentScanner, FrameRanges, HeaderScan, InstanceHeader, PixelData, scan_header,
+};
+use tessera_index::{Attributes, IndexError, NewInstance};
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::DicomService;
+
+/// The API version a request came in on; v1 and v2 validate differently (orig D.10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiVersion {
+    /// `/v1`.
+    V1,
+    /// `/v2`.
+    V2,
+}
+
+/// Failure reasons of orig D.4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureReason {
+    /// 272: storage or index failure after the instance was reserved, or anything unexpected.
+    ProcessingFailure = 272,
+    /// 43264: not DICOM, or a required attribute missing or invalid.
+    ValidationFailure = 43264,
+    /// 43265: the StudyInstanceUID differs from the one in the URL.
+    StudyUidMismatch = 43265,
+    /// 45070: the same instance exists.
+    AlreadyExists = 45070,
+    /// 45071: the same instance is being created.
+    BeingCreated = 45071,
+}
+
+/// Warning reasons of orig D.4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WarningReason {
+    /// 45063: the data set is Implicit VR Little Endian.
+    DatasetDoesNotMatchSopClass = 45063,
+}
+
+/// What happened to one instance of a STOW request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreOutcome {
+    /// Stored and visible.
+    Stored {
+        /// The instance's UIDs.
+        id: InstanceIdentifier,
+        /// SOP Class UID.
+        sop_class_uid: String,
+        /// Warning, if any.
+        warning: Option<WarningReason>,
+    },
+    /// Not stored.
+    Failed {
+        /// SOP Class UID, when readable.
+        sop_class_uid: Option<String>,
+        /// SOP Instance UID, when readable.
+        sop_instance_uid: Option<String>,
+        /// Why.
+        reason: FailureReason,
+        /// A message for the client.
+        comment: String,
+    },
+}
+
+/// Bytes of the header scanned before giving up on finding a DICOM file.
+const FIRST_SCAN: usize = 64 * 1024;
+
+/// Follows the bytes as they stream to the blob store: length, checksum, fragment ranges.
+struct Tee {
+    length: u64,
+    hasher: Xxh3,
+    fragments: Option<FragmentScanner>,
+}
+
+impl Tee {
+    fn observe(&mut self, chunk: &Bytes) {
+        if let Some(scanner) = &mut self.fragments {
+            scanner.feed(self.length, chunk);
+        }
+        self.hasher.update(chunk);
+        self.length += chunk.len() as u64;
+    }
+
+    fn checksum(&self) -> String {
+        format!("xxh3-128:{:032x}", self.hasher.digest128())
+    }
+}
+
+impl DicomService {
+    /// Stores one instance read from `body`. The header is buffered (to learn the UIDs before
+    /// any blob name exists); the rest streams to the blob store. Never fails as a whole: every
+    /// problem is a [`StoreOutcome::Failed`], and nothing is left half-stored.
+    pub async fn store<S, E>(
+        &self,
+        body: S,
+        expected_study: Option<&Uid>,
+        version: ApiVersion,
+    ) -> StoreOutcome
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: Into<BodyError>,
+    {
+        let mut body = pin!(body);
+        let mut prefix = BytesMut::new();
+        let mut next_scan = FIRST_SCAN;
+        let header = loop {
+            let ended = match body.next().await {
+                Some(Ok(chunk)) => {
+                    prefix.extend_from_slice(&chunk);
+                    false
+                }
+                Some(Err(error)) => {
+                    let error: BodyError = error.into();
+                    return failed(
+                        None,
+                        FailureReason::ProcessingFailure,
+                        format!("the request body failed: {error}"),
+                    );
+                }
+                None => true,
+            };
+            if prefix.len() < next_scan && !ended {
+                continue;
+            }
+            match scan_header(&prefix, ended) {
+                Ok(HeaderScan::Complete(header)) => break header,
+                Ok(HeaderScan::NeedMore) => next_scan = prefix.len() * 2,
+                Err(error) => {
+                    return failed(None, FailureReason::ValidationFailure, error.to_string());
+                }
+            }
+        };
+        let (id, attributes) = match validate(&header, expected_study, version) {
+            Ok(valid) => valid,
+            Err(outcome) => return outcome,
+        };
+        let new = NewInstance {
+            id: id.clone(),
+            transfer_syntax: header.transfer_syntax().to_owned(),
+            attributes: attributes.clone(),
+        };
+        let watermark = match self.index.begin_create(&new).await {
+            Ok(watermark) => watermark,
+            Err(IndexError::AlreadyExists { creating }) => {
+                let reason = if creating {
+                    FailureReason::BeingCreated
+                } else {
+                    FailureReason::AlreadyExists
+                };
+                return failed(
+                    Some((&header, &id)),
+                    reason,
+                    "The instance already exists.".into(),
+                );
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not reserve an instance");
+                return failed(
+                    Some((&header, &id)),
+                    FailureReason::ProcessingFailure,
+                    "Processing failure.".into(),
+                );
+            }
+        };
+        let instance = VersionedInstance::new(id.clone(), watermark);
+        let rest = stream::once(async move { Ok::<_, BodyError>(prefix.freeze()) })
+            .chain(body.map(|c| c.map_err(Into::into)));
+        match self.write_blobs(&instance, &header, rest).await {
+            Ok(()) => StoreOutcome::Stored {
+                id,
+                sop_class_uid: attributes.sop_class_uid,
+                warning: header
+                    .is_implicit_vr()
+                    .then_some(WarningReason::DatasetDoesNotMatchSopClass),
+            },
+            Err(error) => {
+                tracing::error!(%error, %watermark, "store failed; rolling back");
+                self.roll_back(&instance).await;
+                failed(
+                    Some((&header, &id)),
+                    FailureReason::ProcessingFailure,
+                    "Processing failure.".into(),
+                )
+            }
+        }
+    }
+
+    async fn write_blobs<S>(
+        &self,
+        instance: &VersionedInstance,
+        header: &InstanceHeader,
+        body: S,
+    ) -> Result<(), crate::ServiceError>
+    where
+        S: Stream<Item = Result<Bytes, BodyError>> + Send,
+    {
+        let mut tee = Tee {
+            length: 0,
+            hasher: Xxh3::new(),
+            fragments: match header.pixel_data() {
+                Some(PixelData::Encapsulated { items_offset }) => {
+                    Some(FragmentScanner::new(items_offset))
+                }
+                _ => None,
+            },
+        };
+        let observed = body.map(|chunk| {
+            if let Ok(chunk) = &chunk {
+                tee.observe(chunk);
+            }
+            chunk
+        });
+        self.blobs.put_file(instance, observed).await?;
+        let metadata = header
+            .metadata_json()
+            .map_err(|e| crate::ServiceError::Blob(tessera_blob::BlobError::Body(Box::new(e))))?;
+        self.blobs.put_metadata(instance, metadata.into()).await?;
+        let ranges = match (header.pixel_data(), &tee.fragments) {
+            (Some(PixelData::Native { offset, length }), _) => header
+                .native_frame_size()
+                .and_then(|size| FrameRanges::native(offset, size, header.frame_count(), length)),
+            (Some(PixelData::Encapsulated { .. }), Some(scanner)) => {
+                scanner.frame_ranges(header.frame_count())
+            }
+            _ => None,
+        };
+        if let Some(ranges) = &ranges {
+            self.blobs
+                .put_frame_ranges(instance.watermark(), ranges.to_json().into())
+                .await?;
+        }
+        self.index
+            .end_create(
+                instance.watermark(),
+                tee.length,
+                &tee.checksum(),
+                ranges.is_some(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Removes what a failed store wrote, and its reservation. If this fails too, the sweeper
+    /// and the deleted-instance cleanup finish the job.
+    async fn roll_back(&self, instance: &VersionedInstance) {
+        if let Err(error) = self.blobs.delete_instance(instance).await {
+            tracing::warn!(%error, "could not remove the blobs of a failed store now; the cleanup will");
+        }
+        if let Err(error) = self.index.abandon_create(instance.watermark()).await {
+            tracing::warn!(%error, "could not abandon a failed reservation; the sweeper will");
+        }
+    }
+
+    /// Sweeps one stale reservation (see [`crate::StaleStoreSweeper`]).
+    pub(crate) async fn abandon(&self, watermark: Watermark) -> Result<(), crate::ServiceError> {
+        Ok(self.index.abandon_create(watermark).await?)
+    }
+}
+
+fn validate(
+    header: &InstanceHeader,
+    expected_study: Option<&Uid>,
+    version: ApiVersion,
+) -> Result<(InstanceIdentifier, Attributes), StoreOutcome> {
+    let sop_class = header.string(tessera_dicom_tags::SOP_CLASS_UID);
+    let sop_uid = header.string(tessera_dicom_tags::SOP_INSTANCE_UID);
+    let fail = |reason, comment: String| StoreOutcome::Failed {
+        sop_class_uid: sop_class.clone(),
+        sop_instance_uid: sop_uid.clone(),
+        reason,
+        comment,
+    };
+    let id = header
+        .identifier()
+        .map_err(|e| fail(FailureReason::ValidationFailure, e.message))?;
+    let index = header
+        .index_attributes(version == ApiVersion::V1)
+        .map_err(|e| fail(FailureReason::ValidationFailure, e.message))?;
+    if expected_study
+        .is_some_and(|expected| !expected.as_str().eq_ignore_ascii_case(id.study.as_str()))
+    {
+        return Err(fail(
+            FailureReason::StudyUidMismatch,
+            "The StudyInstanceUid in the payload does not match the specified StudyInstanceUid."
+                .into(),
+        ));
+    }
+    let attributes = Attributes {
+        sop_class_uid: index.sop_class_uid,
+        patient_id: index.patient_id,
+        patient_name: index.patient_name,
+        study_date: index.study_date,
+        accession_number: index.accession_number,
+        modality: index.modality,
+    };
+    Ok((id, attributes))
+}
+
+fn failed(
+    known: Option<(&InstanceHeader, &InstanceIdentifier)>,
+    reason: FailureReason,
+    comment: String,
+) -> StoreOutcome {
+    StoreOutcome::Failed {
+        sop_class_uid: known.and_then(|(h, _)| h.string(tessera_dicom_tags::SOP_CLASS_UID)),
+        sop_instance_uid: known.map(|(_, id)| id.sop.to_string()),
+        reason,
+        comment,
+    }
+}
+
+/// The two tags the outcome needs, without making callers depend on the dictionary crate.
+mod tessera_dicom_tags {
+    pub use tessera_dicom::tags::{SOP_CLASS_UID, SOP_INSTANCE_UID};
+}

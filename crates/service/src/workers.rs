@@ -1,0 +1,128 @@
+//! Background workers that keep the index and the blobs consistent.
+
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use tessera_blob::layout::STAGING_PREFIX;
+use tessera_blob::{BlobName, BlobStore};
+
+use crate::DicomService;
+
+/// Removes the blobs of deleted instances once their `DeleteDelay` has passed (orig A.5), with
+/// the original's retry rules. Rows are claimed under a lease, so several processes can run it.
+#[derive(Clone, Debug)]
+pub struct DeletedInstanceCleanup {
+    /// Sleep between rounds.
+    pub polling_interval: Duration,
+    /// Rows per claim.
+    pub batch_size: u32,
+    /// Failed attempts after which a row is left for an operator.
+    pub max_retries: u32,
+    /// Wait before a retry.
+    pub retry_back_off: Duration,
+}
+
+/// How long a claimed removal is reserved for the worker that claimed it.
+const REMOVAL_LEASE: Duration = Duration::from_secs(300);
+
+impl DeletedInstanceCleanup {
+    /// Runs until the task is dropped.
+    pub async fn run(self, service: DicomService) {
+        loop {
+            tokio::time::sleep(self.polling_interval).await;
+            if let Err(error) = self.round(&service).await {
+                tracing::warn!(%error, "deleted-instance cleanup round failed; retrying next interval");
+            }
+        }
+    }
+
+    /// One round: claims and removes due rows until fewer than a batch remain. Returns how many
+    /// were removed.
+    pub async fn round(&self, service: &DicomService) -> Result<usize, crate::ServiceError> {
+        let mut removed = 0;
+        loop {
+            let claimed = service
+                .index
+                .claim_due_removals(self.max_retries, self.batch_size, REMOVAL_LEASE)
+                .await?;
+            for row in &claimed {
+                let watermark = row.instance.watermark();
+                match service.blobs.delete_instance(&row.instance).await {
+                    Ok(()) => {
+                        service.index.finish_removal(watermark).await?;
+                        removed += 1;
+                    }
+                    Err(error) => {
+                        let retries = service
+                            .index
+                            .fail_removal(watermark, self.retry_back_off)
+                            .await?;
+                        if retries > self.max_retries {
+                            tracing::error!(%watermark, %error, retries, "giving up removing the blobs of a deleted instance");
+                        } else {
+                            tracing::warn!(%watermark, %error, retries, "could not remove the blobs of a deleted instance");
+                        }
+                    }
+                }
+            }
+            if claimed.len() < self.batch_size as usize {
+                return Ok(removed);
+            }
+        }
+    }
+}
+
+/// Sweeps what crashed stores leave: reservations stuck in `Creating` past a timeout (their
+/// blobs are queued for removal) and staging blobs of uploads that never finished.
+#[derive(Clone, Debug)]
+pub struct StaleStoreSweeper {
+    /// A store older than this is considered dead.
+    pub timeout: Duration,
+    /// Sleep between sweeps.
+    pub interval: Duration,
+}
+
+impl StaleStoreSweeper {
+    /// Runs until the task is dropped, starting with a sweep.
+    pub async fn run(self, service: DicomService) {
+        loop {
+            if let Err(error) = self.sweep(&service).await {
+                tracing::warn!(%error, "sweep failed; retrying next interval");
+            }
+            tokio::time::sleep(self.interval).await;
+        }
+    }
+
+    /// One sweep; returns how many reservations and staging blobs it removed.
+    pub async fn sweep(&self, service: &DicomService) -> Result<usize, crate::ServiceError> {
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::from_std(self.timeout).unwrap_or(chrono::Duration::MAX);
+        let mut swept = 0;
+        for watermark in service.index.stale_creating(cutoff).await? {
+            tracing::warn!(%watermark, "abandoning a store that did not finish");
+            service.abandon(watermark).await?;
+            swept += 1;
+        }
+        let containers = service.blobs.containers();
+        for store in [&containers.files, &containers.metadata] {
+            swept += sweep_staging(store, cutoff).await?;
+        }
+        Ok(swept)
+    }
+}
+
+async fn sweep_staging(
+    store: &BlobStore,
+    cutoff: chrono::DateTime<chrono::Utc>,
+) -> Result<usize, crate::ServiceError> {
+    let prefix = BlobName::from(STAGING_PREFIX);
+    let stale: Vec<_> = store
+        .list(Some(&prefix))
+        .try_filter(|meta| futures::future::ready(meta.last_modified < cutoff))
+        .try_collect()
+        .await?;
+    for meta in &stale {
+        store.delete_if_exists(&meta.name).await?;
+    }
+    Ok(stale.len())
+}
