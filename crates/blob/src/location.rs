@@ -157,8 +157,9 @@ impl BlobStoreLocation {
                     .map_err(|e| open_error(format!("cannot create {}: {e}", folder.display())))?;
                 let store = LocalFileSystem::new_with_prefix(&folder)
                     .map_err(|e| open_error(e.to_string()))?
-                    .with_automatic_cleanup(true);
-                Arc::new(store)
+                    .with_automatic_cleanup(true)
+                    .with_fsync(true);
+                return Ok(BlobStore::new(Arc::new(store), container).with_local_folder(folder));
             }
             Self::Azure => {
                 let connection_string = connection_string

@@ -74,6 +74,9 @@ pub struct BlobStore {
     container: Arc<str>,
     single_put_limit: usize,
     part_size: usize,
+    /// The container's folder when it is on a local filesystem, where unfinished multipart
+    /// uploads are files `object_store` does not list.
+    local_folder: Option<Arc<std::path::Path>>,
 }
 
 impl std::fmt::Debug for BlobStore {
@@ -93,7 +96,44 @@ impl BlobStore {
             container: container.into(),
             single_put_limit: DEFAULT_SINGLE_PUT_LIMIT,
             part_size: DEFAULT_PART_SIZE,
+            local_folder: None,
         }
+    }
+
+    /// Notes that the container is the folder `folder` of a local filesystem.
+    pub(crate) fn with_local_folder(mut self, folder: std::path::PathBuf) -> Self {
+        self.local_folder = Some(folder.into());
+        self
+    }
+
+    /// Removes staging blobs older than `cutoff`: uploads a crash or a lost connection never
+    /// finished. Returns how many it removed. (On Azure, uncommitted blocks expire by
+    /// themselves; on S3, a bucket lifecycle rule should abort incomplete multipart uploads.)
+    pub async fn sweep_staging(&self, cutoff: DateTime<Utc>) -> Result<usize, BlobError> {
+        let prefix = Path::from(STAGING_PREFIX);
+        let stale: Vec<BlobMeta> = self
+            .list(Some(&prefix))
+            .try_filter(|meta| futures::future::ready(meta.last_modified < cutoff))
+            .try_collect()
+            .await?;
+        for meta in &stale {
+            self.delete_if_exists(&meta.name).await?;
+        }
+        let mut removed = stale.len();
+        if let Some(folder) = &self.local_folder {
+            let staging = folder.join(STAGING_PREFIX);
+            let cutoff = std::time::SystemTime::from(cutoff);
+            for entry in std::fs::read_dir(&staging).into_iter().flatten().flatten() {
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t < cutoff);
+                if old && std::fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Changes the size at which uploads switch from one put to a staged multipart upload.

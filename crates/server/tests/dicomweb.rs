@@ -572,3 +572,71 @@ async fn each_format_type_writes_exactly_its_names() {
         assert!(body == synthetic.bytes().as_slice(), "{format}: retrieve");
     }
 }
+
+#[tokio::test]
+async fn a_store_killed_midway_is_swept_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("Tessera__StaleStoreTimeout", "00:00:01"),
+        ("Tessera__SweepInterval", "00:00:01"),
+    ];
+    let server = start(dir.path(), &env);
+    let mut big = Synthetic::new("1.2.3.700", "1.2.3.700.1", "1.2.3.700.1.1");
+    (big.rows, big.columns, big.frames) = (1024, 1024, 24);
+    let bytes = big.bytes();
+
+    // Send 16 MiB of a 24 MiB instance, then hang until the server is killed.
+    let (_hold, hang) = tokio::sync::oneshot::channel::<()>();
+    let sent: Vec<Result<Bytes, std::io::Error>> = bytes[..16 << 20]
+        .chunks(1 << 20)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    let body = futures::stream::iter(sent).chain(futures::stream::once(async move {
+        let _ = hang.await;
+        Err(std::io::Error::other("never sent"))
+    }));
+    use futures::StreamExt;
+    let request = reqwest::Client::new()
+        .post(server.url("/v1/studies"))
+        .header("Content-Type", "application/dicom")
+        .body(reqwest::Body::wrap_stream(body))
+        .send();
+    let pending = tokio::spawn(request);
+    let staging = dir
+        .path()
+        .join("data/blobs/dicomwebcontainer/tessera-staging");
+    let mut waited = 0;
+    while files_under(&staging).is_empty() {
+        assert!(waited < 200, "the upload never reached the blob store");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.kill();
+    let _ = pending.await;
+    assert!(
+        !files_under(&staging).is_empty(),
+        "a partial upload was left by the crash"
+    );
+
+    let server = start(dir.path(), &env);
+    let blobs = dir.path().join("data/blobs");
+    let mut waited = 0;
+    while !files_under(&blobs).is_empty() {
+        assert!(
+            waited < 200,
+            "left after the sweep: {:?}",
+            files_under(&blobs)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    let path = instance_path(&(big.study.clone(), big.series.clone(), big.sop.clone()));
+    assert_eq!(
+        get(&server, &format!("/v1{path}"), "*/*").await.status(),
+        404
+    );
+    // The reservation is gone too: the same instance stores anew (not 45071).
+    let (status, body) = stow(&server, "/v1/studies", &[bytes]).await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -2,10 +2,6 @@
 
 use std::time::Duration;
 
-use futures::TryStreamExt;
-use tessera_blob::layout::STAGING_PREFIX;
-use tessera_blob::{BlobName, BlobStore};
-
 use crate::DicomService;
 
 /// Removes the blobs of deleted instances once their `DeleteDelay` has passed (orig A.5), with
@@ -105,24 +101,8 @@ impl StaleStoreSweeper {
         }
         let containers = service.blobs.containers();
         for store in [&containers.files, &containers.metadata] {
-            swept += sweep_staging(store, cutoff).await?;
+            swept += store.sweep_staging(cutoff).await?;
         }
         Ok(swept)
     }
-}
-
-async fn sweep_staging(
-    store: &BlobStore,
-    cutoff: chrono::DateTime<chrono::Utc>,
-) -> Result<usize, crate::ServiceError> {
-    let prefix = BlobName::from(STAGING_PREFIX);
-    let stale: Vec<_> = store
-        .list(Some(&prefix))
-        .try_filter(|meta| futures::future::ready(meta.last_modified < cutoff))
-        .try_collect()
-        .await?;
-    for meta in &stale {
-        store.delete_if_exists(&meta.name).await?;
-    }
-    Ok(stale.len())
 }
