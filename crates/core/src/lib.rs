@@ -16,11 +16,13 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod attributes;
 mod format;
 mod instance;
 mod uid;
 mod watermark;
 
+pub use attributes::SearchableAttributes;
 pub use format::{FormatType, ParseFormatTypeError};
 pub use instance::{InstanceIdentifier, VersionedInstance};
 pub use uid::{Uid, UidError};

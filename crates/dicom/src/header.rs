@@ -11,7 +11,7 @@ use dicom_object::meta::FileMetaTable;
 use dicom_parser::dataset::DataToken;
 use dicom_parser::dataset::read::DataSetReader;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use tessera_core::{InstanceIdentifier, Uid};
+use tessera_core::{InstanceIdentifier, SearchableAttributes, Uid};
 
 use crate::DicomError;
 
@@ -171,23 +171,6 @@ pub struct ValidationError {
     pub message: String,
 }
 
-/// The attributes the index keeps for search and for the response of a store.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct IndexAttributes {
-    /// SOP Class UID (0008,0016).
-    pub sop_class_uid: String,
-    /// Patient ID (0010,0020).
-    pub patient_id: Option<String>,
-    /// Patient's Name (0010,0010).
-    pub patient_name: Option<String>,
-    /// Study Date (0008,0020).
-    pub study_date: Option<String>,
-    /// Accession Number (0008,0050).
-    pub accession_number: Option<String>,
-    /// Modality (0008,0060).
-    pub modality: Option<String>,
-}
-
 impl InstanceHeader {
     /// The transfer syntax UID of the file.
     pub fn transfer_syntax(&self) -> &str {
@@ -208,8 +191,10 @@ impl InstanceHeader {
     pub fn string(&self, tag: Tag) -> Option<String> {
         let element = self.dataset.element_opt(tag).ok()??;
         let text = element.to_str().ok()?;
-        let text = text.trim_end_matches([' ', '\0']).trim_start();
-        (!text.is_empty()).then(|| text.to_owned())
+        // Only the first value of a wrongly multi-valued element is indexed (orig D.5).
+        let first = text.split('\\').next().unwrap_or_default();
+        let first = first.trim_end_matches([' ', '\0']).trim_start();
+        (!first.is_empty()).then(|| first.to_owned())
     }
 
     /// A numeric attribute, if present and parseable.
@@ -244,10 +229,10 @@ impl InstanceHeader {
 
     /// Checks the other attributes a store requires and returns what the index keeps.
     /// `patient_id_value_required` is the v1 rule (v2 only requires the element to be present).
-    pub fn index_attributes(
+    pub fn searchable_attributes(
         &self,
         patient_id_value_required: bool,
-    ) -> Result<IndexAttributes, ValidationError> {
+    ) -> Result<SearchableAttributes, ValidationError> {
         let sop_class = self.required_uid(tags::SOP_CLASS_UID, "SOPClassUID")?;
         let patient_present = self
             .dataset
@@ -259,14 +244,49 @@ impl InstanceHeader {
         if !patient_present || (patient_id_value_required && patient_id.is_none()) {
             return Err(missing(tags::PATIENT_ID, "PatientID"));
         }
-        Ok(IndexAttributes {
+        Ok(SearchableAttributes {
             sop_class_uid: sop_class.as_str().to_owned(),
             patient_id,
             patient_name: self.string(tags::PATIENT_NAME),
-            study_date: self.string(tags::STUDY_DATE),
+            patient_birth_date: self.string(tags::PATIENT_BIRTH_DATE),
             accession_number: self.string(tags::ACCESSION_NUMBER),
+            referring_physician_name: self.string(tags::REFERRING_PHYSICIAN_NAME),
+            study_date: self.string(tags::STUDY_DATE),
+            study_description: self.string(tags::STUDY_DESCRIPTION),
             modality: self.string(tags::MODALITY),
+            performed_procedure_step_start_date: self
+                .string(tags::PERFORMED_PROCEDURE_STEP_START_DATE),
+            manufacturer_model_name: self.string(tags::MANUFACTURER_MODEL_NAME),
         })
+    }
+
+    /// Checks the searchable attributes against their VRs (orig E.3): each problem names the
+    /// attribute. v1 fails the instance on the first; v2 drops the attributes and warns.
+    pub fn attribute_problems(&self) -> Vec<ValidationError> {
+        crate::validation::SEARCHABLE
+            .iter()
+            .filter_map(|&(tag, vr)| {
+                let element = self.dataset.element_opt(tag).ok()??;
+                let text = element.to_str().ok()?;
+                crate::validation::check(vr, &text).err().map(|reason| ValidationError {
+                    tag,
+                    message: format!(
+                        "DICOM100: ({:04X},{:04X}) - Content \"{}\" does not validate VR {vr}: {reason}",
+                        tag.group(),
+                        tag.element(),
+                        text.chars().take(80).collect::<String>()
+                    ),
+                })
+            })
+            .collect()
+    }
+
+    /// Removes attributes (v2 drops those that failed validation from metadata and index; the
+    /// stored file keeps them).
+    pub fn remove_attributes(&mut self, tags: &[Tag]) {
+        for &tag in tags {
+            self.dataset.remove_element(tag);
+        }
     }
 
     /// The metadata JSON the original stores (orig A.4): the data set in the DICOM JSON model,

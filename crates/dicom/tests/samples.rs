@@ -49,7 +49,7 @@ fn every_sample_has_a_header_with_its_uids() {
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(!id.sop.as_str().is_empty());
         header
-            .index_attributes(false)
+            .searchable_attributes(false)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let json: serde_json::Value =
             serde_json::from_slice(&header.metadata_json().unwrap()).unwrap();
@@ -128,4 +128,27 @@ fn implicit_vr_and_garbage_are_told_apart() {
         scan_header(b"short", false),
         Ok(HeaderScan::NeedMore)
     ));
+}
+
+#[test]
+fn invalid_searchable_attributes_are_reported() {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    let mut bytes = std::fs::read(testdata().join("layer9.dcm")).unwrap();
+    let mut object = dicom_object::from_reader(&bytes[128..]).unwrap();
+    object.put(DataElement::new(
+        tags::STUDY_DATE,
+        VR::DA,
+        PrimitiveValue::from("NotAValidDate"),
+    ));
+    bytes.clear();
+    object.write_all(&mut bytes).unwrap();
+    let header = incremental(&bytes);
+    let problems = header.attribute_problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].message.contains("(0008,0020)"),
+        "{}",
+        problems[0].message
+    );
 }

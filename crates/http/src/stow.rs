@@ -164,7 +164,8 @@ fn response(
             StoreOutcome::Stored {
                 id,
                 sop_class_uid,
-                warning,
+                warnings,
+                failed_attributes,
             } => {
                 let url = format!(
                     "{base}/studies/{}/series/{}/instances/{}",
@@ -175,8 +176,16 @@ fn response(
                     "00081155": {"vr": "UI", "Value": [id.sop.as_str()]},
                     "00081190": {"vr": "UR", "Value": [url]},
                 });
-                if let Some(warning) = warning {
-                    item["00081196"] = json!({"vr": "US", "Value": [*warning as u16]});
+                if !warnings.is_empty() {
+                    let codes: Vec<u16> = warnings.iter().map(|w| *w as u16).collect();
+                    item["00081196"] = json!({"vr": "US", "Value": codes});
+                }
+                if version == ApiVersion::V2 && !failed_attributes.is_empty() {
+                    let comments: Vec<Value> = failed_attributes
+                        .iter()
+                        .map(|c| json!({"00000902": {"vr": "LO", "Value": [c]}}))
+                        .collect();
+                    item["00741048"] = json!({"vr": "SQ", "Value": comments});
                 }
                 referenced.push(item);
             }
@@ -207,15 +216,9 @@ fn response(
             json!({"vr": "UR", "Value": [format!("{base}/studies/{study}")]}),
         );
     }
-    let any_warning = outcomes.iter().any(|o| {
-        matches!(
-            o,
-            StoreOutcome::Stored {
-                warning: Some(_),
-                ..
-            }
-        )
-    });
+    let any_warning = outcomes
+        .iter()
+        .any(|o| matches!(o, StoreOutcome::Stored { warnings, .. } if !warnings.is_empty()));
     let status = match (referenced.is_empty(), failed.is_empty()) {
         (true, _) => StatusCode::CONFLICT,
         (false, false) => StatusCode::ACCEPTED,

@@ -21,8 +21,8 @@ use sqlx::{AnyPool, AssertSqlSafe, Row};
 use tessera_core::{InstanceIdentifier, Uid, VersionedInstance, Watermark};
 
 pub use model::{
-    Attributes, ChangeAction, ChangeFeedEntry, ChangeState, DeletedInstance, NewInstance,
-    RetrieveScope, StoredInstance,
+    ChangeAction, ChangeFeedEntry, ChangeState, DeletedInstance, NewInstance, RetrieveScope,
+    StoredInstance,
 };
 
 /// What can go wrong in the index.
@@ -153,28 +153,39 @@ impl InstanceIndex {
             Watermark::new(next as u64).map_err(|e| IndexError::Corrupt(e.to_string()))?;
         let a = &instance.attributes;
         sqlx::query(
-            "INSERT INTO studies (study_uid, patient_id, patient_name, accession_number, study_date, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO studies (study_uid, patient_id, patient_name, patient_birth_date, accession_number,
+                 referring_physician_name, study_date, study_description, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (study_uid) DO UPDATE SET patient_id = excluded.patient_id,
-                 patient_name = excluded.patient_name, accession_number = excluded.accession_number,
-                 study_date = excluded.study_date, updated_at = excluded.updated_at",
+                 patient_name = excluded.patient_name, patient_birth_date = excluded.patient_birth_date,
+                 accession_number = excluded.accession_number,
+                 referring_physician_name = excluded.referring_physician_name,
+                 study_date = excluded.study_date, study_description = excluded.study_description,
+                 updated_at = excluded.updated_at",
         )
         .bind(id.study.as_str())
         .bind(a.patient_id.clone())
         .bind(a.patient_name.clone())
+        .bind(a.patient_birth_date.clone())
         .bind(a.accession_number.clone())
+        .bind(a.referring_physician_name.clone())
         .bind(a.study_date.clone())
+        .bind(a.study_description.clone())
         .bind(now)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO series (study_uid, series_uid, modality, updated_at) VALUES ($1, $2, $3, $4)
+            "INSERT INTO series (study_uid, series_uid, modality, performed_procedure_step_start_date,
+                 manufacturer_model_name, updated_at) VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (study_uid, series_uid) DO UPDATE SET modality = excluded.modality,
-                 updated_at = excluded.updated_at",
+                 performed_procedure_step_start_date = excluded.performed_procedure_step_start_date,
+                 manufacturer_model_name = excluded.manufacturer_model_name, updated_at = excluded.updated_at",
         )
         .bind(id.study.as_str())
         .bind(id.series.as_str())
         .bind(a.modality.clone())
+        .bind(a.performed_procedure_step_start_date.clone())
+        .bind(a.manufacturer_model_name.clone())
         .bind(now)
         .execute(&mut *tx)
         .await?;

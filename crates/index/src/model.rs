@@ -1,7 +1,7 @@
 //! The rows the index hands out and takes in.
 
 use chrono::{DateTime, Utc};
-use tessera_core::{InstanceIdentifier, Uid, VersionedInstance, Watermark};
+use tessera_core::{InstanceIdentifier, SearchableAttributes, Uid, VersionedInstance, Watermark};
 
 /// What a store records when it reserves an instance.
 #[derive(Clone, Debug)]
@@ -11,27 +11,8 @@ pub struct NewInstance {
     /// Transfer syntax of the stored file.
     pub transfer_syntax: String,
     /// Searchable attributes.
-    pub attributes: NewAttributes,
+    pub attributes: SearchableAttributes,
 }
-
-/// The searchable attributes of a new instance (more come with QIDO).
-#[derive(Clone, Debug, Default)]
-pub struct NewAttributes {
-    /// SOP Class UID.
-    pub sop_class_uid: String,
-    /// Patient ID.
-    pub patient_id: Option<String>,
-    /// Patient's Name.
-    pub patient_name: Option<String>,
-    /// Study Date.
-    pub study_date: Option<String>,
-    /// Accession Number.
-    pub accession_number: Option<String>,
-    /// Modality.
-    pub modality: Option<String>,
-}
-
-pub use NewAttributes as Attributes;
 
 /// A `Created` instance as the index knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]

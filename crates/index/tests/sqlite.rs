@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use tessera_core::{InstanceIdentifier, Uid};
+use tessera_core::{InstanceIdentifier, SearchableAttributes, Uid};
 use tessera_index::{
-    Attributes, ChangeAction, ChangeState, IndexError, InstanceIndex, NewInstance, RetrieveScope,
+    ChangeAction, ChangeState, IndexError, InstanceIndex, NewInstance, RetrieveScope,
 };
 
 async fn index() -> (tempfile::TempDir, InstanceIndex) {
@@ -17,7 +17,7 @@ fn new(sop: &str) -> NewInstance {
     NewInstance {
         id: InstanceIdentifier::parse("1.2", "1.2.3", sop).unwrap(),
         transfer_syntax: "1.2.840.10008.1.2.1".into(),
-        attributes: Attributes {
+        attributes: SearchableAttributes {
             sop_class_uid: "1.2.840.10008.5.1.4.1.1.7".into(),
             patient_id: Some("P1".into()),
             ..Default::default()

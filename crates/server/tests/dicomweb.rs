@@ -640,3 +640,54 @@ async fn a_store_killed_midway_is_swept_after_restart() {
     let (status, body) = stow(&server, "/v1/studies", &[bytes]).await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test]
+async fn invalid_searchable_attributes_fail_v1_and_warn_v2() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let mut synthetic = Synthetic::new("1.2.3.800", "1.2.3.800.1", "1.2.3.800.1.1");
+    synthetic.study_date = "NotAValidDate".into();
+    let bytes = synthetic.bytes();
+
+    let (status, body) = stow(&server, "/v1/studies", std::slice::from_ref(&bytes)).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(
+        first_value(sequence(&body, "00081198")[0], "00081197"),
+        43264
+    );
+
+    let (status, body) = stow(&server, "/v2/studies", std::slice::from_ref(&bytes)).await;
+    assert_eq!(status, 202, "{body}");
+    let item = sequence(&body, "00081199")[0];
+    assert_eq!(first_value(item, "00081196"), 1);
+    let comment = first_value(&item["00741048"]["Value"][0], "00000902");
+    assert!(
+        comment.as_str().unwrap().contains("(0008,0020)"),
+        "{comment}"
+    );
+
+    let path = instance_path(&(
+        synthetic.study.clone(),
+        synthetic.series.clone(),
+        synthetic.sop.clone(),
+    ));
+    let metadata: Value = get(
+        &server,
+        &format!("/v2{path}/metadata"),
+        "application/dicom+json",
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert!(
+        metadata[0].get("00080020").is_none(),
+        "the invalid attribute is left out of the metadata"
+    );
+    let file = get(&server, &format!("/v2{path}"), "application/dicom")
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert!(file == bytes.as_slice(), "the stored file keeps it");
+}

@@ -5,11 +5,11 @@ use std::pin::pin;
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt, stream};
 use tessera_blob::BodyError;
-use tessera_core::{InstanceIdentifier, Uid, VersionedInstance, Watermark};
+use tessera_core::{InstanceIdentifier, SearchableAttributes, Uid, VersionedInstance, Watermark};
 use tessera_dicom::{
     FragmentScanner, FrameRanges, HeaderScan, InstanceHeader, PixelData, scan_header,
 };
-use tessera_index::{Attributes, IndexError, NewInstance};
+use tessera_index::{IndexError, NewInstance};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::DicomService;
@@ -41,6 +41,8 @@ pub enum FailureReason {
 /// Warning reasons of orig D.4.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WarningReason {
+    /// 1 (v2): attributes failed validation; they were left out of the metadata and the index.
+    DatasetHasValidationWarnings = 1,
     /// 45063: the data set is Implicit VR Little Endian.
     DatasetDoesNotMatchSopClass = 45063,
 }
@@ -54,8 +56,10 @@ pub enum StoreOutcome {
         id: InstanceIdentifier,
         /// SOP Class UID.
         sop_class_uid: String,
-        /// Warning, if any.
-        warning: Option<WarningReason>,
+        /// Warnings, if any.
+        warnings: Vec<WarningReason>,
+        /// v2: one comment per attribute that failed validation.
+        failed_attributes: Vec<String>,
     },
     /// Not stored.
     Failed {
@@ -111,7 +115,7 @@ impl DicomService {
         let mut body = pin!(body);
         let mut prefix = BytesMut::new();
         let mut next_scan = FIRST_SCAN;
-        let header = loop {
+        let mut header = loop {
             let ended = match body.next().await {
                 Some(Ok(chunk)) => {
                     prefix.extend_from_slice(&chunk);
@@ -138,10 +142,18 @@ impl DicomService {
                 }
             }
         };
-        let (id, attributes) = match validate(&header, expected_study, version) {
-            Ok(valid) => valid,
-            Err(outcome) => return outcome,
-        };
+        let (id, attributes, failed_attributes) =
+            match validate(&mut header, expected_study, version) {
+                Ok(valid) => valid,
+                Err(outcome) => return *outcome,
+            };
+        let mut warnings = Vec::new();
+        if header.is_implicit_vr() {
+            warnings.push(WarningReason::DatasetDoesNotMatchSopClass);
+        }
+        if !failed_attributes.is_empty() {
+            warnings.push(WarningReason::DatasetHasValidationWarnings);
+        }
         let new = NewInstance {
             id: id.clone(),
             transfer_syntax: header.transfer_syntax().to_owned(),
@@ -177,9 +189,8 @@ impl DicomService {
             Ok(()) => StoreOutcome::Stored {
                 id,
                 sop_class_uid: attributes.sop_class_uid,
-                warning: header
-                    .is_implicit_vr()
-                    .then_some(WarningReason::DatasetDoesNotMatchSopClass),
+                warnings,
+                failed_attributes,
             },
             Err(error) => {
                 tracing::error!(%error, %watermark, "store failed; rolling back");
@@ -265,24 +276,25 @@ impl DicomService {
     }
 }
 
+/// Checks what a store requires (orig E): v1 fails on any invalid searchable attribute; v2
+/// removes such attributes from metadata and index and reports them.
 fn validate(
-    header: &InstanceHeader,
+    header: &mut InstanceHeader,
     expected_study: Option<&Uid>,
     version: ApiVersion,
-) -> Result<(InstanceIdentifier, Attributes), StoreOutcome> {
+) -> Result<(InstanceIdentifier, SearchableAttributes, Vec<String>), Box<StoreOutcome>> {
     let sop_class = header.string(tessera_dicom_tags::SOP_CLASS_UID);
     let sop_uid = header.string(tessera_dicom_tags::SOP_INSTANCE_UID);
-    let fail = |reason, comment: String| StoreOutcome::Failed {
-        sop_class_uid: sop_class.clone(),
-        sop_instance_uid: sop_uid.clone(),
-        reason,
-        comment,
+    let fail = |reason, comment: String| {
+        Box::new(StoreOutcome::Failed {
+            sop_class_uid: sop_class.clone(),
+            sop_instance_uid: sop_uid.clone(),
+            reason,
+            comment,
+        })
     };
     let id = header
         .identifier()
-        .map_err(|e| fail(FailureReason::ValidationFailure, e.message))?;
-    let index = header
-        .index_attributes(version == ApiVersion::V1)
         .map_err(|e| fail(FailureReason::ValidationFailure, e.message))?;
     if expected_study
         .is_some_and(|expected| !expected.as_str().eq_ignore_ascii_case(id.study.as_str()))
@@ -293,15 +305,25 @@ fn validate(
                 .into(),
         ));
     }
-    let attributes = Attributes {
-        sop_class_uid: index.sop_class_uid,
-        patient_id: index.patient_id,
-        patient_name: index.patient_name,
-        study_date: index.study_date,
-        accession_number: index.accession_number,
-        modality: index.modality,
+    let problems = header.attribute_problems();
+    let failed_attributes = match (version, problems.first()) {
+        (ApiVersion::V1, Some(problem)) => {
+            return Err(fail(
+                FailureReason::ValidationFailure,
+                problem.message.clone(),
+            ));
+        }
+        (ApiVersion::V2, Some(_)) => {
+            let tags: Vec<_> = problems.iter().map(|p| p.tag).collect();
+            header.remove_attributes(&tags);
+            problems.into_iter().map(|p| p.message).collect()
+        }
+        (_, None) => Vec::new(),
     };
-    Ok((id, attributes))
+    let attributes = header
+        .searchable_attributes(version == ApiVersion::V1)
+        .map_err(|e| fail(FailureReason::ValidationFailure, e.message))?;
+    Ok((id, attributes, failed_attributes))
 }
 
 fn failed(

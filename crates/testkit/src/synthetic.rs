@@ -18,6 +18,8 @@ pub struct Synthetic {
     pub sop: String,
     /// Patient ID.
     pub patient_id: String,
+    /// Study Date (any text: tests set invalid ones).
+    pub study_date: String,
     /// Rows × columns of each 8-bit frame.
     pub rows: u16,
     /// Columns.
@@ -34,6 +36,7 @@ impl Synthetic {
             series: series.into(),
             sop: sop.into(),
             patient_id: "SYNTH".into(),
+            study_date: "20240101".into(),
             rows: 4,
             columns: 5,
             frames: 3,
@@ -74,6 +77,11 @@ impl Synthetic {
                 PrimitiveValue::from(self.sop.as_str()),
             ),
             DataElement::new(tags::MODALITY, VR::CS, PrimitiveValue::from("OT")),
+            DataElement::new(
+                tags::STUDY_DATE,
+                VR::DA,
+                PrimitiveValue::from(self.study_date.as_str()),
+            ),
             DataElement::new(
                 tags::PATIENT_NAME,
                 VR::PN,
