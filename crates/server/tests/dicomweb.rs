@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
-use tessera_testkit::server::{TestServer, files_under, testdata};
+use tessera_testkit::server::{TestServer, eventually, files_under, testdata};
 use tessera_testkit::synthetic::Synthetic;
 
 const BOUNDARY: &str = "tessera-test-boundary";
@@ -110,6 +110,15 @@ async fn get(server: &TestServer, path: &str, accept: &str) -> reqwest::Response
         .get(server.url(path))
         .header("Accept", accept)
         .send()
+        .await
+        .unwrap()
+}
+
+/// GETs `path` as JSON.
+async fn get_json(server: &TestServer, path: &str) -> Value {
+    get(server, path, "application/json")
+        .await
+        .json()
         .await
         .unwrap()
 }
@@ -259,11 +268,7 @@ async fn a_non_dicom_part_leaves_nothing_behind() {
         first_value(sequence(&body, "00081198")[0], "00081197"),
         Value::from(43264)
     );
-    let feed: Value = get(&server, "/v1/changefeed", "application/json")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let feed: Value = get_json(&server, "/v1/changefeed").await;
     assert_eq!(feed, Value::Array(vec![]), "no index row");
     assert!(
         files_under(&dir.path().join("data/blobs")).is_empty(),
@@ -312,15 +317,7 @@ async fn metadata_has_no_meta_group_nor_bulk_data_and_honours_etags() {
         .unwrap();
     assert_eq!(again.status(), 304);
     let id = uids(&files[1]);
-    let one: Value = get(
-        &server,
-        &format!("/v2{}/metadata", instance_path(&id)),
-        "application/dicom+json",
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let one: Value = get_json(&server, &format!("/v2{}/metadata", instance_path(&id))).await;
     assert_eq!(one.as_array().unwrap().len(), 1);
 }
 
@@ -426,11 +423,7 @@ async fn delete_hides_at_once_and_removes_blobs_after_the_delay() {
         404
     );
 
-    let feed: Value = get(&server, "/v2/changefeed", "application/json")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let feed: Value = get_json(&server, "/v2/changefeed").await;
     let actions: Vec<&str> = feed
         .as_array()
         .unwrap()
@@ -444,23 +437,13 @@ async fn delete_hides_at_once_and_removes_blobs_after_the_delay() {
             .iter()
             .all(|e| e["state"] == "deleted")
     );
-    let latest: Value = get(&server, "/v1/changefeed/latest", "application/json")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let latest: Value = get_json(&server, "/v1/changefeed/latest").await;
     assert_eq!(latest["action"], "delete");
 
-    for _ in 0..100 {
-        if files_under(&blobs).is_empty() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "blobs left after the delete delay: {:?}",
-        files_under(&blobs)
-    );
+    eventually("the blobs are removed after the delete delay", || {
+        files_under(&blobs).is_empty()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -471,15 +454,7 @@ async fn change_feed_windows_and_metadata() {
         .map(|i| Synthetic::new("1.2.3.500", "1.2.3.500.1", &format!("1.2.3.500.1.{i}")).bytes())
         .collect();
     assert_eq!(stow(&server, "/v1/studies", &instances).await.0, 200);
-    let window: Value = get(
-        &server,
-        "/v1/changefeed?offset=1&limit=1",
-        "application/json",
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let window: Value = get_json(&server, "/v1/changefeed?offset=1&limit=1").await;
     let window = window.as_array().unwrap();
     assert_eq!(window.len(), 1);
     assert_eq!(window[0]["sequence"], 2);
@@ -488,15 +463,11 @@ async fn change_feed_windows_and_metadata() {
         window[0]["metadata"]["00080018"]["Value"][0],
         "1.2.3.500.1.2"
     );
-    let paged: Value = get(
+    let paged: Value = get_json(
         &server,
         "/v2/changefeed?offset=2&limit=5&includeMetadata=false",
-        "application/json",
     )
-    .await
-    .json()
-    .await
-    .unwrap();
+    .await;
     let paged = paged.as_array().unwrap();
     assert_eq!(paged.len(), 1);
     assert_eq!(paged[0]["sequence"], 3);
@@ -605,12 +576,10 @@ async fn a_store_killed_midway_is_swept_after_restart() {
     let staging = dir
         .path()
         .join("data/blobs/dicomwebcontainer/tessera-staging");
-    let mut waited = 0;
-    while files_under(&staging).is_empty() {
-        assert!(waited < 200, "the upload never reached the blob store");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        waited += 1;
-    }
+    eventually("the upload reaches the blob store", || {
+        !files_under(&staging).is_empty()
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.kill();
     let _ = pending.await;
@@ -621,16 +590,10 @@ async fn a_store_killed_midway_is_swept_after_restart() {
 
     let server = start(dir.path(), &env);
     let blobs = dir.path().join("data/blobs");
-    let mut waited = 0;
-    while !files_under(&blobs).is_empty() {
-        assert!(
-            waited < 200,
-            "left after the sweep: {:?}",
-            files_under(&blobs)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        waited += 1;
-    }
+    eventually("the sweep removes every blob", || {
+        files_under(&blobs).is_empty()
+    })
+    .await;
     let path = instance_path(&(big.study.clone(), big.series.clone(), big.sop.clone()));
     assert_eq!(
         get(&server, &format!("/v1{path}"), "*/*").await.status(),
@@ -671,15 +634,7 @@ async fn invalid_searchable_attributes_fail_v1_and_warn_v2() {
         synthetic.series.clone(),
         synthetic.sop.clone(),
     ));
-    let metadata: Value = get(
-        &server,
-        &format!("/v2{path}/metadata"),
-        "application/dicom+json",
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let metadata: Value = get_json(&server, &format!("/v2{path}/metadata")).await;
     assert!(
         metadata[0].get("00080020").is_none(),
         "the invalid attribute is left out of the metadata"

@@ -109,3 +109,14 @@ pub fn files_under(root: &Path) -> Vec<String> {
 pub fn testdata() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata")
 }
+
+/// Waits up to 10 seconds for `done` to hold, checking every 50 ms; panics naming `what`.
+pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
