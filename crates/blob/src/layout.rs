@@ -66,6 +66,88 @@ pub fn legacy_spaced_frame_ranges(watermark: Watermark) -> Path {
 /// create-only name. It is not a name the original ever wrote, so adoption can tell it apart.
 pub const STAGING_PREFIX: &str = "tessera-staging";
 
+/// Which blob of an instance a name designates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobKind {
+    /// The Part-10 file (`.dcm`).
+    File,
+    /// The metadata JSON (`_metadata.json`).
+    Metadata,
+    /// The frame ranges (`_frames_range.json`, New names only).
+    FrameRanges,
+}
+
+/// What a blob name says, read back (for counting, adoption and checks).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParsedName {
+    /// `{study}/{series}/{sop}_{W}…`.
+    Old {
+        /// The UIDs and watermark in the name.
+        instance: VersionedInstance,
+        /// Which blob.
+        kind: BlobKind,
+    },
+    /// `{P}_{W}…` (or the historical `{P}_ {W}_frames_range.json`).
+    New {
+        /// The watermark in the name.
+        watermark: Watermark,
+        /// Which blob.
+        kind: BlobKind,
+        /// Whether `P` is the hash prefix of the watermark (a mismatch is reported by adoption).
+        prefix_matches: bool,
+    },
+}
+
+/// Reads a blob name back into what it designates; `None` for names neither layout produces.
+pub fn parse_name(name: &str) -> Option<ParsedName> {
+    let (stem, kind) = [
+        ("_frames_range.json", BlobKind::FrameRanges),
+        ("_metadata.json", BlobKind::Metadata),
+        (".dcm", BlobKind::File),
+    ]
+    .into_iter()
+    .find_map(|(suffix, kind)| name.strip_suffix(suffix).map(|stem| (stem, kind)))?;
+    let (head, watermark) = stem.rsplit_once('_')?;
+    // The historical frame-range name has a space after the underscore.
+    let watermark = match kind {
+        BlobKind::FrameRanges => watermark.strip_prefix(' ').unwrap_or(watermark),
+        _ => watermark,
+    };
+    if watermark.is_empty()
+        || !watermark.bytes().all(|b| b.is_ascii_digit())
+        || watermark.starts_with('0')
+    {
+        return None;
+    }
+    let watermark = Watermark::new(watermark.parse().ok()?).ok()?;
+    let parts: Vec<&str> = head.split('/').collect();
+    match parts.as_slice() {
+        [study, series, sop] if kind != BlobKind::FrameRanges => {
+            let id = tessera_core::InstanceIdentifier::parse(study, series, sop).ok()?;
+            // Only names the layout would produce (no padding, no odd forms).
+            (id.study.as_str() == *study
+                && id.series.as_str() == *series
+                && id.sop.as_str() == *sop)
+                .then(|| ParsedName::Old {
+                    instance: VersionedInstance::new(id, watermark),
+                    kind,
+                })
+        }
+        [prefix]
+            if !prefix.is_empty()
+                && prefix.len() <= 3
+                && prefix.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            Some(ParsedName::New {
+                watermark,
+                kind,
+                prefix_matches: *prefix == hash_prefix(watermark),
+            })
+        }
+        _ => None,
+    }
+}
+
 /// The New layout's prefix: the first three characters of the decimal XXH64 (seed 0) of the
 /// watermark's decimal digits. It spreads names over the storage partition key space.
 pub fn hash_prefix(watermark: Watermark) -> String {
@@ -146,6 +228,66 @@ mod tests {
             BlobLayout::Old.metadata(&instance(7)).as_ref(),
             "1.2.3/4.5.6/7.8.9_7_metadata.json"
         );
+    }
+
+    #[test]
+    fn names_parse_back() {
+        let inst = instance(42);
+        for kind_name in [BlobLayout::Old.file(&inst), BlobLayout::Old.metadata(&inst)] {
+            assert!(
+                matches!(parse_name(kind_name.as_ref()), Some(ParsedName::Old { instance, .. }) if instance == inst)
+            );
+        }
+        assert_eq!(
+            parse_name("791_42.dcm"),
+            Some(ParsedName::New {
+                watermark: w(42),
+                kind: BlobKind::File,
+                prefix_matches: true
+            })
+        );
+        assert_eq!(
+            parse_name("791_42_metadata.json"),
+            Some(ParsedName::New {
+                watermark: w(42),
+                kind: BlobKind::Metadata,
+                prefix_matches: true
+            })
+        );
+        assert_eq!(
+            parse_name("791_42_frames_range.json"),
+            Some(ParsedName::New {
+                watermark: w(42),
+                kind: BlobKind::FrameRanges,
+                prefix_matches: true
+            })
+        );
+        assert_eq!(
+            parse_name(legacy_spaced_frame_ranges(w(42)).as_ref()),
+            Some(ParsedName::New {
+                watermark: w(42),
+                kind: BlobKind::FrameRanges,
+                prefix_matches: true
+            })
+        );
+        assert_eq!(
+            parse_name("999_42.dcm"),
+            Some(ParsedName::New {
+                watermark: w(42),
+                kind: BlobKind::File,
+                prefix_matches: false
+            })
+        );
+        for other in [
+            "tessera-staging/abc",
+            "readme.txt",
+            "1.2/3_0.dcm",
+            "132_01.dcm",
+            "a/b/c_1.dcm",
+            "1.2/1.3/1.4_5_frames_range.json",
+        ] {
+            assert_eq!(parse_name(other), None, "{other}");
+        }
     }
 
     #[test]

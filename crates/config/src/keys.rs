@@ -12,6 +12,9 @@ pub const READ_FALLBACK: &str = "Tessera:ReadFallback";
 pub const STALE_STORE_TIMEOUT: &str = "Tessera:StaleStoreTimeout";
 /// Time between sweeps for crashed stores.
 pub const SWEEP_INTERVAL: &str = "Tessera:SweepInterval";
+/// How long a process holds a background operation without renewing its lease; after a crash,
+/// another process (or the restarted one) resumes the operation once this has passed.
+pub const OPERATION_LEASE: &str = "Tessera:OperationLease";
 
 /// Blob format: Old, Dual or New.
 pub const FORMAT_TYPE: &str = "DicomServer:Services:BlobMigration:FormatType";

@@ -48,6 +48,8 @@ pub struct TesseraSettings {
     pub stale_store_timeout: Duration,
     /// Time between sweeps.
     pub sweep_interval: Duration,
+    /// Lease of a background operation.
+    pub operation_lease: Duration,
 }
 
 /// The original's blob-migration settings, with Tessera's default format `New`.
@@ -286,6 +288,7 @@ impl Settings {
             stale_store_timeout: b
                 .timespan(keys::STALE_STORE_TIMEOUT, Duration::from_secs(3600))?,
             sweep_interval: b.timespan(keys::SWEEP_INTERVAL, Duration::from_secs(300))?,
+            operation_lease: b.timespan(keys::OPERATION_LEASE, Duration::from_secs(60))?,
         };
         let blob_migration = BlobMigrationSettings {
             format_type: b.bind(

@@ -17,12 +17,14 @@
 //! ```
 
 mod attributes;
+mod checksum;
 mod format;
 mod instance;
 mod uid;
 mod watermark;
 
 pub use attributes::SearchableAttributes;
+pub use checksum::ContentChecksum;
 pub use format::{FormatType, ParseFormatTypeError};
 pub use instance::{InstanceIdentifier, VersionedInstance};
 pub use uid::{Uid, UidError};

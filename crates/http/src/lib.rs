@@ -9,6 +9,7 @@ mod error;
 mod health;
 mod media;
 mod multipart;
+mod operations;
 mod stow;
 mod wado;
 
@@ -60,5 +61,6 @@ fn versioned(version: ApiVersion) -> Router<AppState> {
         .route(&format!("{instance}/frames/{{frames}}"), get(wado::frames))
         .route("/changefeed", get(changefeed::feed))
         .route("/changefeed/latest", get(changefeed::latest))
+        .route("/operations/{id}", get(operations::status))
         .layer(axum::Extension(version))
 }

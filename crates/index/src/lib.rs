@@ -11,7 +11,9 @@
 //! - [`InstanceIndex::delete`] removes rows and appends change-feed rows in one transaction and
 //!   queues the blobs for removal; no blob is touched by the index.
 
+mod migration;
 mod model;
+mod operations;
 
 use std::time::Duration;
 
@@ -24,6 +26,7 @@ pub use model::{
     ChangeAction, ChangeFeedEntry, ChangeState, DeletedInstance, NewInstance, RetrieveScope,
     StoredInstance,
 };
+pub use operations::{Acquisition, OperationRecord, OperationResults, OperationStatus};
 
 /// What can go wrong in the index.
 #[derive(Debug, thiserror::Error)]
@@ -54,22 +57,22 @@ pub enum IndexError {
     Database(#[from] sqlx::Error),
 }
 
-type Result<T, E = IndexError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = IndexError> = std::result::Result<T, E>;
 
 const CREATING: i16 = 0;
-const CREATED: i16 = 1;
+pub(crate) const CREATED: i16 = 1;
 
 /// The index over a SQL database.
 #[derive(Clone, Debug)]
 pub struct InstanceIndex {
-    pool: AnyPool,
+    pub(crate) pool: AnyPool,
 }
 
-fn micros(time: DateTime<Utc>) -> i64 {
+pub(crate) fn micros(time: DateTime<Utc>) -> i64 {
     time.timestamp_micros()
 }
 
-fn from_micros(value: i64) -> DateTime<Utc> {
+pub(crate) fn from_micros(value: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(value).unwrap_or_default()
 }
 
@@ -499,7 +502,7 @@ impl InstanceIndex {
     }
 }
 
-const CHANGE_FEED_SELECT: &str =
+pub(crate) const CHANGE_FEED_SELECT: &str =
     "SELECT sequence, timestamp, action, study_uid, series_uid, sop_uid,
     original_watermark, current_watermark FROM change_feed";
 
@@ -560,7 +563,7 @@ fn versioned(row: &AnyRow, watermark_column: usize, first_uid: usize) -> Result<
     ))
 }
 
-fn stored_instance(row: &AnyRow) -> Result<StoredInstance> {
+pub(crate) fn stored_instance(row: &AnyRow) -> Result<StoredInstance> {
     Ok(StoredInstance {
         instance: versioned(row, 0, 1)?,
         sop_class_uid: row.try_get(4)?,
@@ -571,7 +574,7 @@ fn stored_instance(row: &AnyRow) -> Result<StoredInstance> {
     })
 }
 
-fn change_feed_entry(row: &AnyRow) -> Result<ChangeFeedEntry> {
+pub(crate) fn change_feed_entry(row: &AnyRow) -> Result<ChangeFeedEntry> {
     let action: i16 = row.try_get(2)?;
     let original: i64 = row.try_get(6)?;
     let current: Option<i64> = row.try_get(7)?;

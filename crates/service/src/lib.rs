@@ -18,7 +18,8 @@ use tessera_index::{IndexError, InstanceIndex};
 pub use retrieve::{FrameData, InstanceFile};
 pub use store::{ApiVersion, FailureReason, StoreOutcome, WarningReason};
 pub use tessera_index::{
-    ChangeAction, ChangeFeedEntry, ChangeState, RetrieveScope, StoredInstance,
+    ChangeAction, ChangeFeedEntry, ChangeState, OperationRecord, OperationResults, OperationStatus,
+    RetrieveScope, StoredInstance,
 };
 pub use workers::{DeletedInstanceCleanup, StaleStoreSweeper};
 
@@ -80,6 +81,11 @@ impl DicomService {
     /// The blob store.
     pub fn blobs(&self) -> &Arc<InstanceBlobStore> {
         &self.blobs
+    }
+
+    /// A background operation's stored state, by id (32 hex digits).
+    pub async fn operation(&self, id: &str) -> Result<Option<OperationRecord>, ServiceError> {
+        Ok(self.index.operation(id).await?)
     }
 
     /// Deletes the instances in `scope` (blobs go after `DeleteDelay`).

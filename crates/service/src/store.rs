@@ -5,12 +5,13 @@ use std::pin::pin;
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt, stream};
 use tessera_blob::BodyError;
-use tessera_core::{InstanceIdentifier, SearchableAttributes, Uid, VersionedInstance, Watermark};
+use tessera_core::{
+    ContentChecksum, InstanceIdentifier, SearchableAttributes, Uid, VersionedInstance, Watermark,
+};
 use tessera_dicom::{
     FragmentScanner, FrameRanges, HeaderScan, InstanceHeader, PixelData, scan_header,
 };
 use tessera_index::{IndexError, NewInstance};
-use xxhash_rust::xxh3::Xxh3;
 
 use crate::DicomService;
 
@@ -79,22 +80,16 @@ const FIRST_SCAN: usize = 64 * 1024;
 
 /// Follows the bytes as they stream to the blob store: length, checksum, fragment ranges.
 struct Tee {
-    length: u64,
-    hasher: Xxh3,
+    checksum: ContentChecksum,
     fragments: Option<FragmentScanner>,
 }
 
 impl Tee {
     fn observe(&mut self, chunk: &Bytes) {
         if let Some(scanner) = &mut self.fragments {
-            scanner.feed(self.length, chunk);
+            scanner.feed(self.checksum.length(), chunk);
         }
-        self.hasher.update(chunk);
-        self.length += chunk.len() as u64;
-    }
-
-    fn checksum(&self) -> String {
-        format!("xxh3-128:{:032x}", self.hasher.digest128())
+        self.checksum.update(chunk);
     }
 }
 
@@ -214,8 +209,7 @@ impl DicomService {
         S: Stream<Item = Result<Bytes, BodyError>> + Send,
     {
         let mut tee = Tee {
-            length: 0,
-            hasher: Xxh3::new(),
+            checksum: ContentChecksum::new(),
             fragments: match header.pixel_data() {
                 Some(PixelData::Encapsulated { items_offset }) => {
                     Some(FragmentScanner::new(items_offset))
@@ -251,8 +245,8 @@ impl DicomService {
         self.index
             .end_create(
                 instance.watermark(),
-                tee.length,
-                &tee.checksum(),
+                tee.checksum.length(),
+                &tee.checksum.value(),
                 ranges.is_some(),
             )
             .await?;

@@ -1,0 +1,377 @@
+//! Durable operations: status, checkpoint, results and a lease, kept in the index.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::{IndexError, InstanceIndex, Result, from_micros, micros};
+
+/// Where an operation stands (the original's runtime statuses, orig C).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OperationStatus {
+    /// Created, not yet picked up.
+    NotStarted,
+    /// A process holds it (or held it until its lease expired).
+    Running,
+    /// Finished with nothing left to do.
+    Succeeded,
+    /// Finished with failures; resuming retries them.
+    Failed,
+    /// Stopped by an operator.
+    Canceled,
+}
+
+impl OperationStatus {
+    /// The stored (and wire) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotStarted => "notStarted",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Canceled => "canceled",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self> {
+        Ok(match text {
+            "notStarted" => Self::NotStarted,
+            "running" => Self::Running,
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            "canceled" => Self::Canceled,
+            other => return Err(IndexError::Corrupt(format!("operation status '{other}'"))),
+        })
+    }
+}
+
+/// What an operation has done so far, kept with it (counts of instances, and up to
+/// [`OperationResults::MAX_ERRORS`] error messages).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OperationResults {
+    /// Instances (or change-feed rows) the operation expects to visit; grows as new ones appear.
+    pub total: u64,
+    /// Visited.
+    pub processed: u64,
+    /// Blobs copied (copy).
+    pub copied: u64,
+    /// Blobs that were already there and were checked (copy).
+    pub already_present: u64,
+    /// Instances whose New blobs matched the recorded length and checksum.
+    pub verified: u64,
+    /// Instances whose Old blobs were deleted.
+    pub deleted: u64,
+    /// Instances with nothing to do.
+    pub skipped: u64,
+    /// Instances that failed (and are retried when the operation resumes).
+    pub failed: u64,
+    /// The first errors, for operators.
+    pub errors: Vec<String>,
+}
+
+impl OperationResults {
+    /// How many error messages are kept.
+    pub const MAX_ERRORS: usize = 100;
+
+    /// Parses stored results; unreadable ones count as empty.
+    pub fn parse(json: &str) -> Self {
+        serde_json::from_str(json).unwrap_or_default()
+    }
+
+    /// The stored form.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".into())
+    }
+
+    /// Adds an error message, keeping at most [`Self::MAX_ERRORS`].
+    pub fn push_error(&mut self, message: String) {
+        if self.errors.len() < Self::MAX_ERRORS {
+            self.errors.push(message);
+        }
+    }
+
+    /// Progress from counts (not from the watermark number space, orig G.12), below 100 until
+    /// the operation has succeeded.
+    pub fn percent_complete(&self, succeeded: bool) -> u64 {
+        if succeeded {
+            100
+        } else {
+            (self.processed * 100)
+                .checked_div(self.total)
+                .map_or(0, |p| p.min(99))
+        }
+    }
+}
+
+/// One operation as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperationRecord {
+    /// The operation id (32 lowercase hex digits).
+    pub id: String,
+    /// `copy`, `migrationDeletion` or `cleanupDeleted`.
+    pub kind: String,
+    /// Status.
+    pub status: OperationStatus,
+    /// Where to resume (JSON owned by the operation).
+    pub checkpoint: String,
+    /// Counters and errors (JSON owned by the operation).
+    pub results: String,
+    /// When it was first created.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+    /// The process holding it, if any.
+    pub lease_owner: Option<String>,
+    /// Until when that process holds it.
+    pub lease_expires: Option<DateTime<Utc>>,
+}
+
+/// The outcome of trying to take an operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Acquisition {
+    /// This process now runs it (new, or resumed from its checkpoint).
+    Acquired(OperationRecord),
+    /// It already succeeded; nothing to do.
+    AlreadySucceeded(OperationRecord),
+    /// Another process holds a live lease on it.
+    HeldElsewhere(OperationRecord),
+}
+
+const SELECT: &str = "SELECT id, kind, status, checkpoint, results, created_at, updated_at, lease_owner, lease_expires FROM operations";
+
+fn record(row: &AnyRow) -> Result<OperationRecord> {
+    Ok(OperationRecord {
+        id: row.try_get(0)?,
+        kind: row.try_get(1)?,
+        status: OperationStatus::parse(&row.try_get::<String, _>(2)?)?,
+        checkpoint: row.try_get(3)?,
+        results: row.try_get(4)?,
+        created_at: from_micros(row.try_get(5)?),
+        updated_at: from_micros(row.try_get(6)?),
+        lease_owner: row.try_get(7)?,
+        lease_expires: row.try_get::<Option<i64>, _>(8)?.map(from_micros),
+    })
+}
+
+fn until(lease: Duration) -> i64 {
+    micros(Utc::now() + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX))
+}
+
+impl InstanceIndex {
+    /// The operation with this id, if it exists.
+    pub async fn operation(&self, id: &str) -> Result<Option<OperationRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT} WHERE id = $1")))
+            .bind(id.to_owned())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(record).transpose()
+    }
+
+    /// Takes operation `id` for `owner` for `lease`: creates it (with `checkpoint` and
+    /// `results`) if absent; resumes it if failed, canceled, not started, or running under an
+    /// expired lease (or one `owner` already holds); leaves it if it succeeded or another
+    /// process holds a live lease.
+    pub async fn acquire_operation(
+        &self,
+        id: &str,
+        kind: &str,
+        owner: &str,
+        lease: Duration,
+        checkpoint: &str,
+        results: &str,
+    ) -> Result<Acquisition> {
+        let now = micros(Utc::now());
+        let mut tx = self.pool.begin().await?;
+        // A write first, so SQLite takes its write lock before the read (no upgrade deadlock).
+        sqlx::query("UPDATE operations SET id = id WHERE id = $1")
+            .bind(id.to_owned())
+            .execute(&mut *tx)
+            .await?;
+        let existing = sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT} WHERE id = $1")))
+            .bind(id.to_owned())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let existing = existing.as_ref().map(record).transpose()?;
+        let outcome = match existing {
+            None => {
+                sqlx::query(
+                    "INSERT INTO operations (id, kind, status, checkpoint, results, created_at, updated_at, lease_owner, lease_expires)
+                     VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8)",
+                )
+                .bind(id.to_owned())
+                .bind(kind.to_owned())
+                .bind(OperationStatus::Running.as_str())
+                .bind(checkpoint.to_owned())
+                .bind(results.to_owned())
+                .bind(now)
+                .bind(owner.to_owned())
+                .bind(until(lease))
+                .execute(&mut *tx)
+                .await?;
+                None
+            }
+            Some(record) if record.status == OperationStatus::Succeeded => {
+                Some(Acquisition::AlreadySucceeded(record))
+            }
+            Some(record)
+                if record.status == OperationStatus::Running
+                    && record.lease_owner.as_deref() != Some(owner)
+                    && record.lease_expires.is_some_and(|t| micros(t) > now) =>
+            {
+                Some(Acquisition::HeldElsewhere(record))
+            }
+            Some(_) => {
+                sqlx::query(
+                    "UPDATE operations SET status = $1, lease_owner = $2, lease_expires = $3, updated_at = $4 WHERE id = $5",
+                )
+                .bind(OperationStatus::Running.as_str())
+                .bind(owner.to_owned())
+                .bind(until(lease))
+                .bind(now)
+                .bind(id.to_owned())
+                .execute(&mut *tx)
+                .await?;
+                None
+            }
+        };
+        tx.commit().await?;
+        match outcome {
+            Some(outcome) => Ok(outcome),
+            None => {
+                let record = self.operation(id).await?.ok_or(IndexError::NotFound)?;
+                Ok(Acquisition::Acquired(record))
+            }
+        }
+    }
+
+    /// Saves progress and extends the lease. Returns false if `owner` no longer holds the
+    /// operation (its lease expired and another process took it): the caller must stop.
+    pub async fn checkpoint_operation(
+        &self,
+        id: &str,
+        owner: &str,
+        lease: Duration,
+        checkpoint: &str,
+        results: &str,
+    ) -> Result<bool> {
+        let updated = sqlx::query(
+            "UPDATE operations SET checkpoint = $1, results = $2, updated_at = $3, lease_expires = $4
+             WHERE id = $5 AND lease_owner = $6 AND status = $7",
+        )
+        .bind(checkpoint.to_owned())
+        .bind(results.to_owned())
+        .bind(micros(Utc::now()))
+        .bind(until(lease))
+        .bind(id.to_owned())
+        .bind(owner.to_owned())
+        .bind(OperationStatus::Running.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    /// Ends the operation with `status` and releases the lease.
+    pub async fn finish_operation(
+        &self,
+        id: &str,
+        owner: &str,
+        status: OperationStatus,
+        checkpoint: &str,
+        results: &str,
+    ) -> Result<bool> {
+        let updated = sqlx::query(
+            "UPDATE operations SET status = $1, checkpoint = $2, results = $3, updated_at = $4, lease_owner = NULL,
+                 lease_expires = NULL WHERE id = $5 AND lease_owner = $6",
+        )
+        .bind(status.as_str())
+        .bind(checkpoint.to_owned())
+        .bind(results.to_owned())
+        .bind(micros(Utc::now()))
+        .bind(id.to_owned())
+        .bind(owner.to_owned())
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    /// Extends the lease of a running operation; false if `owner` no longer holds it.
+    pub async fn renew_operation_lease(
+        &self,
+        id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool> {
+        let updated = sqlx::query(
+            "UPDATE operations SET lease_expires = $1 WHERE id = $2 AND lease_owner = $3 AND status = $4",
+        )
+        .bind(until(lease))
+        .bind(id.to_owned())
+        .bind(owner.to_owned())
+        .bind(OperationStatus::Running.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    /// Records that `watermark` failed in operation `id` (replacing an earlier error).
+    pub async fn record_operation_failure(
+        &self,
+        id: &str,
+        watermark: u64,
+        error: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO operation_failures (operation_id, watermark, error) VALUES ($1, $2, $3)
+             ON CONFLICT (operation_id, watermark) DO UPDATE SET error = excluded.error",
+        )
+        .bind(id.to_owned())
+        .bind(watermark as i64)
+        .bind(error.to_owned())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets a failure (the instance succeeded on a retry, or no longer exists).
+    pub async fn clear_operation_failure(&self, id: &str, watermark: u64) -> Result<()> {
+        sqlx::query("DELETE FROM operation_failures WHERE operation_id = $1 AND watermark = $2")
+            .bind(id.to_owned())
+            .bind(watermark as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets every failure of operation `id`.
+    pub async fn clear_operation_failures(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM operation_failures WHERE operation_id = $1")
+            .bind(id.to_owned())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Up to `limit` recorded failures of operation `id` with a watermark above `after`.
+    pub async fn operation_failures(
+        &self,
+        id: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, String)>> {
+        let rows = sqlx::query(
+            "SELECT watermark, error FROM operation_failures WHERE operation_id = $1 AND watermark > $2
+             ORDER BY watermark LIMIT $3",
+        )
+        .bind(id.to_owned())
+        .bind(after as i64)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<i64, _>(0)? as u64, r.try_get(1)?)))
+            .collect()
+    }
+}

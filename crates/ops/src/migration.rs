@@ -1,0 +1,260 @@
+//! What copy, delete-old and cleanup-deleted do to one instance.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use tessera_blob::{BlobError, BlobLayout, BlobName, BlobStore, InstanceBlobStore};
+use tessera_core::{ContentChecksum, VersionedInstance};
+use tessera_index::{InstanceIndex, StoredInstance};
+
+/// Attempts of one blob operation before a transient error counts as a failure.
+const ATTEMPTS: u32 = 4;
+
+/// Runs `op` again after a transient blob-store error, with backoff (0.1 s, 0.3 s, 0.9 s).
+pub(crate) async fn with_retries<T, F, Fut>(mut op: F) -> Result<T, BlobError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, BlobError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(BlobError::Store { .. } | BlobError::Incomplete { .. }) if attempt < ATTEMPTS => {
+                tokio::time::sleep(delay).await;
+                delay *= 3;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The outcome of verifying an instance's New blobs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verification {
+    /// Both New blobs exist and match.
+    Verified,
+    /// Something is missing or differs; the message says what.
+    Failed(String),
+}
+
+/// Streams a blob and returns its length and checksum.
+async fn measure(store: &BlobStore, name: &BlobName) -> Result<(u64, String), BlobError> {
+    let read = store.get(name).await?;
+    let mut checksum = ContentChecksum::new();
+    let mut stream = read.stream;
+    while let Some(chunk) = stream.try_next().await? {
+        checksum.update(&chunk);
+    }
+    Ok((checksum.length(), checksum.value()))
+}
+
+/// Checks an instance's New file against the length and checksum in the index (measured from
+/// the Old file, and recorded, when the index has none), and its New metadata against the Old
+/// metadata where that still exists. Never trusts mere existence (orig G.2, G.3).
+pub async fn verify_new_blobs(
+    index: &InstanceIndex,
+    blobs: &InstanceBlobStore,
+    stored: &StoredInstance,
+) -> Result<Verification, BlobError> {
+    let instance = &stored.instance;
+    let containers = blobs.containers();
+    let expected = match (stored.content_length, &stored.checksum) {
+        (Some(length), Some(checksum)) => (length, checksum.clone()),
+        _ => {
+            let measured = {
+                let old_file = BlobLayout::Old.file(instance);
+                with_retries(|| measure(&containers.files, &old_file)).await
+            };
+            match measured {
+                Ok(measured) => {
+                    if let Err(error) = index
+                        .record_content(instance.watermark().get(), measured.0, &measured.1)
+                        .await
+                    {
+                        tracing::warn!(%error, "could not record a measured checksum");
+                    }
+                    measured
+                }
+                Err(BlobError::NotFound { .. }) => {
+                    return Ok(Verification::Failed(
+                        "no checksum recorded and no Old file to measure".into(),
+                    ));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    };
+    let new_file = BlobLayout::New.file(instance);
+    match with_retries(|| measure(&containers.files, &new_file)).await {
+        Ok(actual) if actual == expected => {}
+        Ok((length, checksum)) => {
+            return Ok(Verification::Failed(format!(
+                "New file {new_file} has {length} bytes and {checksum}; expected {} bytes and {}",
+                expected.0, expected.1
+            )));
+        }
+        Err(BlobError::NotFound { .. }) => {
+            return Ok(Verification::Failed(format!(
+                "New file {new_file} is missing"
+            )));
+        }
+        Err(error) => return Err(error),
+    }
+    let new_metadata = BlobLayout::New.metadata(instance);
+    let new_bytes = match with_retries(|| containers.metadata.get_bytes(&new_metadata)).await {
+        Ok(bytes) => bytes,
+        Err(BlobError::NotFound { .. }) => {
+            return Ok(Verification::Failed(format!(
+                "New metadata {new_metadata} is missing"
+            )));
+        }
+        Err(error) => return Err(error),
+    };
+    let old_metadata = BlobLayout::Old.metadata(instance);
+    match with_retries(|| containers.metadata.get_bytes(&old_metadata)).await {
+        Ok(old_bytes) if old_bytes != new_bytes => Ok(Verification::Failed(format!(
+            "New metadata {new_metadata} differs from the Old metadata"
+        ))),
+        Ok(_) | Err(BlobError::NotFound { .. }) => Ok(Verification::Verified),
+        Err(error) => Err(error),
+    }
+}
+
+/// What copying one instance did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct CopyOutcome {
+    pub copied: u64,
+    pub already_present: u64,
+}
+
+/// Copies an instance's Old file and metadata to their New names (create-only; an existing
+/// New blob is kept and then verified), then verifies. A New blob that fails verification and
+/// was not just made is replaced once from the Old blob.
+pub(crate) async fn copy_instance(
+    index: &InstanceIndex,
+    blobs: &InstanceBlobStore,
+    stored: &StoredInstance,
+) -> Result<CopyOutcome, String> {
+    let instance = &stored.instance;
+    let mut outcome = CopyOutcome::default();
+    copy_both(blobs, instance, &mut outcome).await?;
+    match verify_new_blobs(index, blobs, stored)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Verification::Verified => Ok(outcome),
+        Verification::Failed(reason) if outcome.copied == 0 => {
+            tracing::warn!(watermark = %instance.watermark(), %reason, "replacing a New blob that does not verify");
+            let containers = blobs.containers();
+            let replace = async {
+                containers
+                    .files
+                    .delete_if_exists(&BlobLayout::New.file(instance))
+                    .await?;
+                containers
+                    .metadata
+                    .delete_if_exists(&BlobLayout::New.metadata(instance))
+                    .await
+            };
+            replace.await.map_err(|e| e.to_string())?;
+            let mut again = CopyOutcome::default();
+            copy_both(blobs, instance, &mut again).await?;
+            match verify_new_blobs(index, blobs, stored)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Verification::Verified => Ok(again),
+                Verification::Failed(reason) => Err(reason),
+            }
+        }
+        Verification::Failed(reason) => Err(reason),
+    }
+}
+
+async fn copy_both(
+    blobs: &InstanceBlobStore,
+    instance: &VersionedInstance,
+    outcome: &mut CopyOutcome,
+) -> Result<(), String> {
+    let containers = blobs.containers();
+    for (store, old, new) in [
+        (
+            &containers.files,
+            BlobLayout::Old.file(instance),
+            BlobLayout::New.file(instance),
+        ),
+        (
+            &containers.metadata,
+            BlobLayout::Old.metadata(instance),
+            BlobLayout::New.metadata(instance),
+        ),
+    ] {
+        match with_retries(|| store.copy_create(&old, &new)).await {
+            Ok(()) => outcome.copied += 1,
+            Err(BlobError::AlreadyExists { .. }) => outcome.already_present += 1,
+            Err(BlobError::NotFound { .. }) => match store.exists(&new).await {
+                Ok(true) => outcome.already_present += 1,
+                Ok(false) => return Err(format!("neither {old} nor {new} exists")),
+                Err(error) => return Err(error.to_string()),
+            },
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+    Ok(())
+}
+
+/// What delete-old did to one instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DeleteOutcome {
+    /// Its Old blobs were deleted after its New blobs verified.
+    Deleted,
+    /// It had no Old blobs.
+    NothingToDelete,
+}
+
+/// Deletes an instance's Old file and metadata, but only after its New blobs verify; the file
+/// first, then the metadata (a crash between the two leaves the metadata, which the next run
+/// deletes once the New blobs verify again).
+pub(crate) async fn delete_old(
+    index: &InstanceIndex,
+    blobs: &InstanceBlobStore,
+    stored: &StoredInstance,
+) -> Result<DeleteOutcome, String> {
+    let instance = &stored.instance;
+    let containers = blobs.containers();
+    let old_file = BlobLayout::Old.file(instance);
+    let old_metadata = BlobLayout::Old.metadata(instance);
+    let file_exists = with_retries(|| containers.files.exists(&old_file))
+        .await
+        .map_err(|e| e.to_string())?;
+    let metadata_exists = with_retries(|| containers.metadata.exists(&old_metadata))
+        .await
+        .map_err(|e| e.to_string())?;
+    if !file_exists && !metadata_exists {
+        return Ok(DeleteOutcome::NothingToDelete);
+    }
+    match verify_new_blobs(index, blobs, stored)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Verification::Verified => {}
+        Verification::Failed(reason) => return Err(reason),
+    }
+    with_retries(|| blobs.delete_layout(instance, BlobLayout::Old))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(DeleteOutcome::Deleted)
+}
+
+/// Force-deletes the Old blobs of a deleted instance (cleanup-deleted).
+pub(crate) async fn delete_old_of_deleted(
+    blobs: &InstanceBlobStore,
+    instance: &VersionedInstance,
+) -> Result<(), String> {
+    with_retries(|| blobs.delete_layout(instance, BlobLayout::Old))
+        .await
+        .map_err(|e| e.to_string())
+}

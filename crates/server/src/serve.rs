@@ -1,0 +1,144 @@
+//! `tessera serve`: opens the stores, starts the workers and the configured operations, serves.
+
+use std::sync::Arc;
+
+use tessera_blob::{FormatPolicy, InstanceBlobStore};
+use tessera_config::Config;
+use tessera_index::InstanceIndex;
+use tessera_ops::{MigrationSettings, OperationContext, RoundSizes, start_configured_operations};
+use tessera_service::{DeletedInstanceCleanup, DicomService, ServiceSettings, StaleStoreSweeper};
+
+/// Opens the index and the blob store the configuration names.
+pub async fn open_stores(
+    config: &Config,
+) -> Result<(InstanceIndex, Arc<InstanceBlobStore>), Box<dyn std::error::Error>> {
+    let settings = &config.settings;
+    let migration = &settings.blob_migration;
+    let containers = settings
+        .tessera
+        .blob_store
+        .open(
+            settings.blob_connection_string.as_deref(),
+            &settings.containers,
+        )
+        .await?;
+    let policy = FormatPolicy {
+        format: migration.format_type,
+        read_fallback: settings.tessera.read_fallback,
+        log_old_format_usage: migration.log_old_format_usage,
+    };
+    let index = InstanceIndex::open(&settings.tessera.index).await?;
+    Ok((index, Arc::new(InstanceBlobStore::new(containers, policy))))
+}
+
+/// The operation context of this process for the configured batching.
+pub fn operation_context(
+    config: &Config,
+    index: InstanceIndex,
+    blobs: Arc<InstanceBlobStore>,
+) -> OperationContext {
+    let functions = &config.settings.functions;
+    let round = |b: tessera_config::Batching| b.size.saturating_mul(b.max_parallel_count);
+    OperationContext {
+        index,
+        blobs,
+        owner: uuid::Uuid::new_v4().simple().to_string(),
+        lease: config.settings.tessera.operation_lease,
+        rounds: RoundSizes {
+            copy: round(functions.copy),
+            deletion: round(functions.migration_deletion),
+            cleanup: round(functions.cleanup_deleted),
+        },
+        parallelism: functions.max_parallel_threads as usize,
+    }
+}
+
+/// The migration settings of the configuration, with ids in the 32-hex form.
+pub fn migration_settings(config: &Config) -> MigrationSettings {
+    let m = &config.settings.blob_migration;
+    MigrationSettings {
+        format: m.format_type,
+        start_copy: m.start_copy,
+        start_delete: m.start_delete,
+        copy_id: m.copy_operation_id.simple().to_string(),
+        delete_id: m.delete_operation_id.simple().to_string(),
+        cleanup_id: m.cleanup_deleted_operation_id.simple().to_string(),
+        cleanup_since: m.cleanup_filter_timestamp,
+    }
+}
+
+/// Runs the server until Ctrl-C or SIGTERM.
+pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let settings = &config.settings;
+    let (index, blobs) = open_stores(&config).await?;
+    let cleanup = &settings.deleted_instance_cleanup;
+    let service = DicomService::new(
+        index.clone(),
+        blobs.clone(),
+        ServiceSettings {
+            delete_delay: cleanup.delete_delay,
+        },
+    );
+    let mut workers = vec![
+        tokio::spawn(
+            DeletedInstanceCleanup {
+                polling_interval: cleanup.polling_interval,
+                batch_size: cleanup.batch_size,
+                max_retries: cleanup.max_retries,
+                retry_back_off: cleanup.retry_back_off,
+            }
+            .run(service.clone()),
+        ),
+        tokio::spawn(
+            StaleStoreSweeper {
+                timeout: settings.tessera.stale_store_timeout,
+                interval: settings.tessera.sweep_interval,
+            }
+            .run(service.clone()),
+        ),
+    ];
+    let listener = tokio::net::TcpListener::bind(settings.tessera.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", settings.tessera.listen))?;
+    let address = listener.local_addr()?;
+    tracing::info!(
+        blob_store = %settings.tessera.blob_store,
+        format = %settings.blob_migration.format_type,
+        "listening on {address}"
+    );
+    workers.extend(start_configured_operations(
+        operation_context(&config, index, blobs),
+        migration_settings(&config),
+    ));
+    let app = tessera_http::router(tessera_http::AppState { service });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    for worker in workers {
+        worker.abort();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM, so in-flight requests finish before exit.
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+}
