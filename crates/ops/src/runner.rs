@@ -180,8 +180,8 @@ impl OperationContext {
             // Its failures are revisited from the checkpoint, which stays before the first one.
             self.index.clear_operation_failures(id).await?;
         }
-        if record.status == OperationStatus::Failed && checkpoint.phase == Phase::Retry {
-            // A restart of a failed operation retries only what failed.
+        if checkpoint.phase == Phase::Retry && checkpoint.after == u64::MAX {
+            // The walk ended in an earlier run: a resume retries only what failed.
             checkpoint.after = 0;
             results.failed = 0;
             results.errors.clear();

@@ -1,0 +1,391 @@
+//! The documented migration procedure end to end, against real server processes: Old → Dual
+//! with StartCopy (while storing and deleting) → New with StartDelete and cleanup-deleted, with
+//! the server killed (SIGKILL) at random moments during copy and delete-old, and a New blob
+//! altered before delete-old.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tessera_blob::layout::hash_prefix;
+use tessera_core::Watermark;
+use tessera_testkit::server::{TestServer, command, files_under};
+use tessera_testkit::synthetic::Synthetic;
+
+const COPY_ID: &str = "1d4689daca3b4659b0c77bf6c9ff25e1";
+const DELETE_ID: &str = "ce38a27eb1944645b47afe91c38c330f";
+const CLEANUP_ID: &str = "d32a04699c274df3a1e812f7f8fecbc8";
+const BOUNDARY: &str = "migration-boundary";
+const STUDY: &str = "1.2.3.900";
+const SERIES: &str = "1.2.3.900.1";
+
+fn sop(i: u32) -> String {
+    format!("1.2.3.900.1.{i}")
+}
+
+fn instance(i: u32) -> Synthetic {
+    let mut synthetic = Synthetic::new(STUDY, SERIES, &sop(i));
+    (synthetic.rows, synthetic.columns, synthetic.frames) = (128, 128, 4);
+    synthetic.patient_id = format!("P{i}");
+    synthetic
+}
+
+fn tessera() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_tessera"))
+}
+
+fn env(
+    format: &'static str,
+    extra: &[(&'static str, &'static str)],
+) -> Vec<(&'static str, &'static str)> {
+    let mut env = vec![
+        ("DicomServer__Services__BlobMigration__FormatType", format),
+        // Deleted instances keep their blobs for a day, so cleanup-deleted has work.
+        (
+            "DicomServer__Services__DeletedInstanceCleanup__DeleteDelay",
+            "1.00:00:00",
+        ),
+        ("Tessera__OperationLease", "00:00:02"),
+        ("DicomFunctions__Copy__Batching__Size", "5"),
+        ("DicomFunctions__Copy__Batching__MaxParallelCount", "2"),
+        ("DicomFunctions__MigrationDeletion__Batching__Size", "5"),
+        (
+            "DicomFunctions__MigrationDeletion__Batching__MaxParallelCount",
+            "2",
+        ),
+        ("DicomFunctions__BlobMigration__MaxParallelThreads", "2"),
+    ];
+    env.extend_from_slice(extra);
+    env
+}
+
+async fn store(server: &TestServer, range: std::ops::RangeInclusive<u32>) {
+    let ids: Vec<u32> = range.collect();
+    for chunk in ids.chunks(25) {
+        let mut body = Vec::new();
+        for &i in chunk {
+            body.extend_from_slice(
+                format!("--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes(),
+            );
+            body.extend_from_slice(&instance(i).bytes());
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+        let response = reqwest::Client::new()
+            .post(server.url("/v2/studies"))
+            .header(
+                "Content-Type",
+                format!("multipart/related; type=\"application/dicom\"; boundary={BOUNDARY}"),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+}
+
+async fn delete(server: &TestServer, range: std::ops::RangeInclusive<u32>) {
+    for i in range {
+        let url = server.url(&format!(
+            "/v2/studies/{STUDY}/series/{SERIES}/instances/{}",
+            sop(i)
+        ));
+        assert_eq!(
+            reqwest::Client::new()
+                .delete(url)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            204
+        );
+    }
+}
+
+/// Every live instance comes back byte for byte.
+async fn assert_all_retrievable(server: &TestServer, live: &BTreeSet<u32>) {
+    for &i in live {
+        let url = server.url(&format!(
+            "/v1/studies/{STUDY}/series/{SERIES}/instances/{}",
+            sop(i)
+        ));
+        let response = reqwest::Client::new()
+            .get(url)
+            .header("Accept", "application/dicom")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "instance {i}");
+        assert!(
+            response.bytes().await.unwrap() == instance(i).bytes().as_slice(),
+            "instance {i} differs"
+        );
+    }
+}
+
+async fn operation(server: &TestServer, id: &str) -> (u16, Value) {
+    let response = reqwest::get(server.url(&format!("/v2/operations/{id}")))
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Old-name watermarks by instance number, from the Old file names.
+fn old_watermarks(files: &Path) -> BTreeMap<u32, u64> {
+    files_under(files)
+        .iter()
+        .filter_map(|name| {
+            let (_, rest) = name.rsplit_once(&format!("{}.", SERIES))?;
+            let (i, w) = rest.strip_suffix(".dcm")?.split_once('_')?;
+            Some((i.parse().ok()?, w.parse().ok()?))
+        })
+        .collect()
+}
+
+fn new_name(watermark: u64) -> String {
+    format!(
+        "{}_{watermark}.dcm",
+        hash_prefix(Watermark::new(watermark).unwrap())
+    )
+}
+
+/// A cheap, seeded pseudo-random delay (the seed is printed so a failure can be replayed).
+struct Jitter(u64);
+
+impl Jitter {
+    fn next_ms(&mut self, low: u64, high: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        low + (self.0 >> 33) % (high - low)
+    }
+}
+
+/// Runs servers with `env` until operation `id` ends, killing the server `kills` times at
+/// random moments while the operation runs. Returns the last server and the final state.
+async fn run_with_kills(
+    dir: &Path,
+    env: &[(&str, &str)],
+    id: &str,
+    kills: u32,
+    jitter: &mut Jitter,
+) -> (TestServer, Value, u32) {
+    let mut server = TestServer::start(tessera(), dir, env);
+    let mut killed = 0;
+    let mut saw_running = false;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "operation {id} did not finish");
+        let (status, body) = operation(&server, id).await;
+        if status == 202 {
+            saw_running = true;
+            let processed = body["results"]["processed"].as_u64().unwrap_or(0);
+            if killed < kills && processed > 0 {
+                tokio::time::sleep(Duration::from_millis(jitter.next_ms(0, 150))).await;
+                server.kill();
+                killed += 1;
+                server = TestServer::start(tessera(), dir, env);
+                continue;
+            }
+        }
+        if status == 200 && matches!(body["status"].as_str(), Some("succeeded" | "failed")) {
+            assert!(saw_running || killed == 0, "running was never observed");
+            return (server, body, killed);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn assert_counts_add_up(body: &Value) {
+    let r = &body["results"];
+    let get = |k: &str| r[k].as_u64().unwrap();
+    assert_eq!(get("failed"), 0, "{body}");
+    assert_eq!(get("verified"), get("processed") - get("skipped"), "{body}");
+    assert_eq!(body["percentComplete"], 100, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_to_new_with_kills_alterations_and_concurrent_traffic() {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    println!("jitter seed {seed}");
+    let mut jitter = Jitter(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("data/blobs/dicomwebcontainer");
+    let metadata = dir.path().join("data/blobs/metadatacontainer");
+    let mut live: BTreeSet<u32> = (1..=300).collect();
+
+    // 1. Old: only UID names.
+    let server = TestServer::start(tessera(), dir.path(), &env("Old", &[]));
+    store(&server, 1..=300).await;
+    delete(&server, 1..=10).await;
+    live.retain(|i| *i > 10);
+    assert!(
+        files_under(&files).iter().all(|n| n.contains('/')),
+        "Old writes UID names only"
+    );
+    assert_all_retrievable(&server, &live).await;
+    server.kill();
+
+    // 2. Dual + StartCopy, with stores and deletes while the copy runs, and kills.
+    let copy_env = env(
+        "Dual",
+        &[("DicomServer__Services__BlobMigration__StartCopy", "true")],
+    );
+    let server = TestServer::start(tessera(), dir.path(), &copy_env);
+    store(&server, 301..=330).await;
+    delete(&server, 11..=20).await;
+    server.kill();
+    live.extend(301..=330);
+    live.retain(|i| *i > 20);
+    let (server, copy, copy_kills) =
+        run_with_kills(dir.path(), &copy_env, COPY_ID, 3, &mut jitter).await;
+    assert_eq!(copy["status"], "succeeded", "{copy}");
+    assert_eq!(copy["type"], "copy");
+    assert_counts_add_up(&copy);
+    let r = &copy["results"];
+    assert_eq!(
+        r["copied"].as_u64().unwrap() + r["alreadyPresent"].as_u64().unwrap(),
+        2 * r["processed"].as_u64().unwrap()
+    );
+    tessera_testkit::server::eventually("the log says the copy completed", || {
+        server
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("Completed copying files."))
+    })
+    .await;
+    let watermarks = old_watermarks(&files);
+    let names: BTreeSet<String> = files_under(&files).into_iter().collect();
+    for i in &live {
+        let w = watermarks[i];
+        assert!(names.contains(&new_name(w)), "instance {i} has no New file");
+        let on_disk = std::fs::read(files.join(new_name(w))).unwrap();
+        assert!(
+            on_disk == instance(*i).bytes(),
+            "New file of instance {i} differs"
+        );
+        assert!(
+            metadata
+                .join(format!(
+                    "{}_{w}_metadata.json",
+                    hash_prefix(Watermark::new(w).unwrap())
+                ))
+                .is_file()
+        );
+    }
+    assert_all_retrievable(&server, &live).await;
+    server.kill();
+
+    // 3. An altered New blob before delete-old: caught, its Old blob survives, reported.
+    let victim = *live.iter().nth(7).unwrap();
+    let victim_new = files.join(new_name(watermarks[&victim]));
+    let good = std::fs::read(&victim_new).unwrap();
+    std::fs::remove_file(&victim_new).unwrap();
+    std::fs::write(&victim_new, &good[..good.len() / 2]).unwrap();
+    let delete_env = env(
+        "New",
+        &[
+            ("DicomServer__Services__BlobMigration__StartDelete", "true"),
+            (
+                "DicomServer__Services__BlobMigration__CleanupFilterTimeStamp",
+                "2000-01-01",
+            ),
+        ],
+    );
+    let (server, deletion, delete_kills) =
+        run_with_kills(dir.path(), &delete_env, DELETE_ID, 3, &mut jitter).await;
+    assert!(
+        copy_kills + delete_kills >= 5,
+        "only {} kills happened",
+        copy_kills + delete_kills
+    );
+    assert_eq!(deletion["status"], "failed", "{deletion}");
+    assert_eq!(deletion["type"], "migrationDeletion");
+    let errors = deletion["results"]["errors"].to_string();
+    assert!(
+        errors.contains(&format!("watermark {}", watermarks[&victim])),
+        "{errors}"
+    );
+    let old_victim = files_under(&files)
+        .into_iter()
+        .find(|n| n.contains(&format!("{}_{}.dcm", sop(victim), watermarks[&victim])));
+    assert!(
+        old_victim.is_some(),
+        "the Old file of the altered instance survives"
+    );
+    assert_all_retrievable(
+        &server,
+        &live.iter().copied().filter(|i| *i != victim).collect(),
+    )
+    .await;
+    server.kill();
+
+    // 4. Repaired, a restart retries only that instance; delete-old and cleanup-deleted finish.
+    std::fs::remove_file(&victim_new).unwrap();
+    std::fs::write(&victim_new, &good).unwrap();
+    let server = TestServer::start(tessera(), dir.path(), &delete_env);
+    tessera_testkit::server::eventually("the log says delete-old completed", || {
+        let lines = server.log.lock().unwrap();
+        lines
+            .iter()
+            .any(|l| l.contains("Completed deleting files.") && !l.contains("cleanupDeleted"))
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while operation(&server, CLEANUP_ID).await.1["status"] != "succeeded" {
+        assert!(Instant::now() < deadline, "cleanup-deleted did not succeed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, deletion) = operation(&server, DELETE_ID).await;
+    assert_eq!(
+        (status, deletion["status"].as_str()),
+        (200, Some("succeeded")),
+        "{deletion}"
+    );
+    assert_eq!(deletion["results"]["failed"], 0, "{deletion}");
+    let (_, cleanup) = operation(&server, CLEANUP_ID).await;
+    assert_eq!(cleanup["status"], "succeeded", "{cleanup}");
+    assert_eq!(cleanup["type"], "cleanupDeleted");
+
+    let remaining_old: Vec<String> = files_under(&files)
+        .into_iter()
+        .chain(files_under(&metadata))
+        .filter(|n| n.contains('/'))
+        .collect();
+    assert!(
+        remaining_old.is_empty(),
+        "Old names left: {remaining_old:?}"
+    );
+    let names: BTreeSet<String> = files_under(&files).into_iter().collect();
+    for i in &live {
+        assert!(
+            names.contains(&new_name(watermarks[i])),
+            "instance {i} lost its New file"
+        );
+    }
+    assert_all_retrievable(&server, &live).await;
+
+    let output = command(tessera(), dir.path(), &["migrate", "status"], &delete_env)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    for kind in ["copy", "migrationDeletion", "cleanupDeleted"] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(kind))
+            .unwrap_or_default();
+        assert!(
+            line.contains("succeeded") && line.contains("100%"),
+            "{text}"
+        );
+    }
+}
