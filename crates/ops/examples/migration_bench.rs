@@ -1,0 +1,118 @@
+//! Benchmark (not a test): copy and delete-old throughput on the filesystem store.
+//!
+//! `cargo run --release -p tessera-ops --example migration_bench -- [INSTANCES] [KIB]` fills a
+//! fresh SQLite index and filesystem blob store (in a temporary folder) with INSTANCES instances
+//! of KIB KiB under Old names, runs the copy (FormatType Dual) and then delete-old (New), and
+//! prints instances per second for each.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tessera_blob::{BlobStoreLocation, ContainerNames, FormatPolicy, InstanceBlobStore};
+use tessera_core::{
+    ContentChecksum, FormatType, InstanceIdentifier, SearchableAttributes, VersionedInstance,
+};
+use tessera_index::{InstanceIndex, NewInstance};
+use tessera_ops::{OperationContext, OperationKind, RoundSizes, RunOutcome};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let count: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(20_000);
+    let kib: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(16);
+    let dir = tempfile::tempdir()?;
+    let index = InstanceIndex::open(&format!("sqlite://{}/index.db", dir.path().display())).await?;
+    let location = BlobStoreLocation::FileSystem {
+        root: dir.path().join("blobs"),
+    };
+    let containers = location.open(None, &ContainerNames::default()).await?;
+    let store = |format| {
+        Arc::new(InstanceBlobStore::new(
+            containers.clone(),
+            FormatPolicy::new(format),
+        ))
+    };
+
+    let old = store(FormatType::Old);
+    let started = Instant::now();
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let (index, old) = (index.clone(), old.clone());
+            async move {
+                let id =
+                    InstanceIdentifier::parse("1.2.3.4", "1.2.3.4.5", &format!("1.2.3.4.5.{i}"))
+                        .expect("uid");
+                let new = NewInstance {
+                    id: id.clone(),
+                    transfer_syntax: "1.2.840.10008.1.2.1".into(),
+                    attributes: SearchableAttributes {
+                        sop_class_uid: "1.2.840.10008.5.1.4.1.1.7".into(),
+                        ..Default::default()
+                    },
+                };
+                let watermark = index.begin_create(&new).await.expect("reserve");
+                let instance = VersionedInstance::new(id, watermark);
+                let body = Bytes::from(vec![(i % 251) as u8; kib * 1024]);
+                let mut checksum = ContentChecksum::new();
+                checksum.update(&body);
+                old.put_file(
+                    &instance,
+                    futures::stream::iter([Ok::<_, std::io::Error>(body)]),
+                )
+                .await
+                .expect("file");
+                old.put_metadata(&instance, Bytes::from(format!("{{\"i\":{i}}}")))
+                    .await
+                    .expect("metadata");
+                index
+                    .end_create(watermark, checksum.length(), &checksum.value(), false)
+                    .await
+                    .expect("complete");
+            }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+    println!(
+        "filled {count} instances of {kib} KiB in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let context = |blobs| OperationContext {
+        index: index.clone(),
+        blobs,
+        owner: "bench".into(),
+        lease: Duration::from_secs(60),
+        rounds: RoundSizes {
+            copy: 200,
+            deletion: 200,
+            cleanup: 200,
+        },
+        parallelism: 5,
+    };
+    for (kind, format, id) in [
+        (
+            OperationKind::Copy,
+            FormatType::Dual,
+            "00000000000000000000000000000001",
+        ),
+        (
+            OperationKind::MigrationDeletion,
+            FormatType::New,
+            "00000000000000000000000000000002",
+        ),
+    ] {
+        let started = Instant::now();
+        let outcome = context(store(format)).run(id, kind, None).await?;
+        let seconds = started.elapsed().as_secs_f64();
+        assert!(matches!(outcome, RunOutcome::Finished(_)), "{outcome:?}");
+        println!(
+            "{:<18} {count} instances in {seconds:.1}s: {:.0} instances/s ({outcome:?})",
+            kind.name(),
+            f64::from(count) / seconds
+        );
+    }
+    Ok(())
+}
