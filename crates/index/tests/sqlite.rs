@@ -136,3 +136,60 @@ async fn abandoned_and_stale_reservations() {
         Err(IndexError::NotFound)
     ));
 }
+
+#[tokio::test]
+async fn one_process_holds_an_operation_until_its_lease_expires() {
+    use tessera_index::{Acquisition, OperationStatus};
+    let (_dir, index) = index().await;
+    let lease = Duration::from_millis(300);
+    let first = index
+        .acquire_operation("op", "copy", "a", lease, "{}", "{}")
+        .await
+        .unwrap();
+    assert!(matches!(first, Acquisition::Acquired(ref r) if r.status == OperationStatus::Running));
+    assert!(matches!(
+        index
+            .acquire_operation("op", "copy", "b", lease, "{}", "{}")
+            .await
+            .unwrap(),
+        Acquisition::HeldElsewhere(_)
+    ));
+    assert!(
+        index
+            .checkpoint_operation("op", "a", lease, r#"{"x":1}"#, "{}")
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let taken = index
+        .acquire_operation("op", "copy", "b", lease, "{}", "{}")
+        .await
+        .unwrap();
+    let Acquisition::Acquired(record) = taken else {
+        panic!("expired lease not taken over")
+    };
+    assert_eq!(
+        record.checkpoint, r#"{"x":1}"#,
+        "resumes from the last checkpoint"
+    );
+    assert!(
+        !index
+            .checkpoint_operation("op", "a", lease, "{}", "{}")
+            .await
+            .unwrap(),
+        "the old owner lost it"
+    );
+    assert!(
+        index
+            .finish_operation("op", "b", OperationStatus::Succeeded, "{}", "{}")
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        index
+            .acquire_operation("op", "copy", "c", lease, "{}", "{}")
+            .await
+            .unwrap(),
+        Acquisition::AlreadySucceeded(_)
+    ));
+}

@@ -374,6 +374,23 @@ async fn old_to_new_with_kills_alterations_and_concurrent_traffic() {
     }
     assert_all_retrievable(&server, &live).await;
 
+    let v1: Value = reqwest::get(server.url("/v1/operations/1d4689da-ca3b-4659-b0c7-7bf6c9ff25e1"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v1["status"], "completed", "v1 says completed: {v1}");
+    assert_eq!(v1["operationId"], COPY_ID);
+    let unknown = reqwest::get(server.url("/v2/operations/00000000000000000000000000000000"))
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let malformed = reqwest::get(server.url("/v2/operations/not-a-guid"))
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 400);
+
     let output = command(tessera(), dir.path(), &["migrate", "status"], &delete_env)
         .output()
         .unwrap();
