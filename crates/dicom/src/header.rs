@@ -347,3 +347,60 @@ fn without_bulk_data(object: &InMemDicomObject) -> InMemDicomObject {
         }
     }))
 }
+
+/// Collects the first bytes of an instance as they arrive until its header can be read. The
+/// prefix is rescanned only when it has doubled, so the work stays linear in its size.
+#[derive(Debug)]
+pub struct HeaderReader {
+    prefix: Vec<u8>,
+    next_scan: usize,
+}
+
+impl Default for HeaderReader {
+    fn default() -> Self {
+        Self {
+            prefix: Vec::new(),
+            next_scan: 64 * 1024,
+        }
+    }
+}
+
+impl HeaderReader {
+    /// A reader that has seen nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the next chunk; returns the header as soon as the bytes so far hold it.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Option<InstanceHeader>, DicomError> {
+        self.prefix.extend_from_slice(chunk);
+        if self.prefix.len() < self.next_scan {
+            return Ok(None);
+        }
+        match scan_header(&self.prefix, false)? {
+            HeaderScan::Complete(header) => Ok(Some(*header)),
+            HeaderScan::NeedMore => {
+                self.next_scan = self.prefix.len() * 2;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The input ended: the header of the complete instance, or why there is none.
+    pub fn finish(&mut self) -> Result<InstanceHeader, DicomError> {
+        match scan_header(&self.prefix, true)? {
+            HeaderScan::Complete(header) => Ok(*header),
+            HeaderScan::NeedMore => Err(DicomError::Malformed("truncated".into())),
+        }
+    }
+
+    /// The bytes collected so far.
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix
+    }
+
+    /// The bytes collected so far (they still have to be stored).
+    pub fn into_prefix(self) -> Vec<u8> {
+        self.prefix
+    }
+}

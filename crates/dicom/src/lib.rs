@@ -15,7 +15,9 @@ mod validation;
 
 pub use dicom_dictionary_std::tags;
 pub use frames::{FragmentScanner, FrameRange, FrameRanges};
-pub use header::{HeaderScan, InstanceHeader, PixelData, ValidationError, scan_header};
+pub use header::{
+    HeaderReader, HeaderScan, InstanceHeader, PixelData, ValidationError, scan_header,
+};
 
 /// Why bytes are not a DICOM instance Tessera can store.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -11,6 +11,7 @@
 //! - [`InstanceIndex::delete`] removes rows and appends change-feed rows in one transaction and
 //!   queues the blobs for removal; no blob is touched by the index.
 
+mod adoption;
 mod migration;
 mod model;
 mod operations;
@@ -22,6 +23,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 use tessera_core::{InstanceIdentifier, Uid, VersionedInstance, Watermark};
 
+pub use adoption::{Adoption, FoundInstance};
 pub use model::{
     ChangeAction, ChangeFeedEntry, ChangeState, DeletedInstance, NewInstance, RetrieveScope,
     StoredInstance,
@@ -154,44 +156,7 @@ impl InstanceIndex {
         }
         let watermark =
             Watermark::new(next as u64).map_err(|e| IndexError::Corrupt(e.to_string()))?;
-        let a = &instance.attributes;
-        sqlx::query(
-            "INSERT INTO studies (study_uid, patient_id, patient_name, patient_birth_date, accession_number,
-                 referring_physician_name, study_date, study_description, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT (study_uid) DO UPDATE SET patient_id = excluded.patient_id,
-                 patient_name = excluded.patient_name, patient_birth_date = excluded.patient_birth_date,
-                 accession_number = excluded.accession_number,
-                 referring_physician_name = excluded.referring_physician_name,
-                 study_date = excluded.study_date, study_description = excluded.study_description,
-                 updated_at = excluded.updated_at",
-        )
-        .bind(id.study.as_str())
-        .bind(a.patient_id.clone())
-        .bind(a.patient_name.clone())
-        .bind(a.patient_birth_date.clone())
-        .bind(a.accession_number.clone())
-        .bind(a.referring_physician_name.clone())
-        .bind(a.study_date.clone())
-        .bind(a.study_description.clone())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO series (study_uid, series_uid, modality, performed_procedure_step_start_date,
-                 manufacturer_model_name, updated_at) VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (study_uid, series_uid) DO UPDATE SET modality = excluded.modality,
-                 performed_procedure_step_start_date = excluded.performed_procedure_step_start_date,
-                 manufacturer_model_name = excluded.manufacturer_model_name, updated_at = excluded.updated_at",
-        )
-        .bind(id.study.as_str())
-        .bind(id.series.as_str())
-        .bind(a.modality.clone())
-        .bind(a.performed_procedure_step_start_date.clone())
-        .bind(a.manufacturer_model_name.clone())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        upsert_parents(&mut tx, instance, now).await?;
         let inserted = sqlx::query(
             "INSERT INTO instances (watermark, study_uid, series_uid, sop_uid, sop_class_uid, transfer_syntax,
                  status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
@@ -200,7 +165,7 @@ impl InstanceIndex {
         .bind(id.study.as_str())
         .bind(id.series.as_str())
         .bind(id.sop.as_str())
-        .bind(a.sop_class_uid.clone())
+        .bind(instance.attributes.sop_class_uid.clone())
         .bind(instance.transfer_syntax.clone())
         .bind(CREATING)
         .bind(now)
@@ -505,6 +470,54 @@ impl InstanceIndex {
 pub(crate) const CHANGE_FEED_SELECT: &str =
     "SELECT sequence, timestamp, action, study_uid, series_uid, sop_uid,
     original_watermark, current_watermark FROM change_feed";
+
+/// Creates or updates the study and series rows of an instance (latest wins, orig A.5).
+pub(crate) async fn upsert_parents(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    instance: &NewInstance,
+    now: i64,
+) -> Result<()> {
+    let id = &instance.id;
+    let a = &instance.attributes;
+    sqlx::query(
+            "INSERT INTO studies (study_uid, patient_id, patient_name, patient_birth_date, accession_number,
+                 referring_physician_name, study_date, study_description, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (study_uid) DO UPDATE SET patient_id = excluded.patient_id,
+                 patient_name = excluded.patient_name, patient_birth_date = excluded.patient_birth_date,
+                 accession_number = excluded.accession_number,
+                 referring_physician_name = excluded.referring_physician_name,
+                 study_date = excluded.study_date, study_description = excluded.study_description,
+                 updated_at = excluded.updated_at",
+        )
+        .bind(id.study.as_str())
+        .bind(a.patient_id.clone())
+        .bind(a.patient_name.clone())
+        .bind(a.patient_birth_date.clone())
+        .bind(a.accession_number.clone())
+        .bind(a.referring_physician_name.clone())
+        .bind(a.study_date.clone())
+        .bind(a.study_description.clone())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+            "INSERT INTO series (study_uid, series_uid, modality, performed_procedure_step_start_date,
+                 manufacturer_model_name, updated_at) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (study_uid, series_uid) DO UPDATE SET modality = excluded.modality,
+                 performed_procedure_step_start_date = excluded.performed_procedure_step_start_date,
+                 manufacturer_model_name = excluded.manufacturer_model_name, updated_at = excluded.updated_at",
+        )
+        .bind(id.study.as_str())
+        .bind(id.series.as_str())
+        .bind(a.modality.clone())
+        .bind(a.performed_procedure_step_start_date.clone())
+        .bind(a.manufacturer_model_name.clone())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
 
 async fn queue_blob_removal(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,

@@ -13,10 +13,12 @@
 //! one process runs it, renewing the lease; when that process dies, another (or the same after a
 //! restart) takes it over once the lease expires and resumes from the last checkpoint.
 
+mod adopt;
 mod migration;
 mod runner;
 mod triggers;
 
+pub use adopt::{AdoptionReport, adopt};
 pub use migration::{Verification, verify_new_blobs};
 pub use runner::{OperationContext, OperationKind, RoundSizes, RunOutcome};
 pub use triggers::{MigrationSettings, start_configured_operations};
@@ -27,6 +29,9 @@ pub enum OperationError {
     /// The index failed.
     #[error(transparent)]
     Index(#[from] tessera_index::IndexError),
+    /// The blob store failed (listing, or a write adoption needed).
+    #[error(transparent)]
+    Blob(#[from] tessera_blob::BlobError),
     /// Another process took the operation over (this one's lease expired).
     #[error("the operation's lease was lost to another process")]
     LeaseLost,

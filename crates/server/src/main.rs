@@ -34,6 +34,13 @@ enum Command {
     },
     /// Print the effective configuration, with secrets masked, and where each value came from.
     Config,
+    /// Build the index from the blobs of an existing container (one the original server wrote,
+    /// or Tessera's own after losing its index). Never modifies or deletes a blob.
+    Adopt {
+        /// Only count and report; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Follow and check a blob migration.
     Migrate {
         #[command(subcommand)]
@@ -98,6 +105,7 @@ fn main() -> ExitCode {
             Command::Migrate {
                 command: MigrateCommand::Count,
             } => migrate::count(&config).await,
+            Command::Adopt { dry_run } => migrate::adopt(&config, dry_run).await,
             Command::Config => Ok(()),
         }
     });

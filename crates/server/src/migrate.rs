@@ -88,3 +88,57 @@ pub async fn count(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
     }
     Ok(())
 }
+
+/// `tessera adopt [--dry-run]`: builds the index from the blob store and prints a summary:
+/// instances adopted by format, and every blob left alone with the reason.
+pub async fn adopt(config: &Config, dry_run: bool) -> Result<(), Box<dyn std::error::Error>> {
+    let (index, blobs) = open_stores(config).await?;
+    let terminal = std::io::stdout().is_terminal();
+    let report = tessera_ops::adopt(&index, &blobs, dry_run, |progress| {
+        let line = format!(
+            "scanned {} file blobs, adopted {} instances",
+            progress.scanned,
+            progress.adopted()
+        );
+        if terminal {
+            print!("\r{line}");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        } else {
+            println!("{line}");
+        }
+    })
+    .await?;
+    if terminal {
+        println!();
+    }
+    let verb = if dry_run { "would adopt" } else { "adopted" };
+    println!(
+        "{verb} {} instances: old {}, new {}, dual {}; already indexed {}",
+        report.adopted(),
+        report.adopted_old,
+        report.adopted_new,
+        report.adopted_dual,
+        report.already_indexed
+    );
+    if !dry_run {
+        println!(
+            "metadata written {}, frame ranges written {}",
+            report.metadata_written, report.frame_ranges_written
+        );
+    }
+    let reasons: Vec<String> = report
+        .reasons()
+        .iter()
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
+    println!(
+        "reported {} blobs{}{}",
+        report.reported.len(),
+        if reasons.is_empty() { "" } else { ": " },
+        reasons.join(", ")
+    );
+    for (reason, name) in &report.reported {
+        println!("  {reason:<22} {name}");
+    }
+    Ok(())
+}

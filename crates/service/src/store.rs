@@ -2,15 +2,13 @@
 
 use std::pin::pin;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{Stream, StreamExt, stream};
 use tessera_blob::BodyError;
 use tessera_core::{
     ContentChecksum, InstanceIdentifier, SearchableAttributes, Uid, VersionedInstance, Watermark,
 };
-use tessera_dicom::{
-    FragmentScanner, FrameRanges, HeaderScan, InstanceHeader, PixelData, scan_header,
-};
+use tessera_dicom::{FragmentScanner, FrameRanges, HeaderReader, InstanceHeader, PixelData};
 use tessera_index::{IndexError, NewInstance};
 
 use crate::DicomService;
@@ -75,9 +73,6 @@ pub enum StoreOutcome {
     },
 }
 
-/// Bytes of the header scanned before giving up on finding a DICOM file.
-const FIRST_SCAN: usize = 64 * 1024;
-
 /// Follows the bytes as they stream to the blob store: length, checksum, fragment ranges.
 struct Tee {
     checksum: ContentChecksum,
@@ -108,35 +103,26 @@ impl DicomService {
         E: Into<BodyError>,
     {
         let mut body = pin!(body);
-        let mut prefix = BytesMut::new();
-        let mut next_scan = FIRST_SCAN;
+        let mut reader = HeaderReader::new();
         let mut header = loop {
-            let ended = match body.next().await {
-                Some(Ok(chunk)) => {
-                    prefix.extend_from_slice(&chunk);
-                    false
-                }
+            let read = match body.next().await {
+                Some(Ok(chunk)) => reader.push(&chunk),
                 Some(Err(error)) => {
                     let error: BodyError = error.into();
-                    return failed(
-                        None,
-                        FailureReason::ProcessingFailure,
-                        format!("the request body failed: {error}"),
-                    );
+                    let comment = format!("the request body failed: {error}");
+                    return failed(None, FailureReason::ProcessingFailure, comment);
                 }
-                None => true,
+                None => reader.finish().map(Some),
             };
-            if prefix.len() < next_scan && !ended {
-                continue;
-            }
-            match scan_header(&prefix, ended) {
-                Ok(HeaderScan::Complete(header)) => break header,
-                Ok(HeaderScan::NeedMore) => next_scan = prefix.len() * 2,
+            match read {
+                Ok(Some(header)) => break header,
+                Ok(None) => {}
                 Err(error) => {
                     return failed(None, FailureReason::ValidationFailure, error.to_string());
                 }
             }
         };
+        let prefix = Bytes::from(reader.into_prefix());
         let (id, attributes, failed_attributes) =
             match validate(&mut header, expected_study, version) {
                 Ok(valid) => valid,
@@ -178,7 +164,7 @@ impl DicomService {
             }
         };
         let instance = VersionedInstance::new(id.clone(), watermark);
-        let rest = stream::once(async move { Ok::<_, BodyError>(prefix.freeze()) })
+        let rest = stream::once(async move { Ok::<_, BodyError>(prefix) })
             .chain(body.map(|c| c.map_err(Into::into)));
         match self.write_blobs(&instance, &header, rest).await {
             Ok(()) => StoreOutcome::Stored {

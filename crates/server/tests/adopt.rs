@@ -1,0 +1,310 @@
+//! Adopting a container laid out exactly as the original server writes it, then serving it and
+//! migrating it with the documented procedure.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::Value;
+use tessera_blob::layout::{hash_prefix, legacy_spaced_frame_ranges};
+use tessera_core::Watermark;
+use tessera_dicom::{FragmentScanner, HeaderScan, InstanceHeader, PixelData, scan_header};
+use tessera_testkit::server::{TestServer, command, files_under, testdata};
+
+fn tessera() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_tessera"))
+}
+
+fn header(bytes: &[u8]) -> InstanceHeader {
+    match scan_header(bytes, true).unwrap() {
+        HeaderScan::Complete(header) => *header,
+        HeaderScan::NeedMore => unreachable!(),
+    }
+}
+
+struct Sample {
+    bytes: Vec<u8>,
+    study: String,
+    series: String,
+    sop: String,
+}
+
+fn sample(name: &str) -> Sample {
+    let bytes = std::fs::read(testdata().join(name)).unwrap();
+    let id = header(&bytes).identifier().unwrap();
+    Sample {
+        study: id.study.to_string(),
+        series: id.series.to_string(),
+        sop: id.sop.to_string(),
+        bytes,
+    }
+}
+
+fn put(path: PathBuf, bytes: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn new_stem(w: u64) -> String {
+    format!("{}_{w}", hash_prefix(Watermark::new(w).unwrap()))
+}
+
+impl Sample {
+    fn old_stem(&self, w: u64) -> String {
+        format!("{}/{}/{}_{w}", self.study, self.series, self.sop)
+    }
+
+    fn metadata(&self) -> Vec<u8> {
+        header(&self.bytes).metadata_json().unwrap()
+    }
+
+    fn path(&self) -> String {
+        format!(
+            "/studies/{}/series/{}/instances/{}",
+            self.study, self.series, self.sop
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_original_container_is_adopted_served_and_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("data/blobs/dicomwebcontainer");
+    let metadata = dir.path().join("data/blobs/metadatacontainer");
+
+    // Old names with sparse watermarks, with and without metadata.
+    let blue = sample("blue-circle.dcm");
+    let green = sample("green-square.dcm");
+    let red = sample("red-triangle.dcm");
+    for (s, w, with_metadata) in [
+        (&blue, 5, true),
+        (&green, 17, true),
+        (&red, 1_000_003, false),
+    ] {
+        put(files.join(format!("{}.dcm", s.old_stem(w))), &s.bytes);
+        if with_metadata {
+            put(
+                metadata.join(format!("{}_metadata.json", s.old_stem(w))),
+                &s.metadata(),
+            );
+        }
+    }
+    // Dual names (a copy ran, or the store was Dual).
+    let case1 = sample("case1_008.dcm");
+    put(
+        files.join(format!("{}.dcm", case1.old_stem(42))),
+        &case1.bytes,
+    );
+    put(files.join(format!("{}.dcm", new_stem(42))), &case1.bytes);
+    put(
+        metadata.join(format!("{}_metadata.json", case1.old_stem(42))),
+        &case1.metadata(),
+    );
+    put(
+        metadata.join(format!("{}_metadata.json", new_stem(42))),
+        &case1.metadata(),
+    );
+    // New names; frame ranges under the historical spaced name; metadata with a BOM.
+    let layer1 = sample("layer1.dcm");
+    put(files.join(format!("{}.dcm", new_stem(1000))), &layer1.bytes);
+    put(
+        metadata.join(format!("{}_metadata.json", new_stem(1000))),
+        &layer1.metadata(),
+    );
+    let Some(PixelData::Encapsulated { items_offset }) = header(&layer1.bytes).pixel_data() else {
+        panic!()
+    };
+    let mut scanner = FragmentScanner::new(items_offset);
+    scanner.feed(0, &layer1.bytes);
+    let ranges = scanner.frame_ranges(1).unwrap();
+    let first_fragment = Bytes::copy_from_slice(
+        &layer1.bytes[ranges.0[0].offset as usize..][..ranges.0[0].length as usize],
+    );
+    put(
+        metadata.join(legacy_spaced_frame_ranges(Watermark::new(1000).unwrap()).as_ref()),
+        &ranges.to_json(),
+    );
+    let layer9 = sample("layer9.dcm");
+    put(files.join(format!("{}.dcm", new_stem(2000))), &layer9.bytes);
+    put(
+        metadata.join(format!("{}_metadata.json", new_stem(2000))),
+        &[b"\xEF\xBB\xBF".as_slice(), &layer9.metadata()].concat(),
+    );
+    // One SOP instance under two watermarks.
+    let xr = sample("XRJPEGProcess1.dcm");
+    for w in [300, 301] {
+        put(files.join(format!("{}.dcm", xr.old_stem(w))), &xr.bytes);
+        put(
+            metadata.join(format!("{}_metadata.json", xr.old_stem(w))),
+            &xr.metadata(),
+        );
+    }
+    // Problems: not DICOM; UIDs in the name that disagree with the header.
+    let not_dicom = "1.2.3/4.5.6/7.8.9_77.dcm";
+    put(files.join(not_dicom), b"this is not a DICOM file");
+    let disagreeing = "1.2.3.4/5.6/7.8_88.dcm";
+    let evle =
+        std::fs::read(testdata().join("transfer-syntaxes/ExplicitVRLittleEndian.dcm")).unwrap();
+    put(files.join(disagreeing), &evle);
+    let leftover = format!("{}.dcm", xr.old_stem(300));
+    let before: Vec<(String, Vec<u8>)> = files_under(&files)
+        .into_iter()
+        .map(|n| (n.clone(), std::fs::read(files.join(&n)).unwrap()))
+        .collect();
+    let metadata_before = files_under(&metadata);
+
+    // A dry run counts and reports, and writes nothing.
+    let env = [("DicomServer__Services__BlobMigration__FormatType", "New")];
+    let dry = command(tessera(), dir.path(), &["adopt", "--dry-run"], &env)
+        .output()
+        .unwrap();
+    let dry_text = String::from_utf8(dry.stdout).unwrap();
+    assert!(dry.status.success(), "{dry_text}");
+    assert!(
+        dry_text.contains("would adopt 7 instances: old 4, new 2, dual 1"),
+        "{dry_text}"
+    );
+    assert_eq!(
+        files_under(&metadata),
+        metadata_before,
+        "a dry run writes nothing"
+    );
+
+    let run = command(tessera(), dir.path(), &["adopt"], &env)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(run.stdout).unwrap();
+    assert!(run.status.success(), "{text}");
+    assert!(
+        text.contains("adopted 7 instances: old 4, new 2, dual 1"),
+        "{text}"
+    );
+    assert!(text.contains("reported 3 blobs"), "{text}");
+    let reported: Vec<&str> = text.lines().filter(|l| l.starts_with("  ")).collect();
+    assert_eq!(reported.len(), 3, "{text}");
+    for (reason, name) in [
+        ("not-dicom", not_dicom),
+        ("uids-disagree", disagreeing),
+        ("leftover", leftover.as_str()),
+    ] {
+        assert!(
+            reported
+                .iter()
+                .any(|l| l.contains(reason) && l.ends_with(name)),
+            "{reason} {name} in {text}"
+        );
+    }
+    for (name, bytes) in &before {
+        assert!(
+            std::fs::read(files.join(name)).unwrap() == *bytes,
+            "{name} was modified"
+        );
+    }
+    assert!(
+        metadata
+            .join(format!("{}_metadata.json", new_stem(1_000_003)))
+            .is_file(),
+        "missing metadata written under the New name"
+    );
+
+    // Served: every live instance byte for byte, metadata, frames.
+    let live = [
+        (&blue, 5),
+        (&green, 17),
+        (&red, 1_000_003),
+        (&case1, 42),
+        (&layer1, 1000),
+        (&layer9, 2000),
+        (&xr, 301),
+    ];
+    let server = TestServer::start(tessera(), dir.path(), &env);
+    let client = reqwest::Client::new();
+    for (s, _) in &live {
+        let response = client
+            .get(server.url(&format!("/v2{}", s.path())))
+            .header("Accept", "application/dicom")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{}", s.sop);
+        assert!(
+            response.bytes().await.unwrap() == s.bytes.as_slice(),
+            "{} differs",
+            s.sop
+        );
+        let json: Value = client
+            .get(server.url(&format!("/v2{}/metadata", s.path())))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(json[0]["00080018"]["Value"][0], s.sop.as_str());
+    }
+    let frame = client
+        .get(server.url(&format!("/v2{}/frames/1", layer1.path())))
+        .header("Accept", "application/octet-stream; transfer-syntax=*")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(frame.status(), 200);
+    assert_eq!(frame.bytes().await.unwrap(), first_fragment);
+    server.kill();
+
+    // The documented migration: Dual + copy, then New + delete-old.
+    for (format, flag, id) in [
+        (
+            "Dual",
+            "DicomServer__Services__BlobMigration__StartCopy",
+            "1d4689daca3b4659b0c77bf6c9ff25e1",
+        ),
+        (
+            "New",
+            "DicomServer__Services__BlobMigration__StartDelete",
+            "ce38a27eb1944645b47afe91c38c330f",
+        ),
+    ] {
+        let env = [
+            ("DicomServer__Services__BlobMigration__FormatType", format),
+            (flag, "true"),
+        ];
+        let server = TestServer::start(tessera(), dir.path(), &env);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let body: Value = reqwest::get(server.url(&format!("/v2/operations/{id}")))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap_or(Value::Null);
+            if body["status"] == "succeeded" {
+                break;
+            }
+            assert_ne!(body["status"], "failed", "{body}");
+            assert!(Instant::now() < deadline, "{format}: {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        server.kill();
+    }
+    let names = files_under(&files);
+    for (s, w) in &live {
+        assert!(
+            names.contains(&format!("{}.dcm", new_stem(*w))),
+            "{} has its New name",
+            s.sop
+        );
+        assert!(
+            !names.contains(&format!("{}.dcm", s.old_stem(*w))),
+            "{} lost its Old name",
+            s.sop
+        );
+        assert!(std::fs::read(files.join(format!("{}.dcm", new_stem(*w)))).unwrap() == s.bytes);
+    }
+    for problem in [not_dicom, disagreeing, leftover.as_str()] {
+        assert!(
+            names.contains(&problem.to_owned()),
+            "{problem} is left alone"
+        );
+    }
+}
