@@ -20,6 +20,7 @@ mod attributes;
 mod checksum;
 mod format;
 mod instance;
+mod qido;
 mod uid;
 mod watermark;
 
@@ -27,5 +28,8 @@ pub use attributes::SearchableAttributes;
 pub use checksum::ContentChecksum;
 pub use format::{FormatType, ParseFormatTypeError};
 pub use instance::{InstanceIdentifier, VersionedInstance};
+pub use qido::{
+    Matcher, QidoQuery, QueryAttribute, QueryLevel, fold_person_name, person_name_search_forms,
+};
 pub use uid::{Uid, UidError};
 pub use watermark::{Watermark, WatermarkError};

@@ -15,13 +15,16 @@ mod adoption;
 mod migration;
 mod model;
 mod operations;
+mod search;
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
-use tessera_core::{InstanceIdentifier, Uid, VersionedInstance, Watermark};
+use tessera_core::{
+    InstanceIdentifier, Uid, VersionedInstance, Watermark, person_name_search_forms,
+};
 
 pub use adoption::{Adoption, FoundInstance};
 pub use model::{
@@ -29,6 +32,7 @@ pub use model::{
     StoredInstance,
 };
 pub use operations::{Acquisition, OperationRecord, OperationResults, OperationStatus};
+pub use search::QidoRow;
 
 /// What can go wrong in the index.
 #[derive(Debug, thiserror::Error)]
@@ -479,16 +483,25 @@ pub(crate) async fn upsert_parents(
 ) -> Result<()> {
     let id = &instance.id;
     let a = &instance.attributes;
+    let patient = a.patient_name.as_deref().map(person_name_search_forms);
+    let referring = a
+        .referring_physician_name
+        .as_deref()
+        .map(person_name_search_forms);
     sqlx::query(
             "INSERT INTO studies (study_uid, patient_id, patient_name, patient_birth_date, accession_number,
-                 referring_physician_name, study_date, study_description, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 referring_physician_name, study_date, study_description, updated_at, patient_name_folded,
+                 patient_name_words, referring_physician_name_folded, referring_physician_name_words)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
              ON CONFLICT (study_uid) DO UPDATE SET patient_id = excluded.patient_id,
                  patient_name = excluded.patient_name, patient_birth_date = excluded.patient_birth_date,
                  accession_number = excluded.accession_number,
                  referring_physician_name = excluded.referring_physician_name,
                  study_date = excluded.study_date, study_description = excluded.study_description,
-                 updated_at = excluded.updated_at",
+                 updated_at = excluded.updated_at, patient_name_folded = excluded.patient_name_folded,
+                 patient_name_words = excluded.patient_name_words,
+                 referring_physician_name_folded = excluded.referring_physician_name_folded,
+                 referring_physician_name_words = excluded.referring_physician_name_words",
         )
         .bind(id.study.as_str())
         .bind(a.patient_id.clone())
@@ -499,6 +512,10 @@ pub(crate) async fn upsert_parents(
         .bind(a.study_date.clone())
         .bind(a.study_description.clone())
         .bind(now)
+        .bind(patient.as_ref().map(|p| p.0.clone()))
+        .bind(patient.map(|p| p.1))
+        .bind(referring.as_ref().map(|r| r.0.clone()))
+        .bind(referring.map(|r| r.1))
         .execute(&mut **tx)
         .await?;
     sqlx::query(
