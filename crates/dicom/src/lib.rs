@@ -36,3 +36,28 @@ pub enum DicomError {
     #[error("the DICOM header is larger than {0} bytes")]
     HeaderTooLarge(usize),
 }
+
+/// The tag of a DICOM keyword (`StudyTime` → `00080030`), from the standard dictionary, as the
+/// 8 hex digits DICOM JSON keys use.
+pub fn tag_of_keyword(keyword: &str) -> Option<String> {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+    let entry = dicom_dictionary_std::StandardDataDictionary.by_name(keyword)?;
+    match entry.tag_range() {
+        dicom_core::dictionary::TagRange::Single(tag) => {
+            Some(format!("{:04X}{:04X}", tag.group(), tag.element()))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod keyword_tests {
+    #[test]
+    fn keywords_resolve_to_tags() {
+        assert_eq!(
+            super::tag_of_keyword("StudyTime").as_deref(),
+            Some("00080030")
+        );
+        assert_eq!(super::tag_of_keyword("NoSuchKeyword"), None);
+    }
+}

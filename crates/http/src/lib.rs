@@ -10,6 +10,7 @@ mod health;
 mod media;
 mod multipart;
 mod operations;
+mod qido;
 mod stow;
 mod wado;
 
@@ -43,7 +44,12 @@ fn versioned(version: ApiVersion) -> Router<AppState> {
     let series = "/studies/{study}/series/{series}";
     let instance = "/studies/{study}/series/{series}/instances/{instance}";
     Router::new()
-        .route("/studies", axum::routing::post(stow::store))
+        .route("/studies", get(qido::studies).post(stow::store))
+        .route("/series", get(qido::all_series))
+        .route("/instances", get(qido::all_instances))
+        .route(&format!("{study}/series"), get(qido::study_series))
+        .route(&format!("{study}/instances"), get(qido::study_instances))
+        .route(&format!("{series}/instances"), get(qido::series_instances))
         .route(
             study,
             get(wado::study)

@@ -13,13 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_blob::{BlobError, InstanceBlobStore};
+use tessera_core::QidoQuery;
 use tessera_index::{IndexError, InstanceIndex};
 
 pub use retrieve::{FrameData, InstanceFile};
 pub use store::{ApiVersion, FailureReason, StoreOutcome, WarningReason};
 pub use tessera_index::{
     ChangeAction, ChangeFeedEntry, ChangeState, OperationRecord, OperationResults, OperationStatus,
-    RetrieveScope, StoredInstance,
+    QidoRow, RetrieveScope, StoredInstance,
 };
 pub use workers::{DeletedInstanceCleanup, StaleStoreSweeper};
 
@@ -81,6 +82,23 @@ impl DicomService {
     /// The blob store.
     pub fn blobs(&self) -> &Arc<InstanceBlobStore> {
         &self.blobs
+    }
+
+    /// Runs a QIDO search.
+    pub async fn search(&self, query: &QidoQuery) -> Result<Vec<QidoRow>, ServiceError> {
+        Ok(self.index.search(query).await?)
+    }
+
+    /// The metadata of the instance with this watermark (for search attributes only the
+    /// metadata has), if it still exists.
+    pub async fn metadata_by_watermark(
+        &self,
+        watermark: u64,
+    ) -> Result<Option<bytes::Bytes>, ServiceError> {
+        match self.index.instance_by_watermark(watermark).await? {
+            Some(instance) => Ok(Some(self.metadata(&instance).await?)),
+            None => Ok(None),
+        }
     }
 
     /// A background operation's stored state, by id (32 hex digits).

@@ -20,6 +20,10 @@ pub struct Synthetic {
     pub patient_id: String,
     /// Study Date (any text: tests set invalid ones).
     pub study_date: String,
+    /// Patient's Name.
+    pub patient_name: String,
+    /// Modality.
+    pub modality: String,
     /// Rows × columns of each 8-bit frame.
     pub rows: u16,
     /// Columns.
@@ -37,6 +41,8 @@ impl Synthetic {
             sop: sop.into(),
             patient_id: "SYNTH".into(),
             study_date: "20240101".into(),
+            patient_name: "Synthetic^Patient".into(),
+            modality: "OT".into(),
             rows: 4,
             columns: 5,
             frames: 3,
@@ -76,7 +82,11 @@ impl Synthetic {
                 VR::UI,
                 PrimitiveValue::from(self.sop.as_str()),
             ),
-            DataElement::new(tags::MODALITY, VR::CS, PrimitiveValue::from("OT")),
+            DataElement::new(
+                tags::MODALITY,
+                VR::CS,
+                PrimitiveValue::from(self.modality.as_str()),
+            ),
             DataElement::new(
                 tags::STUDY_DATE,
                 VR::DA,
@@ -85,7 +95,7 @@ impl Synthetic {
             DataElement::new(
                 tags::PATIENT_NAME,
                 VR::PN,
-                PrimitiveValue::from("Synthetic^Patient"),
+                PrimitiveValue::from(self.patient_name.as_str()),
             ),
             DataElement::new(
                 tags::PATIENT_ID,
