@@ -242,6 +242,58 @@ async fn an_original_container_is_adopted_served_and_migrated() {
             .unwrap();
         assert_eq!(json[0]["00080018"]["Value"][0], s.sop.as_str());
     }
+    // Search finds every live instance at every level, and the leftover watermark only once.
+    for (s, _) in &live {
+        for (path, tag, uid) in [
+            (
+                format!("/v2/studies?StudyInstanceUID={}", s.study),
+                "0020000D",
+                &s.study,
+            ),
+            (
+                format!("/v2/series?SeriesInstanceUID={}", s.series),
+                "0020000E",
+                &s.series,
+            ),
+            (
+                format!("/v2/instances?SOPInstanceUID={}", s.sop),
+                "00080018",
+                &s.sop,
+            ),
+        ] {
+            let found: Value = client
+                .get(server.url(&path))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let found = found.as_array().unwrap();
+            assert_eq!(found.len(), 1, "{path}: {found:?}");
+            assert_eq!(found[0][tag]["Value"][0], uid.as_str());
+        }
+    }
+    let studies: Value = client
+        .get(server.url("/v2/studies"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let distinct: std::collections::BTreeSet<&str> =
+        live.iter().map(|(s, _)| s.study.as_str()).collect();
+    assert_eq!(studies.as_array().unwrap().len(), distinct.len());
+    let instances: Value = client
+        .get(server.url("/v2/instances"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(instances.as_array().unwrap().len(), live.len());
     let frame = client
         .get(server.url(&format!("/v2{}/frames/1", layer1.path())))
         .header("Accept", "application/octet-stream; transfer-syntax=*")
