@@ -45,6 +45,14 @@ started+=($!)
 wait_for_http "http://127.0.0.1:$azurite_port/devstoreaccount1?comp=list" Azurite "$workdir/azurite.log"
 echo "== Azurite on 127.0.0.1:$azurite_port"
 
+# Python's dicomweb-client for the interoperability test, in a virtual environment under .tools/.
+if [ ! -x .tools/venv/bin/python ] || ! .tools/venv/bin/python -c 'import dicomweb_client' 2>/dev/null; then
+  echo "== installing dicomweb-client from PyPI"
+  python3 -m venv .tools/venv
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check dicomweb-client
+fi
+export TESSERA_TEST_PYTHON="$PWD/.tools/venv/bin/python"
+
 export TESSERA_TEST_AZURE_CONNECTION_STRING="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint=http://127.0.0.1:$azurite_port/devstoreaccount1"
 export TESSERA_TEST_REQUIRE_SERVICES=1
 
