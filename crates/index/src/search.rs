@@ -234,27 +234,45 @@ impl InstanceIndex {
             statement = statement.bind(value);
         }
         let rows = statement.fetch_all(&self.pool).await?;
-        let mut results = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let mut result = self.qido_row(row, query.level)?;
-            result.modalities_in_study = self
-                .modalities(
-                    result
-                        .value(QueryAttribute::StudyInstanceUid)
-                        .unwrap_or_default(),
-                )
-                .await?;
-            results.push(result);
-        }
+        let mut results = rows
+            .iter()
+            .map(|row| self.qido_row(row, query.level))
+            .collect::<Result<Vec<_>>>()?;
+        self.add_modalities(&mut results).await?;
         Ok(results)
     }
 
-    async fn modalities(&self, study: &str) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT DISTINCT modality FROM series WHERE study_uid = $1 AND modality IS NOT NULL ORDER BY modality")
-            .bind(study.to_owned())
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    /// Fills in the modalities of the results' studies with one query.
+    async fn add_modalities(&self, results: &mut [QidoRow]) -> Result<()> {
+        let mut studies: Vec<String> = results
+            .iter()
+            .filter_map(|r| r.value(QueryAttribute::StudyInstanceUid).map(str::to_owned))
+            .collect();
+        studies.sort();
+        studies.dedup();
+        if studies.is_empty() {
+            return Ok(());
+        }
+        let placeholders: Vec<String> = (1..=studies.len()).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT DISTINCT study_uid, modality FROM series WHERE modality IS NOT NULL AND study_uid IN ({}) ORDER BY modality",
+            placeholders.join(", ")
+        );
+        // Safe: numbered placeholders only; values are bound.
+        let mut statement = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for study in &studies {
+            statement = statement.bind(study.clone());
+        }
+        for row in statement.fetch_all(&self.pool).await? {
+            let (study, modality): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+            for result in results
+                .iter_mut()
+                .filter(|r| r.value(QueryAttribute::StudyInstanceUid) == Some(study.as_str()))
+            {
+                result.modalities_in_study.push(modality.clone());
+            }
+        }
+        Ok(())
     }
 
     fn qido_row(&self, row: &AnyRow, level: QueryLevel) -> Result<QidoRow> {
