@@ -11,6 +11,8 @@ const BOUNDARY: &str = "qido-boundary";
 
 struct Fixture {
     server: TestServer,
+    /// The API version queries go to (paths are written with `/v2/`).
+    version: std::cell::Cell<&'static str>,
     _dir: tempfile::TempDir,
 }
 
@@ -96,12 +98,21 @@ async fn fixture() -> Fixture {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    Fixture { server, _dir: dir }
+    Fixture {
+        server,
+        version: std::cell::Cell::new("v2"),
+        _dir: dir,
+    }
 }
 
 impl Fixture {
+    fn url(&self, path: &str) -> String {
+        self.server
+            .url(&path.replacen("/v2/", &format!("/{}/", self.version.get()), 1))
+    }
+
     async fn query(&self, path: &str) -> (u16, Vec<Value>) {
-        let response = reqwest::get(self.server.url(path)).await.unwrap();
+        let response = reqwest::get(self.url(path)).await.unwrap();
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
         let items = serde_json::from_str::<Value>(&text)
@@ -174,157 +185,166 @@ async fn every_scope_on_both_versions() {
 #[tokio::test]
 async fn matching_kinds() {
     let f = fixture().await;
-    assert_eq!(f.studies("PatientID=P2").await, ["1.2"]);
-    assert_eq!(
-        f.studies("00100020=p2").await,
-        ["1.2"],
-        "tags and case-insensitive values"
-    );
-    assert_eq!(f.studies("StudyInstanceUID=1.2,1.3").await, ["1.2", "1.3"]);
-    assert_eq!(
-        f.studies("PatientName=M%C3%BCller%5EJ%C3%BCrgen").await,
-        ["1.1"],
-        "percent-decoded UTF-8"
-    );
-    assert_eq!(
-        f.studies("PatientName=MULLER%5Ejurgen").await,
-        ["1.1"],
-        "case- and accent-insensitive"
-    );
-    assert_eq!(f.studies("PatientName=m%C3%BCl*").await, ["1.1"]);
-    assert_eq!(
-        f.studies("PatientID=P%3F").await.len(),
-        3,
-        "? matches one character"
-    );
-    assert_eq!(
-        f.studies("PatientName=jur&fuzzymatching=true").await,
-        ["1.1"],
-        "prefix of a component"
-    );
-    assert_eq!(
-        f.studies("PatientName=jo%20do&fuzzymatching=true").await,
-        ["1.2"]
-    );
-    assert!(
-        f.studies("PatientName=ohn&fuzzymatching=true")
-            .await
-            .is_empty(),
-        "not a prefix"
-    );
-    assert!(
-        f.studies("PatientName=jur").await.is_empty(),
-        "no fuzzy matching unless asked"
-    );
-    assert_eq!(f.studies("StudyDate=20240101-20240131").await, ["1.1"]);
-    assert_eq!(f.studies("StudyDate=20240201-").await, ["1.2"]);
-    let before = f.studies("StudyDate=-20231231").await;
-    assert!(
-        before.contains(&"1.3".to_owned())
-            && !before.contains(&"1.1".to_owned())
-            && !before.contains(&"1.2".to_owned()),
-        "{before:?}"
-    );
-    assert_eq!(f.studies("ModalitiesInStudy=MR").await, ["1.1", "1.2"]);
-    let series = f.uids("/v2/series?Modality=ct", "0020000E").await;
-    assert_eq!(series, ["1.1.1"]);
-    let instances = f
-        .uids("/v2/instances?PatientID=P1&Modality=MR", "00080018")
-        .await;
-    assert_eq!(instances, ["1.1.2.1"]);
+    for version in ["v1", "v2"] {
+        f.version.set(version);
+        assert_eq!(f.studies("PatientID=P2").await, ["1.2"]);
+        assert_eq!(
+            f.studies("00100020=p2").await,
+            ["1.2"],
+            "tags and case-insensitive values"
+        );
+        assert_eq!(f.studies("StudyInstanceUID=1.2,1.3").await, ["1.2", "1.3"]);
+        assert_eq!(
+            f.studies("PatientName=M%C3%BCller%5EJ%C3%BCrgen").await,
+            ["1.1"],
+            "percent-decoded UTF-8"
+        );
+        assert_eq!(
+            f.studies("PatientName=MULLER%5Ejurgen").await,
+            ["1.1"],
+            "case- and accent-insensitive"
+        );
+        assert_eq!(f.studies("PatientName=m%C3%BCl*").await, ["1.1"]);
+        assert_eq!(
+            f.studies("PatientID=P%3F").await.len(),
+            3,
+            "? matches one character"
+        );
+        assert_eq!(
+            f.studies("PatientName=jur&fuzzymatching=true").await,
+            ["1.1"],
+            "prefix of a component"
+        );
+        assert_eq!(
+            f.studies("PatientName=jo%20do&fuzzymatching=true").await,
+            ["1.2"]
+        );
+        assert!(
+            f.studies("PatientName=ohn&fuzzymatching=true")
+                .await
+                .is_empty(),
+            "not a prefix"
+        );
+        assert!(
+            f.studies("PatientName=jur").await.is_empty(),
+            "no fuzzy matching unless asked"
+        );
+        assert_eq!(f.studies("StudyDate=20240101-20240131").await, ["1.1"]);
+        assert_eq!(f.studies("StudyDate=20240201-").await, ["1.2"]);
+        let before = f.studies("StudyDate=-20231231").await;
+        assert!(
+            before.contains(&"1.3".to_owned())
+                && !before.contains(&"1.1".to_owned())
+                && !before.contains(&"1.2".to_owned()),
+            "{before:?}"
+        );
+        assert_eq!(f.studies("ModalitiesInStudy=MR").await, ["1.1", "1.2"]);
+        let series = f.uids("/v2/series?Modality=ct", "0020000E").await;
+        assert_eq!(series, ["1.1.1"]);
+        let instances = f
+            .uids("/v2/instances?PatientID=P1&Modality=MR", "00080018")
+            .await;
+        assert_eq!(instances, ["1.1.2.1"]);
+    }
 }
 
 #[tokio::test]
 async fn paging_and_errors() {
     let f = fixture().await;
-    let all = f.uids("/v2/instances", "00080018").await;
-    assert_eq!(
-        all[0],
-        f.uids("/v2/instances?limit=1", "00080018").await[0],
-        "newest first"
-    );
-    let first = f.uids("/v2/instances?limit=4&offset=0", "00080018").await;
-    let second = f.uids("/v2/instances?limit=4&offset=4", "00080018").await;
-    assert_eq!([first, second].concat(), all, "stable paging");
-    assert_eq!(
-        f.query("/v2/instances?offset=6").await.0,
-        204,
-        "past the end"
-    );
-    assert_eq!(f.query("/v2/studies?PatientID=nobody").await.0, 204);
-    for bad in [
-        "limit=0",
-        "limit=201",
-        "offset=-1",
-        "PatientWeight=70",
-        "Modality=CT",
-        "StudyDate=2024",
-        "PatientID=",
-        "fuzzymatching=maybe",
-        "includefield=NoSuchThing",
-    ] {
-        let response = reqwest::get(f.server.url(&format!("/v2/studies?{bad}")))
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 400, "{bad}");
-        let key = bad.split('=').next().unwrap();
-        let text = response.text().await.unwrap();
-        assert!(
-            text.contains(key) || text.contains("NoSuchThing"),
-            "{bad}: {text}"
+    for version in ["v1", "v2"] {
+        f.version.set(version);
+        let all = f.uids("/v2/instances", "00080018").await;
+        assert_eq!(
+            all[0],
+            f.uids("/v2/instances?limit=1", "00080018").await[0],
+            "newest first"
         );
+        let first = f.uids("/v2/instances?limit=4&offset=0", "00080018").await;
+        let second = f.uids("/v2/instances?limit=4&offset=4", "00080018").await;
+        assert_eq!([first, second].concat(), all, "stable paging");
+        assert_eq!(
+            f.query("/v2/instances?offset=6").await.0,
+            204,
+            "past the end"
+        );
+        assert_eq!(f.query("/v2/studies?PatientID=nobody").await.0, 204);
+        for bad in [
+            "limit=0",
+            "limit=201",
+            "offset=-1",
+            "PatientWeight=70",
+            "Modality=CT",
+            "StudyDate=2024",
+            "PatientID=",
+            "fuzzymatching=maybe",
+            "includefield=NoSuchThing",
+        ] {
+            let response = reqwest::get(f.url(&format!("/v2/studies?{bad}")))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 400, "{bad}");
+            let key = bad.split('=').next().unwrap();
+            let text = response.text().await.unwrap();
+            assert!(
+                text.contains(key) || text.contains("NoSuchThing"),
+                "{bad}: {text}"
+            );
+        }
     }
 }
 
 #[tokio::test]
 async fn returned_attributes() {
     let f = fixture().await;
-    let (_, studies) = f.query("/v2/studies?PatientID=P1").await;
-    let study = &studies[0];
-    assert_eq!(study["00100010"]["Value"][0]["Alphabetic"], "Müller^Jürgen");
-    assert_eq!(study["00080020"]["Value"][0], "20240110");
-    assert!(study.get("00201208").is_none(), "counts only when asked");
-    let (_, counted) = f.query("/v2/studies?PatientID=P1&includefield=NumberOfStudyRelatedInstances&includefield=00201206,ModalitiesInStudy").await;
-    assert_eq!(counted[0]["00201208"]["Value"][0], 3);
-    assert_eq!(counted[0]["00201206"]["Value"][0], 2);
-    assert_eq!(
-        counted[0]["00080061"]["Value"],
-        serde_json::json!(["CT", "MR"])
-    );
-    let (_, series) = f
-        .query("/v2/series?PatientID=P1&includefield=NumberOfSeriesRelatedInstances")
-        .await;
-    assert_eq!(series.len(), 2);
-    assert!(
-        series.iter().all(|s| s["00100020"]["Value"][0] == "P1"),
-        "cross-level: study attributes"
-    );
-    let counts: Vec<u64> = series
-        .iter()
-        .map(|s| s["00201209"]["Value"][0].as_u64().unwrap())
-        .collect();
-    assert_eq!(counts.iter().sum::<u64>(), 3);
-    let (_, scoped) = f.query("/v2/studies/1.1/series").await;
-    assert!(
-        scoped[0].get("00100010").is_none(),
-        "scoped: no study defaults"
-    );
-    assert_eq!(
-        scoped[0]["0020000D"]["Value"][0], "1.1",
-        "scoped: the UID from the URL"
-    );
-    let (_, instance) = f
-        .query("/v2/instances?SOPInstanceUID=1.1.1.1&includefield=all")
-        .await;
-    assert_eq!(
-        instance[0]["00080016"]["Value"][0],
-        "1.2.840.10008.5.1.4.1.1.7"
-    );
-    assert_eq!(
-        instance[0]["00280010"]["Value"][0], 4,
-        "Rows, from the metadata"
-    );
-
+    for version in ["v1", "v2"] {
+        f.version.set(version);
+        let (_, studies) = f.query("/v2/studies?PatientID=P1").await;
+        let study = &studies[0];
+        assert_eq!(study["00100010"]["Value"][0]["Alphabetic"], "Müller^Jürgen");
+        assert_eq!(study["00080020"]["Value"][0], "20240110");
+        assert!(study.get("00201208").is_none(), "counts only when asked");
+        let (_, counted) = f.query("/v2/studies?PatientID=P1&includefield=NumberOfStudyRelatedInstances&includefield=00201206,ModalitiesInStudy").await;
+        assert_eq!(counted[0]["00201208"]["Value"][0], 3);
+        assert_eq!(counted[0]["00201206"]["Value"][0], 2);
+        assert_eq!(
+            counted[0]["00080061"]["Value"],
+            serde_json::json!(["CT", "MR"])
+        );
+        let (_, series) = f
+            .query("/v2/series?PatientID=P1&includefield=NumberOfSeriesRelatedInstances")
+            .await;
+        assert_eq!(series.len(), 2);
+        assert!(
+            series.iter().all(|s| s["00100020"]["Value"][0] == "P1"),
+            "cross-level: study attributes"
+        );
+        let counts: Vec<u64> = series
+            .iter()
+            .map(|s| s["00201209"]["Value"][0].as_u64().unwrap())
+            .collect();
+        assert_eq!(counts.iter().sum::<u64>(), 3);
+        let (_, scoped) = f.query("/v2/studies/1.1/series").await;
+        assert!(
+            scoped[0].get("00100010").is_none(),
+            "scoped: no study defaults"
+        );
+        assert_eq!(
+            scoped[0]["0020000D"]["Value"][0], "1.1",
+            "scoped: the UID from the URL"
+        );
+        let (_, instance) = f
+            .query("/v2/instances?SOPInstanceUID=1.1.1.1&includefield=all")
+            .await;
+        assert_eq!(
+            instance[0]["00080016"]["Value"][0],
+            "1.2.840.10008.5.1.4.1.1.7"
+        );
+        assert_eq!(
+            instance[0]["00280010"]["Value"][0], 4,
+            "Rows, from the metadata"
+        );
+    }
+    f.version.set("v2");
     // v1's default sets are larger than v2's.
     let blue = "1.2.826.0.1.3680043.8.498.13230779778012324449356534479549187420";
     let (_, v1) = f
