@@ -104,6 +104,11 @@ async fn an_original_container_is_adopted_served_and_migrated() {
         metadata.join(format!("{}_metadata.json", new_stem(42))),
         &case1.metadata(),
     );
+    put(files.join(format!("{}.dcm", new_stem(17))), &green.bytes);
+    put(
+        metadata.join(format!("{}_metadata.json", new_stem(17))),
+        &green.metadata(),
+    );
     // New names; frame ranges under the historical spaced name; metadata with a BOM.
     let layer1 = sample("layer1.dcm");
     put(files.join(format!("{}.dcm", new_stem(1000))), &layer1.bytes);
@@ -161,7 +166,7 @@ async fn an_original_container_is_adopted_served_and_migrated() {
     let dry_text = String::from_utf8(dry.stdout).unwrap();
     assert!(dry.status.success(), "{dry_text}");
     assert!(
-        dry_text.contains("would adopt 7 instances: old 4, new 2, dual 1"),
+        dry_text.contains("would adopt 7 instances: old 3, new 2, dual 2"),
         "{dry_text}"
     );
     assert_eq!(
@@ -176,7 +181,7 @@ async fn an_original_container_is_adopted_served_and_migrated() {
     let text = String::from_utf8(run.stdout).unwrap();
     assert!(run.status.success(), "{text}");
     assert!(
-        text.contains("adopted 7 instances: old 4, new 2, dual 1"),
+        text.contains("adopted 7 instances: old 3, new 2, dual 2"),
         "{text}"
     );
     assert!(text.contains("reported 3 blobs"), "{text}");
