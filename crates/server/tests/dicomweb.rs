@@ -44,16 +44,7 @@ const SAMPLES: [&str; 8] = [
 ];
 
 fn multipart(parts: &[Vec<u8>]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for part in parts {
-        body.extend_from_slice(
-            format!("--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes(),
-        );
-        body.extend_from_slice(part);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
-    body
+    tessera_testkit::server::dicom_multipart(BOUNDARY, parts).0
 }
 
 async fn stow(server: &TestServer, path: &str, parts: &[Vec<u8>]) -> (u16, Value) {

@@ -63,21 +63,11 @@ fn env(
 async fn store(server: &TestServer, range: std::ops::RangeInclusive<u32>) {
     let ids: Vec<u32> = range.collect();
     for chunk in ids.chunks(25) {
-        let mut body = Vec::new();
-        for &i in chunk {
-            body.extend_from_slice(
-                format!("--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes(),
-            );
-            body.extend_from_slice(&instance(i).bytes());
-            body.extend_from_slice(b"\r\n");
-        }
-        body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+        let parts: Vec<Vec<u8>> = chunk.iter().map(|&i| instance(i).bytes()).collect();
+        let (body, content_type) = tessera_testkit::server::dicom_multipart(BOUNDARY, &parts);
         let response = reqwest::Client::new()
             .post(server.url("/v2/studies"))
-            .header(
-                "Content-Type",
-                format!("multipart/related; type=\"application/dicom\"; boundary={BOUNDARY}"),
-            )
+            .header("Content-Type", content_type)
             .body(body)
             .send()
             .await

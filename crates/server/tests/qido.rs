@@ -78,21 +78,10 @@ async fn fixture() -> Fixture {
         ),
         std::fs::read(testdata().join("blue-circle.dcm")).unwrap(),
     ];
-    let mut body = Vec::new();
-    for part in &parts {
-        body.extend_from_slice(
-            format!("--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes(),
-        );
-        body.extend_from_slice(part);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    let (body, content_type) = tessera_testkit::server::dicom_multipart(BOUNDARY, &parts);
     let response = reqwest::Client::new()
         .post(server.url("/v2/studies"))
-        .header(
-            "Content-Type",
-            format!("multipart/related; type=\"application/dicom\"; boundary={BOUNDARY}"),
-        )
+        .header("Content-Type", content_type)
         .body(body)
         .send()
         .await

@@ -120,3 +120,20 @@ pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     }
     panic!("timed out waiting until {what}");
 }
+
+/// A `multipart/related; type="application/dicom"` body of `parts` with `boundary`, as STOW
+/// clients send it; returns the body and its `Content-Type`.
+pub fn dicom_multipart(boundary: &str, parts: &[Vec<u8>]) -> (Vec<u8>, String) {
+    let mut body = Vec::new();
+    for part in parts {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes(),
+        );
+        body.extend_from_slice(part);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    let content_type =
+        format!("multipart/related; type=\"application/dicom\"; boundary={boundary}");
+    (body, content_type)
+}
