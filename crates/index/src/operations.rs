@@ -345,6 +345,16 @@ impl InstanceIndex {
         Ok(())
     }
 
+    /// Removes an operation and its failures (a finished adoption is started anew).
+    pub async fn delete_operation(&self, id: &str) -> Result<()> {
+        self.clear_operation_failures(id).await?;
+        sqlx::query("DELETE FROM operations WHERE id = $1")
+            .bind(id.to_owned())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Forgets every failure of operation `id`.
     pub async fn clear_operation_failures(&self, id: &str) -> Result<()> {
         sqlx::query("DELETE FROM operation_failures WHERE operation_id = $1")

@@ -5,13 +5,18 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use futures::TryStreamExt;
+use std::time::Duration;
 use tessera_blob::layout::{self, BlobKind, ParsedName, STAGING_PREFIX};
 use tessera_blob::{BlobError, BlobLayout, BlobName, BlobStore, InstanceBlobStore};
 use tessera_core::{ContentChecksum, SearchableAttributes, VersionedInstance, Watermark};
 use tessera_dicom::{FragmentScanner, FrameRanges, HeaderReader, InstanceHeader, PixelData};
-use tessera_index::{Adoption, FoundInstance, InstanceIndex, NewInstance};
 
-/// Blobs read per listing page; progress is reported (and could be resumed) per page.
+use tessera_index::{
+    Acquisition, Adoption, FoundInstance, InstanceIndex, NewInstance, OperationResults,
+    OperationStatus,
+};
+
+/// Blobs read per listing page; progress is reported and checkpointed per page.
 const PAGE: usize = 500;
 
 /// What an adoption found and did.
@@ -129,12 +134,17 @@ pub async fn adopt(
     let containers = blobs.containers();
     let files = &containers.files;
     let mut report = AdoptionReport::default();
+    let owner = uuid::Uuid::new_v4().simple().to_string();
+    if !dry_run {
+        take_adoption(index, &owner).await?;
+    }
     // Watermarks of every recognised file name, to tell orphan metadata apart.
     let mut file_watermarks: HashSet<u64> = HashSet::new();
     // Dry runs keep the best watermark per SOP instance here (a real run uses the index).
     let mut dry_best: HashMap<String, u64> = HashMap::new();
     let mut listing = files.list(None);
     let mut page = Vec::with_capacity(PAGE);
+    let mut pages = 0u64;
     loop {
         let next = listing.try_next().await?;
         let end = next.is_none();
@@ -158,6 +168,10 @@ pub async fn adopt(
             .await?;
         }
         progress(&report);
+        pages += 1;
+        if !dry_run && !save_adoption(index, &owner, pages, &report, false).await? {
+            return Err(crate::OperationError::LeaseLost);
+        }
         if end {
             break;
         }
@@ -195,7 +209,86 @@ pub async fn adopt(
         }
     }
     progress(&report);
+    if !dry_run {
+        save_adoption(index, &owner, pages, &report, true).await?;
+    }
     Ok(report)
+}
+
+/// The fixed id of the adoption operation (`GET /operations/{id}` shows its progress).
+pub const ADOPTION_OPERATION_ID: &str = "7e55e7a0ad0b4c0f9d6e0a0b7a5d0001";
+/// How long an adoption holds its operation between two pages.
+const ADOPTION_LEASE: Duration = Duration::from_secs(600);
+
+/// Takes the adoption operation: a new run, or the resumption of one that died (its lease
+/// expired); a finished one is started anew. Two adoptions never run at once.
+async fn take_adoption(index: &InstanceIndex, owner: &str) -> Result<(), crate::OperationError> {
+    let empty = OperationResults::default().to_json();
+    for _ in 0..2 {
+        match index
+            .acquire_operation(
+                ADOPTION_OPERATION_ID,
+                "adopt",
+                owner,
+                ADOPTION_LEASE,
+                "{}",
+                &empty,
+            )
+            .await?
+        {
+            Acquisition::Acquired(_) => return Ok(()),
+            Acquisition::AlreadySucceeded(_) => {
+                index.delete_operation(ADOPTION_OPERATION_ID).await?
+            }
+            Acquisition::HeldElsewhere(_) => return Err(crate::OperationError::HeldElsewhere),
+        }
+    }
+    Err(crate::OperationError::HeldElsewhere)
+}
+
+/// Checkpoints the adoption after a page (or finishes it): pages done and counts so far.
+async fn save_adoption(
+    index: &InstanceIndex,
+    owner: &str,
+    pages: u64,
+    report: &AdoptionReport,
+    done: bool,
+) -> Result<bool, crate::OperationError> {
+    let checkpoint = serde_json::json!({
+        "pagesDone": pages,
+        "adopted": report.adopted(),
+        "alreadyIndexed": report.already_indexed,
+        "reported": report.reported.len(),
+    })
+    .to_string();
+    let results = OperationResults {
+        total: report.scanned,
+        processed: report.scanned,
+        skipped: report.reported.len() as u64,
+        ..OperationResults::default()
+    }
+    .to_json();
+    Ok(if done {
+        index
+            .finish_operation(
+                ADOPTION_OPERATION_ID,
+                owner,
+                OperationStatus::Succeeded,
+                &checkpoint,
+                &results,
+            )
+            .await?
+    } else {
+        index
+            .checkpoint_operation(
+                ADOPTION_OPERATION_ID,
+                owner,
+                ADOPTION_LEASE,
+                &checkpoint,
+                &results,
+            )
+            .await?
+    })
 }
 
 #[allow(clippy::too_many_arguments)]

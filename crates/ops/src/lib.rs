@@ -18,7 +18,7 @@ mod migration;
 mod runner;
 mod triggers;
 
-pub use adopt::{AdoptionReport, adopt};
+pub use adopt::{ADOPTION_OPERATION_ID, AdoptionReport, adopt};
 pub use migration::{Verification, verify_new_blobs};
 pub use runner::{OperationContext, OperationKind, RoundSizes, RunOutcome};
 pub use triggers::{MigrationSettings, start_configured_operations};
@@ -32,6 +32,9 @@ pub enum OperationError {
     /// The blob store failed (listing, or a write adoption needed).
     #[error(transparent)]
     Blob(#[from] tessera_blob::BlobError),
+    /// Another process holds the operation.
+    #[error("the operation is running in another process")]
+    HeldElsewhere,
     /// Another process took the operation over (this one's lease expired).
     #[error("the operation's lease was lost to another process")]
     LeaseLost,

@@ -212,6 +212,17 @@ async fn an_original_container_is_adopted_served_and_migrated() {
         "missing metadata written under the New name"
     );
 
+    // A second run finds everything indexed and reads no blob again.
+    let again = command(tessera(), dir.path(), &["adopt"], &env)
+        .output()
+        .unwrap();
+    let again_text = String::from_utf8(again.stdout).unwrap();
+    assert!(again.status.success(), "{again_text}");
+    assert!(
+        again_text.contains("adopted 0 instances: old 0, new 0, dual 0; already indexed 7"),
+        "{again_text}"
+    );
+
     // Served: every live instance byte for byte, metadata, frames.
     let live = [
         (&blue, 5),
@@ -299,6 +310,24 @@ async fn an_original_container_is_adopted_served_and_migrated() {
         .await
         .unwrap();
     assert_eq!(instances.as_array().unwrap().len(), live.len());
+    let operation: Value = client
+        .get(server.url("/v2/operations/7e55e7a0ad0b4c0f9d6e0a0b7a5d0001"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (operation["type"].as_str(), operation["status"].as_str()),
+        (Some("adopt"), Some("succeeded")),
+        "{operation}"
+    );
+    assert_eq!(
+        operation["results"]["processed"].as_u64(),
+        Some(before.len() as u64),
+        "{operation}"
+    );
     let frame = client
         .get(server.url(&format!("/v2{}/frames/1", layer1.path())))
         .header("Accept", "application/octet-stream; transfer-syntax=*")
