@@ -248,14 +248,7 @@ async fn an_original_container_is_adopted_served_and_migrated() {
             "{} differs",
             s.sop
         );
-        let json: Value = client
-            .get(server.url(&format!("/v2{}/metadata", s.path())))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let json: Value = server.get_json(&format!("/v2{}/metadata", s.path())).await;
         assert_eq!(json[0]["00080018"]["Value"][0], s.sop.as_str());
     }
     // Search finds every live instance at every level, and the leftover watermark only once.
@@ -277,47 +270,21 @@ async fn an_original_container_is_adopted_served_and_migrated() {
                 &s.sop,
             ),
         ] {
-            let found: Value = client
-                .get(server.url(&path))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let found: Value = server.get_json(&path).await;
             let found = found.as_array().unwrap();
             assert_eq!(found.len(), 1, "{path}: {found:?}");
             assert_eq!(found[0][tag]["Value"][0], uid.as_str());
         }
     }
-    let studies: Value = client
-        .get(server.url("/v2/studies"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let studies: Value = server.get_json("/v2/studies").await;
     let distinct: std::collections::BTreeSet<&str> =
         live.iter().map(|(s, _)| s.study.as_str()).collect();
     assert_eq!(studies.as_array().unwrap().len(), distinct.len());
-    let instances: Value = client
-        .get(server.url("/v2/instances"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let instances: Value = server.get_json("/v2/instances").await;
     assert_eq!(instances.as_array().unwrap().len(), live.len());
-    let operation: Value = client
-        .get(server.url("/v2/operations/7e55e7a0ad0b4c0f9d6e0a0b7a5d0001"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let operation: Value = server
+        .get_json("/v2/operations/7e55e7a0ad0b4c0f9d6e0a0b7a5d0001")
+        .await;
     assert_eq!(
         (operation["type"].as_str(), operation["status"].as_str()),
         (Some("adopt"), Some("succeeded")),
@@ -358,12 +325,7 @@ async fn an_original_container_is_adopted_served_and_migrated() {
         let server = TestServer::start(tessera(), dir.path(), &env);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let body: Value = reqwest::get(server.url(&format!("/v2/operations/{id}")))
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap_or(Value::Null);
+            let body: Value = server.get_json(&format!("/v2/operations/{id}")).await;
             if body["status"] == "succeeded" {
                 break;
             }

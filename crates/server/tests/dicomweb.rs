@@ -10,8 +10,6 @@ use serde_json::Value;
 use tessera_testkit::server::{TestServer, eventually, files_under, testdata};
 use tessera_testkit::synthetic::Synthetic;
 
-const BOUNDARY: &str = "tessera-test-boundary";
-
 fn start(dir: &Path, env: &[(&str, &str)]) -> TestServer {
     let mut all = vec![
         (
@@ -43,25 +41,8 @@ const SAMPLES: [&str; 8] = [
     "transfer-syntaxes/ExplicitVRLittleEndian.dcm",
 ];
 
-fn multipart(parts: &[Vec<u8>]) -> Vec<u8> {
-    tessera_testkit::server::dicom_multipart(BOUNDARY, parts).0
-}
-
 async fn stow(server: &TestServer, path: &str, parts: &[Vec<u8>]) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(server.url(path))
-        .header(
-            "Content-Type",
-            format!("multipart/related; type=\"application/dicom\"; boundary={BOUNDARY}"),
-        )
-        .header("Accept", "application/dicom+json")
-        .body(multipart(parts))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    server.stow(path, parts).await
 }
 
 fn sequence<'a>(dataset: &'a Value, tag: &str) -> Vec<&'a Value> {
@@ -101,15 +82,6 @@ async fn get(server: &TestServer, path: &str, accept: &str) -> reqwest::Response
         .get(server.url(path))
         .header("Accept", accept)
         .send()
-        .await
-        .unwrap()
-}
-
-/// GETs `path` as JSON.
-async fn get_json(server: &TestServer, path: &str) -> Value {
-    get(server, path, "application/json")
-        .await
-        .json()
         .await
         .unwrap()
 }
@@ -259,7 +231,7 @@ async fn a_non_dicom_part_leaves_nothing_behind() {
         first_value(sequence(&body, "00081198")[0], "00081197"),
         Value::from(43264)
     );
-    let feed: Value = get_json(&server, "/v1/changefeed").await;
+    let feed: Value = server.get_json("/v1/changefeed").await;
     assert_eq!(feed, Value::Array(vec![]), "no index row");
     assert!(
         files_under(&dir.path().join("data/blobs")).is_empty(),
@@ -308,7 +280,9 @@ async fn metadata_has_no_meta_group_nor_bulk_data_and_honours_etags() {
         .unwrap();
     assert_eq!(again.status(), 304);
     let id = uids(&files[1]);
-    let one: Value = get_json(&server, &format!("/v2{}/metadata", instance_path(&id))).await;
+    let one: Value = server
+        .get_json(&format!("/v2{}/metadata", instance_path(&id)))
+        .await;
     assert_eq!(one.as_array().unwrap().len(), 1);
 }
 
@@ -414,7 +388,7 @@ async fn delete_hides_at_once_and_removes_blobs_after_the_delay() {
         404
     );
 
-    let feed: Value = get_json(&server, "/v2/changefeed").await;
+    let feed: Value = server.get_json("/v2/changefeed").await;
     let actions: Vec<&str> = feed
         .as_array()
         .unwrap()
@@ -428,7 +402,7 @@ async fn delete_hides_at_once_and_removes_blobs_after_the_delay() {
             .iter()
             .all(|e| e["state"] == "deleted")
     );
-    let latest: Value = get_json(&server, "/v1/changefeed/latest").await;
+    let latest: Value = server.get_json("/v1/changefeed/latest").await;
     assert_eq!(latest["action"], "delete");
 
     eventually("the blobs are removed after the delete delay", || {
@@ -445,7 +419,7 @@ async fn change_feed_windows_and_metadata() {
         .map(|i| Synthetic::new("1.2.3.500", "1.2.3.500.1", &format!("1.2.3.500.1.{i}")).bytes())
         .collect();
     assert_eq!(stow(&server, "/v1/studies", &instances).await.0, 200);
-    let window: Value = get_json(&server, "/v1/changefeed?offset=1&limit=1").await;
+    let window: Value = server.get_json("/v1/changefeed?offset=1&limit=1").await;
     let window = window.as_array().unwrap();
     assert_eq!(window.len(), 1);
     assert_eq!(window[0]["sequence"], 2);
@@ -454,11 +428,9 @@ async fn change_feed_windows_and_metadata() {
         window[0]["metadata"]["00080018"]["Value"][0],
         "1.2.3.500.1.2"
     );
-    let paged: Value = get_json(
-        &server,
-        "/v2/changefeed?offset=2&limit=5&includeMetadata=false",
-    )
-    .await;
+    let paged: Value = server
+        .get_json("/v2/changefeed?offset=2&limit=5&includeMetadata=false")
+        .await;
     let paged = paged.as_array().unwrap();
     assert_eq!(paged.len(), 1);
     assert_eq!(paged[0]["sequence"], 3);
@@ -625,7 +597,7 @@ async fn invalid_searchable_attributes_fail_v1_and_warn_v2() {
         synthetic.series.clone(),
         synthetic.sop.clone(),
     ));
-    let metadata: Value = get_json(&server, &format!("/v2{path}/metadata")).await;
+    let metadata: Value = server.get_json(&format!("/v2{path}/metadata")).await;
     assert!(
         metadata[0].get("00080020").is_none(),
         "the invalid attribute is left out of the metadata"

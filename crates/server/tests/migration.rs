@@ -16,7 +16,6 @@ use tessera_testkit::synthetic::Synthetic;
 const COPY_ID: &str = "1d4689daca3b4659b0c77bf6c9ff25e1";
 const DELETE_ID: &str = "ce38a27eb1944645b47afe91c38c330f";
 const CLEANUP_ID: &str = "d32a04699c274df3a1e812f7f8fecbc8";
-const BOUNDARY: &str = "migration-boundary";
 const STUDY: &str = "1.2.3.900";
 const SERIES: &str = "1.2.3.900.1";
 
@@ -64,15 +63,8 @@ async fn store(server: &TestServer, range: std::ops::RangeInclusive<u32>) {
     let ids: Vec<u32> = range.collect();
     for chunk in ids.chunks(25) {
         let parts: Vec<Vec<u8>> = chunk.iter().map(|&i| instance(i).bytes()).collect();
-        let (body, content_type) = tessera_testkit::server::dicom_multipart(BOUNDARY, &parts);
-        let response = reqwest::Client::new()
-            .post(server.url("/v2/studies"))
-            .header("Content-Type", content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
+        let (status, body) = server.stow("/v2/studies", &parts).await;
+        assert_eq!(status, 200, "{body}");
     }
 }
 

@@ -7,8 +7,6 @@ use serde_json::Value;
 use tessera_testkit::server::{TestServer, testdata};
 use tessera_testkit::synthetic::Synthetic;
 
-const BOUNDARY: &str = "qido-boundary";
-
 struct Fixture {
     server: TestServer,
     /// The API version queries go to (paths are written with `/v2/`).
@@ -78,15 +76,8 @@ async fn fixture() -> Fixture {
         ),
         std::fs::read(testdata().join("blue-circle.dcm")).unwrap(),
     ];
-    let (body, content_type) = tessera_testkit::server::dicom_multipart(BOUNDARY, &parts);
-    let response = reqwest::Client::new()
-        .post(server.url("/v2/studies"))
-        .header("Content-Type", content_type)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let (status, body) = server.stow("/v2/studies", &parts).await;
+    assert_eq!(status, 200, "{body}");
     Fixture {
         server,
         version: std::cell::Cell::new("v2"),

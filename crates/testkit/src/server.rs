@@ -70,6 +70,32 @@ impl TestServer {
         format!("http://{}{path}", self.address)
     }
 
+    /// STOW-RS of `parts` to `path` as one multipart/related request: the status and the
+    /// response dataset (`Null` when there is none).
+    pub async fn stow(&self, path: &str, parts: &[Vec<u8>]) -> (u16, serde_json::Value) {
+        let (body, content_type) = dicom_multipart("tessera-test-boundary", parts);
+        let response = reqwest::Client::new()
+            .post(self.url(path))
+            .header("Content-Type", content_type)
+            .header("Accept", "application/dicom+json")
+            .body(body)
+            .send()
+            .await
+            .expect("STOW request");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("STOW response");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// GETs `path` and parses the body as JSON (`Null` when it is not).
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let response = reqwest::get(self.url(path)).await.expect("GET request");
+        response.json().await.unwrap_or(serde_json::Value::Null)
+    }
+
     /// Kills the process at once (SIGKILL), as a crash would.
     pub fn kill(mut self) {
         let _ = self.child.kill();
