@@ -49,7 +49,7 @@ impl Default for Limits {
             max_request_body_bytes: 16 * 1024 * MIB,
             max_header_bytes: 64 * MIB,
             max_sequence_depth: 64,
-            max_inflated_bytes: 64 * MIB,
+            max_inflated_bytes: 32 * MIB,
             max_parts: 10_000,
             max_part_header_bytes: 16 * 1024,
             max_preamble_bytes: 64 * 1024,

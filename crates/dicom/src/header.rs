@@ -209,6 +209,34 @@ impl InstanceHeader {
             .unwrap_or(1)
     }
 
+    /// Why native pixel data cannot hold the frames the header declares, if it cannot:
+    /// NumberOfFrames × Rows × Columns × SamplesPerPixel × BitsAllocated bits must fit the
+    /// value (checked arithmetic, so a crafted product cannot overflow).
+    pub fn pixel_data_problem(&self) -> Option<String> {
+        let Some(PixelData::Native { length, .. }) = self.pixel_data else {
+            return None;
+        };
+        let rows = self.number(tags::ROWS)?;
+        let columns = self.number(tags::COLUMNS)?;
+        let bits = self.number(tags::BITS_ALLOCATED)?;
+        let samples = self.number(tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+        let frames = self.frame_count();
+        let needed = rows
+            .checked_mul(columns)
+            .and_then(|n| n.checked_mul(samples))
+            .and_then(|n| n.checked_mul(bits))
+            .and_then(|n| n.checked_mul(frames))
+            .map(|bits| bits.div_ceil(8));
+        match needed {
+            Some(needed) if needed <= length => None,
+            _ => Some(format!(
+                "Pixel Data (7FE0,0010) holds {length} bytes, fewer than NumberOfFrames ({frames}) \
+                 × Rows ({rows}) × Columns ({columns}) × SamplesPerPixel ({samples}) × \
+                 BitsAllocated ({bits}) / 8"
+            )),
+        }
+    }
+
     /// Bytes per frame of native pixel data.
     pub fn native_frame_size(&self) -> Option<u64> {
         let rows = self.number(tags::ROWS)?;
