@@ -60,7 +60,7 @@ impl Default for Limits {
             max_concurrent_uploads: 32,
             request_header_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(30),
-            keep_alive_timeout: Duration::from_secs(60),
+            keep_alive_timeout: Duration::from_secs(20),
         }
     }
 }
