@@ -299,30 +299,7 @@ async fn hostile_stores_fail_cleanly_store_nothing_and_cost_bounded_memory() {
         }
     }
 
-    // multipart/related structure.
-    let no_boundary = (0..200).map(|_| vec![b'x'; MIB as usize]);
-    let (status, response) = exchange(
-        &server,
-        stow_head(&server, MULTIPART, None),
-        chunked(no_boundary),
-    )
-    .await;
-    assert_eq!(status, 400, "200 MB without a boundary: {response}");
-    assert!(response.contains("MaxPreambleBytes"), "{response}");
-    still_healthy(&mut server, baseline, "200 MB without a boundary").await;
-
-    let header_bomb = std::iter::once(b"--hostile\r\nX-Padding: ".to_vec())
-        .chain((0..150).map(|_| vec![b'y'; MIB as usize]));
-    let (status, response) = exchange(
-        &server,
-        stow_head(&server, MULTIPART, None),
-        chunked(header_bomb),
-    )
-    .await;
-    assert_eq!(status, 400, "a 150 MB part header: {response}");
-    assert!(response.contains("MaxPartHeaderBytes"), "{response}");
-    still_healthy(&mut server, baseline, "a 150 MB part header").await;
-
+    // Request-level limits: the multipart structure and the body size.
     let mut many = Vec::new();
     for _ in 0..60 {
         many.extend_from_slice(
@@ -330,39 +307,75 @@ async fn hostile_stores_fail_cleanly_store_nothing_and_cost_bounded_memory() {
         );
     }
     many.extend_from_slice(b"--hostile--\r\n");
-    let (status, response) = exchange(
-        &server,
-        stow_head(&server, MULTIPART, Some(many.len() as u64)),
-        std::iter::once(many),
-    )
-    .await;
-    assert_eq!(status, 400, "60 parts: {response}");
-    assert!(response.contains("MaxParts"), "{response}");
-    still_healthy(&mut server, baseline, "60 parts").await;
-
-    // Body size: declared, and sent without a declared length.
-    let (status, response) = exchange(
-        &server,
-        stow_head(&server, "application/dicom", Some(100 << 30)),
-        std::iter::empty(),
-    )
-    .await;
-    assert_eq!(status, 413, "a declared 100 GB body: {response}");
-    assert!(response.contains("MaxRequestBodyBytes"), "{response}");
     let mut oversized = synthetic.header();
     oversized.truncate(oversized.len() - 4);
     oversized.extend_from_slice(&u32::MAX.wrapping_sub(1).to_le_bytes());
-    let body = std::iter::once(oversized).chain((0..300).map(|_| vec![0u8; MIB as usize]));
-    let (status, response) = exchange(
-        &server,
-        stow_head(&server, "application/dicom", None),
-        chunked(body),
-    )
-    .await;
-    assert_eq!(status, 413, "a 300 MB chunked body: {response}");
-    still_healthy(&mut server, baseline, "oversized bodies").await;
-    nothing_stored(&server, dir.path(), "oversized bodies").await;
+    let megabytes = |count: usize, byte: u8| (0..count).map(move |_| vec![byte; MIB as usize]);
+    let request_cases: Vec<RequestCase> = vec![
+        (
+            "200 MB without a boundary",
+            MULTIPART,
+            None,
+            Box::new(chunked(megabytes(200, b'x'))),
+            400,
+            "MaxPreambleBytes",
+        ),
+        (
+            "a 150 MB part header",
+            MULTIPART,
+            None,
+            Box::new(chunked(
+                std::iter::once(b"--hostile\r\nX-Padding: ".to_vec()).chain(megabytes(150, b'y')),
+            )),
+            400,
+            "MaxPartHeaderBytes",
+        ),
+        (
+            "60 parts",
+            MULTIPART,
+            Some(many.len() as u64),
+            Box::new(std::iter::once(many)),
+            400,
+            "MaxParts",
+        ),
+        (
+            "a declared 100 GB body",
+            "application/dicom",
+            Some(100 << 30),
+            Box::new(std::iter::empty()),
+            413,
+            "MaxRequestBodyBytes",
+        ),
+        (
+            "a 300 MB chunked body",
+            "application/dicom",
+            None,
+            Box::new(chunked(std::iter::once(oversized).chain(megabytes(300, 0)))),
+            413,
+            "MaxRequestBodyBytes",
+        ),
+    ];
+    for (case, content_type, length, body, expected, key) in request_cases {
+        let (status, response) =
+            exchange(&server, stow_head(&server, content_type, length), body).await;
+        assert_eq!(status, expected, "{case}: {response}");
+        assert!(response.contains(key), "{case}: {response}");
+        still_healthy(&mut server, baseline, case).await;
+        nothing_stored(&server, dir.path(), case).await;
+    }
 }
+
+/// A request body produced lazily, chunk by chunk.
+type Body = Box<dyn Iterator<Item = Vec<u8>> + Send>;
+/// A request-level case: name, content type, declared length, body, status, the key named.
+type RequestCase = (
+    &'static str,
+    &'static str,
+    Option<u64>,
+    Body,
+    u16,
+    &'static str,
+);
 
 /// Raw deflate of a data set whose one OB element is `size` zero bytes.
 fn deflate_bomb(synthetic: &Synthetic, size: u64) -> Vec<u8> {
