@@ -192,6 +192,11 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // Small responses go out at once instead of waiting on Nagle's algorithm and the
+        // client's delayed acknowledgement (about 40 ms per response otherwise).
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY");
+        }
         let local = stream.local_addr().ok();
         let activity = Arc::new(Activity::new());
         let io = TokioIo::new(ActivityIo {
