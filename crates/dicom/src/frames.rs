@@ -161,6 +161,25 @@ mod tests {
         }
     }
 
+    /// Found by `fuzz/fuzz_targets/fragments.rs` (on the scanner before the walker): chunks fed
+    /// again out of order, and offsets at the top of u64, must not panic.
+    #[test]
+    fn chunks_out_of_order_and_huge_offsets_do_not_panic() {
+        let mut scanner = FragmentScanner::new(0);
+        scanner.feed(0, &[0; 7]);
+        scanner.feed(0, &[0]);
+        assert!(scanner.frame_ranges(1).is_none());
+        let mut scanner = FragmentScanner::new(u64::MAX - 4);
+        scanner.feed(u64::MAX - 4, &[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+        assert!(scanner.frame_ranges(1).is_none());
+        let mut scanner = FragmentScanner::new(u64::MAX - 20);
+        scanner.feed(
+            u64::MAX - 20,
+            &[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFE],
+        );
+        assert!(scanner.frame_ranges(1).is_none());
+    }
+
     #[test]
     fn json_round_trips_in_the_original_shape() {
         let ranges = FrameRanges(vec![FrameRange {

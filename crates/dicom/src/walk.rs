@@ -180,7 +180,7 @@ impl DataSetWalker {
 
     /// Absolute offset of the next byte the walk needs.
     pub fn position(&self) -> u64 {
-        self.pos + self.header_len as u64
+        self.pos.saturating_add(self.header_len as u64)
     }
 
     /// The top-level Pixel Data element, once the walk has reached it.
@@ -273,7 +273,7 @@ impl DataSetWalker {
                     break;
                 }
             }
-            let at = self.pos + self.header_len as u64;
+            let at = self.position();
             if at >= end {
                 return Ok(());
             }
@@ -329,8 +329,16 @@ impl DataSetWalker {
             (Some([h[4], h[5]]), u32::from(encoding.u16(&h[6..8])))
         };
         let undefined = length == u32::MAX;
-        let value_at = self.pos + header_len as u64;
-        let value_end = value_at + u64::from(length);
+        // Offsets past u64::MAX are in no file.
+        let overflow =
+            || DicomError::Malformed("an element lies beyond any possible offset".into());
+        let value_at = self
+            .pos
+            .checked_add(header_len as u64)
+            .ok_or_else(overflow)?;
+        let value_end = value_at
+            .checked_add(u64::from(length))
+            .ok_or_else(overflow)?;
         let parent = self.stack.last().copied();
         let within_parent = |end: u64| parent.and_then(|p| p.end).is_none_or(|limit| end <= limit);
         match tag {
