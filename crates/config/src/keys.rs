@@ -77,3 +77,12 @@ pub const FILE_CONTAINER: &str = "DicomWeb:DicomStore:ContainerName";
 pub const METADATA_CONTAINER: &str = "DicomWeb:MetadataStore:ContainerName";
 /// Azure Storage connection string.
 pub const BLOB_CONNECTION_STRING: &str = "BlobStore:ConnectionString";
+
+/// Fault injection (tests only): fraction of blob-store calls that fail, 0 to 1.
+pub const FAULT_FAILURE_RATE: &str = "Tessera:FaultInjection:FailureRate";
+/// Fault injection: each blob-store call waits a random time up to this long.
+pub const FAULT_LATENCY: &str = "Tessera:FaultInjection:Latency";
+/// Fault injection: fraction of blob reads whose stream breaks at a random byte, 0 to 1.
+pub const FAULT_CUT_STREAM_RATE: &str = "Tessera:FaultInjection:CutStreamRate";
+/// Fault injection: seed of the fault sequence.
+pub const FAULT_SEED: &str = "Tessera:FaultInjection:Seed";

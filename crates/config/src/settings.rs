@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tessera_blob::azure::{AzureConnection, mask_connection_string};
-use tessera_blob::{BlobStoreLocation, ContainerNames};
+use tessera_blob::{BlobStoreLocation, ContainerNames, FaultInjection};
 use tessera_core::FormatType;
 use uuid::Uuid;
 
@@ -31,6 +31,9 @@ pub struct Settings {
     pub containers: ContainerNames,
     /// `BlobStore:ConnectionString`: the Azure Storage connection string (a secret).
     pub blob_connection_string: Option<String>,
+    /// `Tessera:FaultInjection:*`: faults injected into blob-store calls, for tests; off by
+    /// default.
+    pub fault_injection: FaultInjection,
 }
 
 /// Keys under `Tessera:`.
@@ -213,6 +216,14 @@ impl Binder<'_> {
     }
 }
 
+/// A fraction from 0 to 1, such as `0.1`.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err("expected a fraction from 0 to 1, such as 0.1".into()),
+    }
+}
+
 /// Azure's container naming rule, which also keeps the name a plain folder name on a filesystem.
 fn parse_container_name(text: &str) -> Result<String, String> {
     let valid = (3..=63).contains(&text.len())
@@ -379,6 +390,22 @@ impl Settings {
                 because: format!("{} is az://", keys::BLOB_STORE),
             });
         }
+        let fault_injection = FaultInjection {
+            failure_rate: b.bind(&[keys::FAULT_FAILURE_RATE], 0.0, parse_rate, f64::to_string)?,
+            latency: b.timespan(keys::FAULT_LATENCY, Duration::ZERO)?,
+            cut_stream_rate: b.bind(
+                &[keys::FAULT_CUT_STREAM_RATE],
+                0.0,
+                parse_rate,
+                f64::to_string,
+            )?,
+            seed: b.bind(
+                &[keys::FAULT_SEED],
+                0,
+                |t| parse_number(t, 0, u64::MAX),
+                u64::to_string,
+            )?,
+        };
         let settings = Self {
             tessera,
             blob_migration,
@@ -386,6 +413,7 @@ impl Settings {
             functions,
             containers,
             blob_connection_string,
+            fault_injection,
         };
         Ok((settings, b.effective))
     }
