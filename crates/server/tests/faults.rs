@@ -107,6 +107,8 @@ struct Counts {
     faults_logged: usize,
     lost_responses_logged: usize,
     cuts_logged: usize,
+    /// Faults of blob copies: the migration copy's, and the staged uploads' publishing.
+    copy_call_faults: usize,
     /// Server runs each operation needed, and the faults injected during them.
     operation_runs: BTreeMap<&'static str, (u32, usize)>,
     adopt_runs: u32,
@@ -187,6 +189,7 @@ impl Run {
                 logged += 1;
                 self.counts.lost_responses_logged += usize::from(line.contains("after=true"));
                 self.counts.cuts_logged += usize::from(line.contains("read stream cut"));
+                self.counts.copy_call_faults += usize::from(line.contains("operation=\"copy\""));
             }
         }
         self.counts.faults_logged += logged;
