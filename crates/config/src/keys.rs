@@ -112,3 +112,12 @@ pub const KEEP_ALIVE_TIMEOUT: &str = "Tessera:Limits:KeepAliveTimeout";
 pub const PUBLIC_BASE_URL: &str = "Tessera:PublicBaseUrl";
 /// Trust `Host`, `X-Forwarded-Host` and `X-Forwarded-Proto` for RetrieveURL.
 pub const TRUST_FORWARDED_HEADERS: &str = "Tessera:TrustForwardedHeaders";
+
+/// Fault injection (tests only): fraction of blob-store calls that fail, 0 to 1.
+pub const FAULT_FAILURE_RATE: &str = "Tessera:FaultInjection:FailureRate";
+/// Fault injection: each blob-store call waits a random time up to this long.
+pub const FAULT_LATENCY: &str = "Tessera:FaultInjection:Latency";
+/// Fault injection: fraction of blob reads whose stream breaks at a random byte, 0 to 1.
+pub const FAULT_CUT_STREAM_RATE: &str = "Tessera:FaultInjection:CutStreamRate";
+/// Fault injection: seed of the fault sequence.
+pub const FAULT_SEED: &str = "Tessera:FaultInjection:Seed";

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tessera_blob::azure::{AzureConnection, mask_connection_string};
-use tessera_blob::{BlobStoreLocation, ContainerNames};
+use tessera_blob::{BlobStoreLocation, ContainerNames, FaultInjection};
 use tessera_core::{FormatType, Limits};
 use uuid::Uuid;
 
@@ -35,6 +35,9 @@ pub struct Settings {
     pub limits: Limits,
     /// Where RetrieveURL and Location point.
     pub public_url: PublicUrlSettings,
+    /// `Tessera:FaultInjection:*`: faults injected into blob-store calls, for tests; off by
+    /// default.
+    pub fault_injection: FaultInjection,
 }
 
 /// How the URLs Tessera returns (RetrieveURL, Location) are built.
@@ -363,6 +366,14 @@ impl Binder<'_> {
     }
 }
 
+/// A fraction from 0 to 1, such as `0.1`.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err("expected a fraction from 0 to 1, such as 0.1".into()),
+    }
+}
+
 /// Azure's container naming rule, which also keeps the name a plain folder name on a filesystem.
 fn parse_container_name(text: &str) -> Result<String, String> {
     let valid = (3..=63).contains(&text.len())
@@ -531,6 +542,22 @@ impl Settings {
         }
         let limits = b.limits()?;
         let public_url = b.public_url()?;
+        let fault_injection = FaultInjection {
+            failure_rate: b.bind(&[keys::FAULT_FAILURE_RATE], 0.0, parse_rate, f64::to_string)?,
+            latency: b.timespan(keys::FAULT_LATENCY, Duration::ZERO)?,
+            cut_stream_rate: b.bind(
+                &[keys::FAULT_CUT_STREAM_RATE],
+                0.0,
+                parse_rate,
+                f64::to_string,
+            )?,
+            seed: b.bind(
+                &[keys::FAULT_SEED],
+                0,
+                |t| parse_number(t, 0, u64::MAX),
+                u64::to_string,
+            )?,
+        };
         let settings = Self {
             limits,
             public_url,
@@ -540,6 +567,7 @@ impl Settings {
             functions,
             containers,
             blob_connection_string,
+            fault_injection,
         };
         Ok((settings, b.effective))
     }

@@ -21,7 +21,11 @@ pub async fn open_stores(
             settings.blob_connection_string.as_deref(),
             &settings.containers,
         )
-        .await?;
+        .await?
+        .with_faults(&settings.fault_injection);
+    if settings.fault_injection.is_active() {
+        tracing::warn!(faults = ?settings.fault_injection, "injecting blob-store faults (tests only)");
+    }
     let policy = FormatPolicy {
         format: migration.format_type,
         read_fallback: settings.tessera.read_fallback,
