@@ -11,6 +11,7 @@ mod media;
 mod multipart;
 mod operations;
 mod qido;
+mod security;
 mod stow;
 mod wado;
 
@@ -20,20 +21,24 @@ use axum::routing::get;
 use tessera_service::{ApiVersion, DicomService};
 
 pub use error::ApiError;
+pub use security::{AUDIT_TARGET, Security};
 
 /// What request handlers share.
 #[derive(Clone)]
 pub struct AppState {
     /// The DICOMweb use cases.
     pub service: DicomService,
+    /// Authentication, authorization and audit of the DICOMweb routes.
+    pub security: Security,
 }
 
 /// All routes of the server.
 pub fn router(state: AppState) -> Router {
+    let guard = axum::middleware::from_fn_with_state(state.security.clone(), security::guard);
     Router::new()
         .route("/health/check", get(health::check))
-        .nest("/v1", versioned(ApiVersion::V1))
-        .nest("/v2", versioned(ApiVersion::V2))
+        .nest("/v1", versioned(ApiVersion::V1).layer(guard.clone()))
+        .nest("/v2", versioned(ApiVersion::V2).layer(guard))
         // Bodies stream to the blob store; no size limit applies to them as a whole.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)

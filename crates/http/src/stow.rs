@@ -143,7 +143,18 @@ async fn store_request(
             ));
         }
     }
-    Ok(response(&headers, version, study.as_ref(), &outcomes))
+    let stored = outcomes
+        .iter()
+        .filter_map(|outcome| match outcome {
+            StoreOutcome::Stored { id, .. } => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut response = response(&headers, version, study.as_ref(), &outcomes);
+    response
+        .extensions_mut()
+        .insert(crate::security::StoredInstances(stored));
+    Ok(response)
 }
 
 /// The STOW response dataset and status (orig D.4).
