@@ -21,6 +21,9 @@ use crate::ApiError;
 /// The log target of the audit lines.
 pub const AUDIT_TARGET: &str = "tessera::audit";
 
+/// The most of a refused request's body that is read (and dropped) before answering.
+const REFUSED_BODY_LIMIT: usize = 1 << 20;
+
 /// What the middleware enforces and records.
 #[derive(Clone, Default)]
 pub struct Security {
@@ -90,7 +93,12 @@ pub async fn guard(State(security): State<Security>, request: Request, next: Nex
             principal = who;
             match decision {
                 Ok(()) => next.run(Request::from_parts(parts, body)).await,
-                Err(error) => error.into_response(),
+                Err(error) => {
+                    // Reading a small body first lets a client that is still sending it see the
+                    // status instead of a reset connection; a large one is not read for nobody.
+                    let _ = axum::body::to_bytes(body, REFUSED_BODY_LIMIT).await;
+                    error.into_response()
+                }
             }
         }
     };

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tessera_testkit::oidc::{TestAuthority, TestKey, now};
-use tessera_testkit::server::{TestServer, command, dicom_multipart, testdata};
+use tessera_testkit::server::{TestServer, command, dicom_multipart, eventually, testdata};
 
 const AUDIENCE: &str = "tessera-test";
 
@@ -288,12 +288,19 @@ async fn roles_grant_data_actions_and_the_audit_log_names_who_and_what() {
     requests += 2;
     assert_eq!(get(&server, "/health/check", None).await, 200);
 
+    let audit_lines = || {
+        let log = server.log.lock().unwrap();
+        log.iter()
+            .filter(|l| l.contains("tessera::audit"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    eventually("every audit line is logged", || {
+        audit_lines().len() >= requests
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let log = server.log.lock().unwrap().clone();
-    let audit: Vec<&String> = log
-        .iter()
-        .filter(|l| l.contains("tessera::audit"))
-        .collect();
+    let audit = audit_lines();
     assert_eq!(
         audit.len(),
         requests,
