@@ -78,6 +78,41 @@ pub const METADATA_CONTAINER: &str = "DicomWeb:MetadataStore:ContainerName";
 /// Azure Storage connection string.
 pub const BLOB_CONNECTION_STRING: &str = "BlobStore:ConnectionString";
 
+/// Bytes of one request body.
+pub const MAX_REQUEST_BODY_BYTES: &str = "Tessera:Limits:MaxRequestBodyBytes";
+/// Bytes of a DICOM header (everything before Pixel Data).
+pub const MAX_HEADER_BYTES: &str = "Tessera:Limits:MaxHeaderBytes";
+/// Nesting depth of sequences.
+pub const MAX_SEQUENCE_DEPTH: &str = "Tessera:Limits:MaxSequenceDepth";
+/// Bytes a deflated data set may inflate to.
+pub const MAX_INFLATED_BYTES: &str = "Tessera:Limits:MaxInflatedBytes";
+/// Parts of one multipart request.
+pub const MAX_PARTS: &str = "Tessera:Limits:MaxParts";
+/// Bytes of one part's headers.
+pub const MAX_PART_HEADER_BYTES: &str = "Tessera:Limits:MaxPartHeaderBytes";
+/// Bytes before the first multipart boundary.
+pub const MAX_PREAMBLE_BYTES: &str = "Tessera:Limits:MaxPreambleBytes";
+/// Distinct frames of one frames request.
+pub const MAX_FRAMES_PER_REQUEST: &str = "Tessera:Limits:MaxFramesPerRequest";
+/// Parameters of one QIDO request.
+pub const MAX_QUERY_PARAMETERS: &str = "Tessera:Limits:MaxQueryParameters";
+/// UIDs of one UID-list match.
+pub const MAX_UID_LIST_LENGTH: &str = "Tessera:Limits:MaxUidListLength";
+/// Words of a fuzzy person-name match.
+pub const MAX_FUZZY_NAME_WORDS: &str = "Tessera:Limits:MaxFuzzyNameWords";
+/// STOW requests served at once.
+pub const MAX_CONCURRENT_UPLOADS: &str = "Tessera:Limits:MaxConcurrentUploads";
+/// Time to receive a request's headers.
+pub const REQUEST_HEADER_TIMEOUT: &str = "Tessera:Limits:RequestHeaderTimeout";
+/// Time a request body may send nothing.
+pub const BODY_READ_TIMEOUT: &str = "Tessera:Limits:BodyReadTimeout";
+/// Time an idle keep-alive connection stays open.
+pub const KEEP_ALIVE_TIMEOUT: &str = "Tessera:Limits:KeepAliveTimeout";
+/// Base URL of RetrieveURL and Location (`https://pacs.example.org/dicom`).
+pub const PUBLIC_BASE_URL: &str = "Tessera:PublicBaseUrl";
+/// Trust `Host`, `X-Forwarded-Host` and `X-Forwarded-Proto` for RetrieveURL.
+pub const TRUST_FORWARDED_HEADERS: &str = "Tessera:TrustForwardedHeaders";
+
 /// Whether bearer tokens protect the API (the original's switch; off by default).
 pub const SECURITY_ENABLED: &str = "DicomServer:Security:Enabled";
 /// The OpenID Connect authority whose tokens are accepted.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tessera_blob::azure::{AzureConnection, mask_connection_string};
 use tessera_blob::{BlobStoreLocation, ContainerNames};
-use tessera_core::FormatType;
+use tessera_core::{FormatType, Limits};
 use uuid::Uuid;
 
 use crate::sources::{Origin, RawConfig, RawValue};
@@ -31,8 +31,22 @@ pub struct Settings {
     pub containers: ContainerNames,
     /// `BlobStore:ConnectionString`: the Azure Storage connection string (a secret).
     pub blob_connection_string: Option<String>,
+    /// `Tessera:Limits:*`: what one request may make the server hold, read or compute.
+    pub limits: Limits,
+    /// Where RetrieveURL and Location point.
+    pub public_url: PublicUrlSettings,
     /// `DicomServer:Security:*` and `Tessera:Security:*`.
     pub security: SecuritySettings,
+}
+
+/// How the URLs Tessera returns (RetrieveURL, Location) are built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicUrlSettings {
+    /// `Tessera:PublicBaseUrl`: used as is when set.
+    pub base: Option<url::Url>,
+    /// `Tessera:TrustForwardedHeaders`: otherwise use the request's `Host` and `X-Forwarded-*`
+    /// (validated) instead of the address the connection came in on.
+    pub trust_forwarded_headers: bool,
 }
 
 /// Keys under `Tessera:`.
@@ -201,6 +215,142 @@ impl Binder<'_> {
     ) -> Result<u32, ConfigError> {
         let parse = |text: &str| parse_number(text, min.into(), max.into()).map(|n| n as u32);
         self.bind(&[key], default, parse, u32::to_string)
+    }
+
+    fn count(
+        &mut self,
+        key: &'static str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<u64, ConfigError> {
+        self.bind(
+            &[key],
+            default,
+            |t| parse_number(t, min, max),
+            u64::to_string,
+        )
+    }
+
+    fn limits(&mut self) -> Result<Limits, ConfigError> {
+        const GIB: u64 = 1024 * 1024 * 1024;
+        let d = Limits::default();
+        Ok(Limits {
+            max_request_body_bytes: self.count(
+                keys::MAX_REQUEST_BODY_BYTES,
+                d.max_request_body_bytes,
+                1024,
+                1024 * GIB,
+            )?,
+            max_header_bytes: self.count(
+                keys::MAX_HEADER_BYTES,
+                d.max_header_bytes,
+                4096,
+                4 * GIB,
+            )?,
+            max_sequence_depth: self.number(
+                keys::MAX_SEQUENCE_DEPTH,
+                d.max_sequence_depth,
+                1,
+                1_000,
+            )?,
+            max_inflated_bytes: self.count(
+                keys::MAX_INFLATED_BYTES,
+                d.max_inflated_bytes,
+                4096,
+                4 * GIB,
+            )?,
+            max_parts: self.number(keys::MAX_PARTS, d.max_parts, 1, 1_000_000)?,
+            max_part_header_bytes: self.number(
+                keys::MAX_PART_HEADER_BYTES,
+                d.max_part_header_bytes,
+                256,
+                1 << 20,
+            )?,
+            max_preamble_bytes: self.number(
+                keys::MAX_PREAMBLE_BYTES,
+                d.max_preamble_bytes,
+                0,
+                16 << 20,
+            )?,
+            max_frames_per_request: self.number(
+                keys::MAX_FRAMES_PER_REQUEST,
+                d.max_frames_per_request,
+                1,
+                1_000_000,
+            )?,
+            max_query_parameters: self.number(
+                keys::MAX_QUERY_PARAMETERS,
+                d.max_query_parameters,
+                1,
+                10_000,
+            )?,
+            max_uid_list_length: self.number(
+                keys::MAX_UID_LIST_LENGTH,
+                d.max_uid_list_length,
+                1,
+                100_000,
+            )?,
+            max_fuzzy_name_words: self.number(
+                keys::MAX_FUZZY_NAME_WORDS,
+                d.max_fuzzy_name_words,
+                1,
+                1_000,
+            )?,
+            max_concurrent_uploads: self.number(
+                keys::MAX_CONCURRENT_UPLOADS,
+                d.max_concurrent_uploads,
+                1,
+                100_000,
+            )?,
+            request_header_timeout: self
+                .positive_timespan(keys::REQUEST_HEADER_TIMEOUT, d.request_header_timeout)?,
+            body_read_timeout: self
+                .positive_timespan(keys::BODY_READ_TIMEOUT, d.body_read_timeout)?,
+            keep_alive_timeout: self
+                .positive_timespan(keys::KEEP_ALIVE_TIMEOUT, d.keep_alive_timeout)?,
+        })
+    }
+
+    fn positive_timespan(
+        &mut self,
+        key: &'static str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let parse = |t: &str| match parse_timespan(t)? {
+            d if d.is_zero() => Err("must be longer than zero".to_owned()),
+            d => Ok(d),
+        };
+        self.bind(&[key], default, parse, |d| format_timespan(*d))
+    }
+
+    fn public_url(&mut self) -> Result<PublicUrlSettings, ConfigError> {
+        let base = self.bind(
+            &[keys::PUBLIC_BASE_URL],
+            None,
+            |t| {
+                let t = t.trim();
+                if t.is_empty() {
+                    return Ok(None);
+                }
+                let url = url::Url::parse(t).map_err(|e| e.to_string())?;
+                let valid = matches!(url.scheme(), "http" | "https")
+                    && url.host().is_some()
+                    && url.query().is_none()
+                    && url.fragment().is_none()
+                    && url.username().is_empty();
+                if valid {
+                    Ok(Some(url))
+                } else {
+                    Err("expected an http(s) URL with a host and no query, such as https://pacs.example.org/dicom".into())
+                }
+            },
+            |v| v.as_ref().map(url::Url::to_string).unwrap_or_else(|| "(unset)".into()),
+        )?;
+        Ok(PublicUrlSettings {
+            base,
+            trust_forwarded_headers: self.boolean(keys::TRUST_FORWARDED_HEADERS, false)?,
+        })
     }
 
     fn batching(
@@ -390,8 +540,12 @@ impl Settings {
                 because: format!("{} is az://", keys::BLOB_STORE),
             });
         }
+        let limits = b.limits()?;
+        let public_url = b.public_url()?;
         let security = bind_security(&mut b)?;
         let settings = Self {
+            limits,
+            public_url,
             tessera,
             blob_migration,
             deleted_instance_cleanup,

@@ -7,7 +7,7 @@
 //! 6750 §3.1). Why a token was refused is logged, never sent.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
 use axum::http::{HeaderMap, Method, header};
@@ -23,6 +23,8 @@ pub const AUDIT_TARGET: &str = "tessera::audit";
 
 /// The most of a refused request's body that is read (and dropped) before answering.
 const REFUSED_BODY_LIMIT: usize = 1 << 20;
+/// The longest wait for that body.
+const REFUSED_BODY_WAIT: Duration = Duration::from_secs(5);
 
 /// What the middleware enforces and records.
 #[derive(Clone, Default)]
@@ -94,9 +96,10 @@ pub async fn guard(State(security): State<Security>, request: Request, next: Nex
             match decision {
                 Ok(()) => next.run(Request::from_parts(parts, body)).await,
                 Err(error) => {
-                    // Reading a small body first lets a client that is still sending it see the
-                    // status instead of a reset connection; a large one is not read for nobody.
-                    let _ = axum::body::to_bytes(body, REFUSED_BODY_LIMIT).await;
+                    // Reading a small body first (briefly) lets a client that is still sending it
+                    // see the status instead of a reset connection; a large one is not read.
+                    let drain = axum::body::to_bytes(body, REFUSED_BODY_LIMIT);
+                    let _ = tokio::time::timeout(REFUSED_BODY_WAIT, drain).await;
                     error.into_response()
                 }
             }

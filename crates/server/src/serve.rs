@@ -67,6 +67,9 @@ pub fn migration_settings(config: &Config) -> MigrationSettings {
     }
 }
 
+/// How long requests in flight may finish after Ctrl-C or SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Runs the server until Ctrl-C or SIGTERM.
 pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let settings = &config.settings;
@@ -77,6 +80,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         blobs.clone(),
         ServiceSettings {
             delete_delay: cleanup.delete_delay,
+            limits: settings.limits.clone(),
         },
     );
     let mut workers = vec![
@@ -110,11 +114,21 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         operation_context(&config, index, blobs),
         migration_settings(&config),
     ));
-    let security = security(&config)?;
-    let app = tessera_http::router(tessera_http::AppState { service, security });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let public_url = tessera_http::PublicUrl {
+        base: settings.public_url.base.clone(),
+        trust_forwarded_headers: settings.public_url.trust_forwarded_headers,
+    };
+    let state = tessera_http::AppState::new(service, settings.limits.clone(), public_url)
+        .with_security(security(&config)?);
+    let app = tessera_http::router(state);
+    tessera_http::serve(
+        listener,
+        app,
+        &settings.limits,
+        shutdown_signal(),
+        SHUTDOWN_GRACE,
+    )
+    .await?;
     for worker in workers {
         worker.abort();
     }
