@@ -121,3 +121,21 @@ pub const FAULT_LATENCY: &str = "Tessera:FaultInjection:Latency";
 pub const FAULT_CUT_STREAM_RATE: &str = "Tessera:FaultInjection:CutStreamRate";
 /// Fault injection: seed of the fault sequence.
 pub const FAULT_SEED: &str = "Tessera:FaultInjection:Seed";
+/// Whether bearer tokens protect the API (the original's switch; off by default).
+pub const SECURITY_ENABLED: &str = "DicomServer:Security:Enabled";
+/// The OpenID Connect authority whose tokens are accepted.
+pub const AUTHORITY: &str = "DicomServer:Security:Authentication:Authority";
+/// The audience a token must be issued for.
+pub const AUDIENCE: &str = "DicomServer:Security:Authentication:Audience";
+/// More accepted audiences (a list: `Audiences:0`, `Audiences:1`, …).
+pub const AUDIENCES: &str = "DicomServer:Security:Authentication:Audiences";
+/// Whether roles decide what a valid token may do.
+pub const AUTHORIZATION_ENABLED: &str = "DicomServer:Security:Authorization:Enabled";
+/// The token claim that lists the caller's roles.
+pub const ROLES_CLAIM: &str = "DicomServer:Security:Authorization:RolesClaim";
+/// The `roles.json` defining the roles (the original read it beside the binary).
+pub const ROLES_FILE: &str = "Tessera:Security:RolesFile";
+/// Least time between two fetches of the authority's keys caused by an unknown key id.
+pub const KEY_REFRESH_INTERVAL: &str = "Tessera:Security:KeyRefreshInterval";
+/// One audit line per DICOMweb request on the `tessera::audit` log target.
+pub const AUDIT_LOG: &str = "Tessera:Security:AuditLog";

@@ -38,6 +38,8 @@ pub struct Settings {
     /// `Tessera:FaultInjection:*`: faults injected into blob-store calls, for tests; off by
     /// default.
     pub fault_injection: FaultInjection,
+    /// `DicomServer:Security:*` and `Tessera:Security:*`.
+    pub security: SecuritySettings,
 }
 
 /// How the URLs Tessera returns (RetrieveURL, Location) are built.
@@ -125,6 +127,15 @@ pub struct FunctionsSettings {
     pub cleanup_deleted: Batching,
     /// Instances worked on at once within a batch.
     pub max_parallel_threads: u32,
+}
+
+/// Authentication, authorization and audit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecuritySettings {
+    /// How tokens are checked; `None` when `DicomServer:Security:Enabled` is false.
+    pub authentication: Option<tessera_auth::AuthSettings>,
+    /// Write one audit line per DICOMweb request.
+    pub audit_log: bool,
 }
 
 /// One effective setting, for `tessera config`.
@@ -558,6 +569,7 @@ impl Settings {
                 u64::to_string,
             )?,
         };
+        let security = bind_security(&mut b)?;
         let settings = Self {
             limits,
             public_url,
@@ -568,7 +580,134 @@ impl Settings {
             containers,
             blob_connection_string,
             fault_injection,
+            security,
         };
         Ok((settings, b.effective))
     }
+}
+
+/// `DicomServer:Security:*` as the original documents it, plus Tessera's roles file, key refresh
+/// and audit keys; an inconsistent combination is an error naming the key to change.
+fn bind_security(b: &mut Binder<'_>) -> Result<SecuritySettings, ConfigError> {
+    let optional_text = |t: &str| Ok((!t.trim().is_empty()).then(|| t.trim().to_owned()));
+    let show_optional = |v: &Option<String>| v.clone().unwrap_or_else(|| "(unset)".into());
+    let enabled = b.boolean(keys::SECURITY_ENABLED, false)?;
+    let authority = b.bind(
+        &[keys::AUTHORITY],
+        None,
+        |t| {
+            if t.trim().is_empty() {
+                Ok(None)
+            } else {
+                tessera_auth::check_authority(t).map(Some)
+            }
+        },
+        |v| {
+            v.as_ref()
+                .map(url::Url::to_string)
+                .unwrap_or_else(|| "(unset)".into())
+        },
+    )?;
+    let audience = b.bind(&[keys::AUDIENCE], None, optional_text, show_optional)?;
+    let mut audiences: Vec<String> = audience.into_iter().collect();
+    let mut listed = Vec::new();
+    let mut listed_origin = Origin::Default;
+    for index in 0.. {
+        let Some(found) = b.raw.get(&format!("{}:{index}", keys::AUDIENCES)) else {
+            break;
+        };
+        listed_origin = found.origin.clone();
+        if !found.value.trim().is_empty() {
+            listed.push(found.value.trim().to_owned());
+        }
+    }
+    b.effective.push(EffectiveValue {
+        key: keys::AUDIENCES,
+        value: if listed.is_empty() {
+            "(unset)".into()
+        } else {
+            listed.join(", ")
+        },
+        origin: listed_origin,
+    });
+    audiences.extend(listed);
+    let authorization = b.boolean(keys::AUTHORIZATION_ENABLED, false)?;
+    let roles_claim = b.bind(
+        &[keys::ROLES_CLAIM],
+        "roles".to_owned(),
+        |t| {
+            if t.trim().is_empty() {
+                Err("expected the name of a claim, such as roles".into())
+            } else {
+                Ok(t.trim().to_owned())
+            }
+        },
+        String::clone,
+    )?;
+    let roles_file = b.bind(
+        &[keys::ROLES_FILE],
+        PathBuf::from("roles.json"),
+        |t| Ok(PathBuf::from(t.trim())),
+        |p| p.display().to_string(),
+    )?;
+    let key_refresh_interval = b.timespan(keys::KEY_REFRESH_INTERVAL, Duration::from_secs(300))?;
+    let audit_log = b.boolean(keys::AUDIT_LOG, true)?;
+    let origin_of = |key: &str| {
+        b.raw
+            .get(key)
+            .map(|v| v.origin.clone())
+            .unwrap_or(Origin::Default)
+    };
+    if !enabled {
+        if authorization {
+            return Err(ConfigError::InvalidValue {
+                key: keys::AUTHORIZATION_ENABLED.to_owned(),
+                value: "true".into(),
+                origin: origin_of(keys::AUTHORIZATION_ENABLED),
+                reason: format!("authorization needs {} = true", keys::SECURITY_ENABLED),
+            });
+        }
+        return Ok(SecuritySettings {
+            authentication: None,
+            audit_log,
+        });
+    }
+    let because = format!("{} is true", keys::SECURITY_ENABLED);
+    let authority = authority.ok_or_else(|| ConfigError::Missing {
+        key: keys::AUTHORITY,
+        because: because.clone(),
+    })?;
+    if audiences.is_empty() {
+        return Err(ConfigError::Missing {
+            key: keys::AUDIENCE,
+            because,
+        });
+    }
+    let roles = if authorization {
+        let invalid = |reason: String| ConfigError::InvalidValue {
+            key: keys::ROLES_FILE.to_owned(),
+            value: roles_file.display().to_string(),
+            origin: origin_of(keys::ROLES_FILE),
+            reason,
+        };
+        let roles = tessera_auth::Roles::load(&roles_file).map_err(|e| invalid(e.to_string()))?;
+        if roles.is_empty() {
+            return Err(invalid(
+                "defines no role, so authorization would refuse every request".into(),
+            ));
+        }
+        Some(roles)
+    } else {
+        None
+    };
+    Ok(SecuritySettings {
+        authentication: Some(tessera_auth::AuthSettings {
+            authority,
+            audiences,
+            roles_claim,
+            roles,
+            key_refresh_interval,
+        }),
+        audit_log,
+    })
 }

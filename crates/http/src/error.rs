@@ -38,6 +38,18 @@ pub enum ApiError {
     /// A use case failed.
     #[error(transparent)]
     Service(#[from] ServiceError),
+    /// No bearer token (`invalid_token: false`), or one that is not valid.
+    #[error("Unauthorized")]
+    Unauthorized {
+        /// Whether a token was presented and refused (RFC 6750 `error="invalid_token"`).
+        invalid_token: bool,
+    },
+    /// A valid token whose roles do not grant the request's data action.
+    #[error("Forbidden")]
+    Forbidden,
+    /// The authority's signing keys cannot be fetched, so no token can be checked.
+    #[error("{0}")]
+    AuthorityUnavailable(String),
 }
 
 impl From<BlobError> for ApiError {
@@ -72,6 +84,9 @@ impl ApiError {
                 ServiceError::Blob(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::AuthorityUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -79,6 +94,21 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status_code();
+        // RFC 6750 §3: the challenge, with no description of why a token was refused.
+        let challenge = match &self {
+            Self::Unauthorized {
+                invalid_token: false,
+            } => Some("Bearer"),
+            Self::Unauthorized {
+                invalid_token: true,
+            } => Some("Bearer error=\"invalid_token\""),
+            Self::Forbidden => Some("Bearer error=\"insufficient_scope\""),
+            _ => None,
+        };
+        if let Some(challenge) = challenge {
+            let headers = [(axum::http::header::WWW_AUTHENTICATE, challenge)];
+            return (status, headers, self.to_string()).into_response();
+        }
         // Server-side details stay in the log; being at capacity is no secret.
         let message = if status.is_server_error() && !matches!(self, Self::Overloaded(_)) {
             tracing::error!(error = %self, status = status.as_u16(), "request failed");

@@ -14,6 +14,7 @@ mod operations;
 mod public_url;
 mod qido;
 mod related;
+mod security;
 mod serve;
 mod stow;
 mod wado;
@@ -29,6 +30,7 @@ use tokio::sync::Semaphore;
 
 pub use error::ApiError;
 pub use public_url::{LocalAddr, PublicUrl};
+pub use security::{AUDIT_TARGET, Security};
 pub use serve::serve;
 
 /// What request handlers share.
@@ -42,6 +44,8 @@ pub struct AppState {
     pub uploads: Arc<Semaphore>,
     /// How RetrieveURL and `Location` are built.
     pub public_url: Arc<PublicUrl>,
+    /// Authentication, authorization and audit of the DICOMweb routes.
+    pub security: Security,
 }
 
 impl AppState {
@@ -52,16 +56,23 @@ impl AppState {
             uploads: Arc::new(Semaphore::new(limits.max_concurrent_uploads as usize)),
             limits: Arc::new(limits),
             public_url: Arc::new(public_url),
+            security: Security::default(),
         }
+    }
+
+    /// The same state with `security` guarding the DICOMweb routes.
+    pub fn with_security(self, security: Security) -> Self {
+        Self { security, ..self }
     }
 }
 
 /// All routes of the server.
 pub fn router(state: AppState) -> Router {
+    let guard = axum::middleware::from_fn_with_state(state.security.clone(), security::guard);
     Router::new()
         .route("/health/check", get(health::check))
-        .nest("/v1", versioned(ApiVersion::V1))
-        .nest("/v2", versioned(ApiVersion::V2))
+        .nest("/v1", versioned(ApiVersion::V1).layer(guard.clone()))
+        .nest("/v2", versioned(ApiVersion::V2).layer(guard))
         // Bodies stream to the blob store; STOW applies Tessera:Limits:MaxRequestBodyBytes.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)

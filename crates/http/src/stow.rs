@@ -371,10 +371,22 @@ fn response(
     if !referenced.is_empty() {
         dataset.insert("00081199".into(), json!({"vr": "SQ", "Value": referenced}));
     }
-    (
+    let stored = outcomes
+        .iter()
+        .filter_map(|outcome| match outcome {
+            StoreOutcome::Stored { id, .. } => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut response = (
         status_override.unwrap_or(status),
         [(CONTENT_TYPE, "application/dicom+json")],
         Value::Object(dataset).to_string(),
     )
-        .into_response()
+        .into_response();
+    // For the audit line: which instances this request stored.
+    response
+        .extensions_mut()
+        .insert(crate::security::StoredInstances(stored));
+    response
 }

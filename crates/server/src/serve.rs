@@ -122,11 +122,9 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         base: settings.public_url.base.clone(),
         trust_forwarded_headers: settings.public_url.trust_forwarded_headers,
     };
-    let app = tessera_http::router(tessera_http::AppState::new(
-        service,
-        settings.limits.clone(),
-        public_url,
-    ));
+    let state = tessera_http::AppState::new(service, settings.limits.clone(), public_url)
+        .with_security(security(&config)?);
+    let app = tessera_http::router(state);
     tessera_http::serve(
         listener,
         app,
@@ -140,6 +138,32 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The token checks and audit the configuration asks for.
+fn security(config: &Config) -> Result<tessera_http::Security, Box<dyn std::error::Error>> {
+    let security = &config.settings.security;
+    let authenticator = match &security.authentication {
+        None => {
+            tracing::warn!(
+                "security is disabled: anyone who reaches this port may read, store and delete"
+            );
+            None
+        }
+        Some(auth) => {
+            tracing::info!(
+                authority = %auth.authority,
+                roles = auth.roles.as_ref().map_or(0, tessera_auth::Roles::len),
+                "bearer tokens required{}",
+                if auth.roles.is_some() { ", roles enforced" } else { "" }
+            );
+            Some(Arc::new(tessera_auth::Authenticator::new(auth.clone())?))
+        }
+    };
+    Ok(tessera_http::Security {
+        authenticator,
+        audit: security.audit_log,
+    })
 }
 
 /// Resolves on Ctrl-C or SIGTERM, so in-flight requests finish before exit.
