@@ -30,6 +30,10 @@ fi
 
 export TESSERA_FUZZ_TESTDATA="$(cd "$testdata" 2>/dev/null && pwd || echo "$testdata")"
 mkdir -p fuzz/logs
+# The SQLite files of the in-process servers (stow, qido), one per fuzzing process.
+export TESSERA_FUZZ_INDEX_DIR
+TESSERA_FUZZ_INDEX_DIR=$(mktemp -d -t tessera-fuzz-index.XXXXXX)
+trap 'rm -rf "$TESSERA_FUZZ_INDEX_DIR"' EXIT
 
 # Seeds from the sample files: the first bytes of each (its header and the start of its pixel
 # data), each wrapped the way its target reads input.

@@ -57,7 +57,12 @@ fuzz_target!(|data: &[u8]| {
     };
     let answer = app.runtime.block_on(app.send(request));
     assert!(
-        [StatusCode::OK, StatusCode::NO_CONTENT, StatusCode::BAD_REQUEST].contains(&answer.status),
+        [
+            StatusCode::OK,
+            StatusCode::NO_CONTENT,
+            StatusCode::BAD_REQUEST
+        ]
+        .contains(&answer.status),
         "GET {uri} answered {}: {}",
         answer.status,
         String::from_utf8_lossy(&answer.body)

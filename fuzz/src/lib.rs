@@ -1,5 +1,5 @@
 //! What the fuzz targets share: cutting an input into chunks, and one in-process Tessera (HTTP
-//! router over a `DicomService` on an in-memory blob store and an in-memory SQLite index) built
+//! router over a `DicomService` on an in-memory blob store and a SQLite index in a temporary file) built
 //! once per fuzzing process, so that each input costs a request, not a start-up.
 
 use std::path::PathBuf;
@@ -58,7 +58,10 @@ pub fn sample_files() -> Vec<Vec<u8>> {
     let root = std::env::var_os("TESSERA_FUZZ_TESTDATA")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata"))
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../shared/testdata"
+            ))
         });
     let mut files = Vec::new();
     for dir in [root.clone(), root.join("transfer-syntaxes")] {
@@ -78,6 +81,19 @@ pub fn sample_files() -> Vec<Vec<u8>> {
     files
 }
 
+/// A SQLite file of this process under `$TESSERA_FUZZ_INDEX_DIR` (scripts/fuzz.sh removes the
+/// folder). Not `sqlite::memory:`: each pooled connection would open its own empty database.
+fn index_url() -> String {
+    let dir = std::env::var_os("TESSERA_FUZZ_INDEX_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("tessera-fuzz-index"));
+    let path = dir.join(format!("index-{}.db", std::process::id()));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    format!("sqlite://{}", path.display())
+}
+
 static APP: LazyLock<App> = LazyLock::new(|| {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -89,9 +105,9 @@ static APP: LazyLock<App> = LazyLock::new(|| {
             .await
             .expect("fuzz: memory blob store");
         let blobs = InstanceBlobStore::new(containers, FormatPolicy::new(FormatType::Dual));
-        let index = InstanceIndex::open("sqlite::memory:")
+        let index = InstanceIndex::open(&index_url())
             .await
-            .expect("fuzz: in-memory index");
+            .expect("fuzz: SQLite index");
         DicomService::new(
             index,
             Arc::new(blobs),

@@ -96,14 +96,23 @@ impl FragmentScanner {
         }
     }
 
-    /// Feeds `chunk`, which starts at absolute `offset` in the file.
+    /// Feeds `chunk`, which starts at absolute `offset` in the file. Chunks are meant to come in
+    /// order; any other order marks the scan broken or is ignored, and never panics.
     pub fn feed(&mut self, offset: u64, chunk: &[u8]) {
-        let end = offset + chunk.len() as u64;
+        let Some(end) = offset.checked_add(chunk.len() as u64) else {
+            self.broken = true;
+            return;
+        };
         while !self.done && !self.broken && self.next_item < end {
             let header_start = self.next_item + self.header.len() as u64;
             if header_start < offset {
                 // Bytes of this header were skipped; cannot happen when fed in order.
                 self.broken = true;
+                return;
+            }
+            if header_start >= end {
+                // This chunk lies before the header bytes still missing (fed again, out of
+                // order): nothing in it is new.
                 return;
             }
             let from = (header_start - offset) as usize;
@@ -124,7 +133,15 @@ impl FragmentScanner {
             self.header.clear();
             match (group, element) {
                 (0xFFFE, 0xE000) if length != u32::MAX => {
-                    let value = self.next_item + 8;
+                    // Offsets past u64::MAX cannot be in any file: the scan is broken.
+                    let Some((value, next)) = self
+                        .next_item
+                        .checked_add(8)
+                        .and_then(|value| Some((value, value.checked_add(u64::from(length))?)))
+                    else {
+                        self.broken = true;
+                        return;
+                    };
                     if self.seen_offset_table {
                         self.fragments.push(FrameRange {
                             offset: value,
@@ -132,7 +149,7 @@ impl FragmentScanner {
                         });
                     }
                     self.seen_offset_table = true;
-                    self.next_item = value + u64::from(length);
+                    self.next_item = next;
                 }
                 (0xFFFE, 0xE0DD) => self.done = true,
                 _ => self.broken = true,
@@ -189,6 +206,27 @@ mod tests {
             );
             assert!(scanner.frame_ranges(3).is_none());
         }
+    }
+
+    /// Found by `fuzz/fuzz_targets/fragments.rs`: a chunk fed again after part of an item
+    /// header had arrived underflowed `chunk.len() - from` and panicked.
+    #[test]
+    fn chunks_out_of_order_do_not_panic() {
+        let mut scanner = FragmentScanner::new(0);
+        scanner.feed(0, &[0; 7]);
+        scanner.feed(0, &[0]);
+        assert!(scanner.frame_ranges(1).is_none());
+
+        // Offsets at the top of u64: the end of a chunk or of an item cannot be computed.
+        let mut scanner = FragmentScanner::new(u64::MAX - 4);
+        scanner.feed(u64::MAX - 4, &[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+        assert!(scanner.frame_ranges(1).is_none());
+        let mut scanner = FragmentScanner::new(u64::MAX - 20);
+        scanner.feed(
+            u64::MAX - 20,
+            &[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFE],
+        );
+        assert!(scanner.frame_ranges(1).is_none());
     }
 
     #[test]
