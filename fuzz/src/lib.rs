@@ -16,6 +16,70 @@ use tessera_index::InstanceIndex;
 use tessera_service::{DeletedInstanceCleanup, DicomService, ServiceSettings};
 use tower::ServiceExt;
 
+/// The largest single allocation a fuzzed input may make. Inputs are at most 128 KiB, so a
+/// larger allocation can only follow a length declared in the input, which must not be trusted:
+/// it aborts at once (a crash naming the size) instead of slowly touching gigabytes until the
+/// RSS limit (without a sanitizer libFuzzer's `-malloc_limit_mb` has no effect).
+const MAX_ALLOCATION: usize = 256 << 20;
+
+/// The system allocator with [`MAX_ALLOCATION`].
+struct CappedAllocator;
+
+impl CappedAllocator {
+    fn check(size: usize) {
+        if size > MAX_ALLOCATION {
+            use std::io::Write;
+            // No formatting: it could allocate.
+            let mut digits = [0u8; 20];
+            let mut at = digits.len();
+            let mut n = size;
+            loop {
+                at -= 1;
+                digits[at] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            let mut stderr = std::io::stderr().lock();
+            let _ = stderr.write_all(b"\n==tessera-fuzz== allocation of ");
+            let _ = stderr.write_all(&digits[at..]);
+            let _ = stderr
+                .write_all(b" bytes exceeds the fuzzing limit (a declared length trusted?)\n");
+            std::process::abort();
+        }
+    }
+}
+
+// SAFETY: forwards to `System` unchanged; only refuses sizes above the cap, by aborting.
+unsafe impl std::alloc::GlobalAlloc for CappedAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        Self::check(layout.size());
+        // SAFETY: the caller's contract is `System`'s.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        Self::check(layout.size());
+        // SAFETY: as above.
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: as above.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        Self::check(new_size);
+        // SAFETY: as above.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CappedAllocator = CappedAllocator;
+
 /// Cuts `bytes` into chunks whose sizes follow from `seed`: single bytes, odd sizes, or sizes
 /// around the 64 KiB at which the header reader first scans, so chunk edges land everywhere.
 pub fn chunks(bytes: &[u8], seed: u8) -> impl Iterator<Item = &[u8]> {
