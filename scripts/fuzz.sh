@@ -99,16 +99,18 @@ for target in $targets; do
     $(options "$target") "${keep_going[@]}" >"$log" 2>&1 || true
   grep -E '^#[0-9]+.*(DONE|cov:)' "$log" | tail -1 || true
   grep -E '^stat::(number_of_executed_units|peak_rss_mb|new_units_added)' "$log" || true
-  found=$(find "fuzz/artifacts/$target" -type f -newer "$marker" | sort)
-  rm -f "$marker"
-  if [ -n "$found" ]; then
+  found=$(find "fuzz/artifacts/$target" -type f -newer "$marker" | wc -l)
+  if [ "$found" -gt 0 ]; then
     failed=1
-    echo "!! $target found problems:"
-    for f in $found; do
-      echo "-- $f ($(stat -c %s "$f") bytes), first 256 bytes:"
-      od -A x -t x1z -N 256 "$f"
+    echo "!! $target: $found crashing, out-of-memory or timed-out inputs in fuzz/artifacts/$target; the smallest:"
+    # Each is run again to say why it fails (fork mode keeps the children's output apart).
+    find "fuzz/artifacts/$target" -type f -newer "$marker" -printf '%s %p\n' | sort -n | head -5 | while read -r size f; do
+      why=$(timeout 60 "fuzz/target/$(rustc -vV | sed -n 's/^host: //p')/release/$target" "$f" 2>&1 |
+        grep -m1 -A1 -E 'panicked at|==tessera-fuzz==|ERROR: libFuzzer' | tr '\n' ' ' | cut -c1-300 || true)
+      echo "-- $f ($size bytes): $why"
+      od -A x -t x1z -N 128 "$f"
     done
-    grep -E 'panicked at|ERROR: libFuzzer|SUMMARY' "$log" | sort | uniq -c | head -20 || true
   fi
+  rm -f "$marker"
 done
 exit "$failed"
