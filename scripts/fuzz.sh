@@ -84,6 +84,7 @@ fi
 
 echo "== building the fuzz targets"
 nice -n 19 cargo fuzz build "${fuzz_flags[@]}"
+bin_dir="fuzz/target/$(rustc -vV | sed -n 's/^host: //p')/release"
 
 failed=0
 for target in $targets; do
@@ -92,11 +93,12 @@ for target in $targets; do
   marker=$(mktemp)
   log="fuzz/logs/$target-$(date -u +%Y%m%dT%H%M%SZ).log"
   echo "== fuzzing $target for ${seconds}s (log: $log)"
+  # The binary itself, not `cargo fuzz run`, which after a crash replays every failing input.
   # shellcheck disable=SC2046
-  nice -n 19 cargo fuzz run "${fuzz_flags[@]}" "$target" \
-    "fuzz/corpus/$target" "fuzz/seeds/$target" "$seeds" -- \
+  nice -n 19 "$bin_dir/$target" -artifact_prefix="fuzz/artifacts/$target/" \
     -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=2048 -print_final_stats=1 \
-    $(options "$target") "${keep_going[@]}" >"$log" 2>&1 || true
+    $(options "$target") "${keep_going[@]}" \
+    "fuzz/corpus/$target" "fuzz/seeds/$target" "$seeds" >"$log" 2>&1 || true
   grep -E '^#[0-9]+.*(DONE|cov:)' "$log" | tail -1 || true
   grep -E '^stat::(number_of_executed_units|peak_rss_mb|new_units_added)' "$log" || true
   found=$(find "fuzz/artifacts/$target" -type f -newer "$marker" | wc -l)
@@ -105,7 +107,7 @@ for target in $targets; do
     echo "!! $target: $found crashing, out-of-memory or timed-out inputs in fuzz/artifacts/$target; the smallest:"
     # Each is run again to say why it fails (fork mode keeps the children's output apart).
     find "fuzz/artifacts/$target" -type f -newer "$marker" -printf '%s %p\n' | sort -n | head -5 | while read -r size f; do
-      why=$(timeout 60 "fuzz/target/$(rustc -vV | sed -n 's/^host: //p')/release/$target" "$f" 2>&1 |
+      why=$(timeout 60 "$bin_dir/$target" "$f" 2>&1 |
         grep -m1 -A1 -E 'panicked at|==tessera-fuzz==|ERROR: libFuzzer' | tr '\n' ' ' | cut -c1-300 || true)
       echo "-- $f ($size bytes): $why"
       od -A x -t x1z -N 128 "$f"
