@@ -498,3 +498,65 @@ fn inflate(deflated: &[u8], limit: u64) -> Result<Vec<u8>, DicomError> {
     }
     Ok(inflated)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Part-10 file (no preamble) of Explicit VR Little Endian with `dataset` as its data set.
+    fn part10(dataset: &[u8]) -> Vec<u8> {
+        fn element(out: &mut Vec<u8>, element: u16, vr: &[u8; 2], value: &[u8]) {
+            out.extend_from_slice(&2u16.to_le_bytes());
+            out.extend_from_slice(&element.to_le_bytes());
+            out.extend_from_slice(vr);
+            if vr == b"OB" {
+                out.extend_from_slice(&[0, 0]);
+                out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            } else {
+                out.extend_from_slice(&(value.len() as u16).to_le_bytes());
+            }
+            out.extend_from_slice(value);
+        }
+        let mut meta = Vec::new();
+        element(&mut meta, 0x0001, b"OB", &[0, 1]);
+        element(&mut meta, 0x0002, b"UI", b"1.2.3\0");
+        element(&mut meta, 0x0003, b"UI", b"1.2.3.4\0");
+        element(&mut meta, 0x0010, b"UI", b"1.2.840.10008.1.2.1\0");
+        let mut out = b"DICM".to_vec();
+        element(&mut out, 0x0000, b"UL", &(meta.len() as u32).to_le_bytes());
+        out.extend_from_slice(&meta);
+        out.extend_from_slice(dataset);
+        out
+    }
+
+    /// Pixel Data with a 2-byte-length VR (`US`) has an 8-byte header; 12 were subtracted from
+    /// its value offset, which underflowed (a panic) when it was the first element, and cut the
+    /// element before it otherwise.
+    #[test]
+    fn pixel_data_with_a_short_vr_is_read_not_a_panic() {
+        let pixel_data = [0xE0, 0x7F, 0x10, 0x00, b'U', b'S', 2, 0, 1, 0];
+        let bytes = part10(&pixel_data);
+        let header = match scan_header(&bytes, true) {
+            Ok(HeaderScan::Complete(header)) => header,
+            other => panic!("expected a header, got {other:?}"),
+        };
+        assert_eq!(
+            header.pixel_data(),
+            Some(PixelData::Native {
+                offset: bytes.len() as u64 - 2,
+                length: 2
+            })
+        );
+
+        // After another element: that element is read whole.
+        let mut dataset = vec![
+            0x10, 0x00, 0x20, 0x00, b'L', b'O', 4, 0, b'I', b'D', b'4', b'2',
+        ];
+        dataset.extend_from_slice(&pixel_data);
+        let header = match scan_header(&part10(&dataset), true) {
+            Ok(HeaderScan::Complete(header)) => header,
+            other => panic!("expected a header, got {other:?}"),
+        };
+        assert_eq!(header.string(tags::PATIENT_ID).as_deref(), Some("ID42"));
+    }
+}
