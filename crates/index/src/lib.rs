@@ -15,6 +15,7 @@ mod adoption;
 mod migration;
 mod model;
 mod operations;
+mod processes;
 mod search;
 
 use std::time::Duration;
@@ -32,6 +33,7 @@ pub use model::{
     StoredInstance,
 };
 pub use operations::{Acquisition, OperationRecord, OperationResults, OperationStatus};
+pub use processes::{ProcessId, ProcessInfo, RegisteredProcess};
 pub use search::QidoRow;
 
 /// What can go wrong in the index.
@@ -65,13 +67,15 @@ pub enum IndexError {
 
 pub(crate) type Result<T, E = IndexError> = std::result::Result<T, E>;
 
-const CREATING: i16 = 0;
+pub(crate) const CREATING: i16 = 0;
 pub(crate) const CREATED: i16 = 1;
 
 /// The index over a SQL database.
 #[derive(Clone, Debug)]
 pub struct InstanceIndex {
     pub(crate) pool: AnyPool,
+    /// The process recorded as the owner of reservations made through this handle.
+    pub(crate) owner: Option<ProcessId>,
 }
 
 pub(crate) fn micros(time: DateTime<Utc>) -> i64 {
@@ -127,12 +131,14 @@ impl InstanceIndex {
         } else {
             return Err(open_error("PostgreSQL support is not built yet".into()));
         }
-        Ok(Self { pool })
+        Ok(Self { pool, owner: None })
     }
 
-    /// Reserves a watermark and a `Creating` row for an instance about to be stored, and
-    /// upserts its study and series (latest wins). Fails with
-    /// [`IndexError::AlreadyExists`] if the UIDs are taken.
+    /// Reserves a watermark and a `Creating` row for an instance about to be stored, owned by
+    /// this handle's process ([`Self::with_owner`]), and upserts its study and series (latest
+    /// wins). Fails with [`IndexError::AlreadyExists`] if the UIDs are taken, except by a dead
+    /// reservation (its owner unregistered or its lease expired), which is abandoned (blobs
+    /// queued for removal) and replaced in the same transaction.
     pub async fn begin_create(&self, instance: &NewInstance) -> Result<Watermark> {
         let now = micros(Utc::now());
         let mut tx = self.pool.begin().await?;
@@ -145,7 +151,9 @@ impl InstanceIndex {
         .try_get(0)?;
         let id = &instance.id;
         let existing = sqlx::query(
-            "SELECT status FROM instances WHERE study_uid = $1 AND series_uid = $2 AND sop_uid = $3",
+            "SELECT i.status, i.watermark, i.owner_id, p.owner_id, p.lease_expires FROM instances i
+                 LEFT JOIN processes p ON p.owner_id = i.owner_id
+             WHERE i.study_uid = $1 AND i.series_uid = $2 AND i.sop_uid = $3",
         )
         .bind(id.study.as_str())
         .bind(id.series.as_str())
@@ -154,16 +162,31 @@ impl InstanceIndex {
         .await?;
         if let Some(row) = existing {
             let status: i16 = row.try_get(0)?;
-            return Err(IndexError::AlreadyExists {
-                creating: status == CREATING,
-            });
+            let owner: Option<String> = row.try_get(2)?;
+            let registered: Option<String> = row.try_get(3)?;
+            let lease_expires: Option<i64> = row.try_get(4)?;
+            let dead = status == CREATING
+                && owner.is_some()
+                && (registered.is_none() || lease_expires.is_some_and(|t| t < now));
+            if !dead {
+                return Err(IndexError::AlreadyExists {
+                    creating: status == CREATING,
+                });
+            }
+            let stale: i64 = row.try_get(1)?;
+            tracing::warn!(
+                watermark = stale,
+                owner = owner.as_deref().unwrap_or_default(),
+                "taking over a reservation whose owner is gone"
+            );
+            abandon_in(&mut tx, stale, now).await?;
         }
         let watermark =
             Watermark::new(next as u64).map_err(|e| IndexError::Corrupt(e.to_string()))?;
         upsert_parents(&mut tx, instance, now).await?;
         let inserted = sqlx::query(
             "INSERT INTO instances (watermark, study_uid, series_uid, sop_uid, sop_class_uid, transfer_syntax,
-                 status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+                 status, created_at, updated_at, owner_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
         )
         .bind(next)
         .bind(id.study.as_str())
@@ -173,6 +196,7 @@ impl InstanceIndex {
         .bind(instance.transfer_syntax.clone())
         .bind(CREATING)
         .bind(now)
+        .bind(self.owner.map(|o| o.to_string()))
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -244,16 +268,7 @@ impl InstanceIndex {
     pub async fn abandon_create(&self, watermark: Watermark) -> Result<()> {
         let now = micros(Utc::now());
         let mut tx = self.pool.begin().await?;
-        let removed = sqlx::query(
-            "DELETE FROM instances WHERE watermark = $1 AND status = $2 RETURNING study_uid, series_uid, sop_uid",
-        )
-        .bind(watermark.get() as i64)
-        .bind(CREATING)
-        .fetch_all(&mut *tx)
-        .await?;
-        for row in &removed {
-            queue_blob_removal(&mut tx, watermark.get() as i64, row, now, now).await?;
-        }
+        abandon_in(&mut tx, watermark.get() as i64, now).await?;
         remove_empty_parents(&mut tx).await?;
         tx.commit().await?;
         Ok(())
@@ -389,15 +404,18 @@ impl InstanceIndex {
         Ok(row.try_get::<i64, _>(0)? as u32)
     }
 
-    /// Watermarks of rows still `Creating` that were reserved before `older_than`: a store that
-    /// crashed or hung. The sweeper abandons them.
+    /// Watermarks of rows still `Creating` that were reserved before `older_than` by no
+    /// registered process (no owner recorded, or one that is gone): a store that crashed or
+    /// hung. The sweeper abandons them. A registered process's reservations are never stale.
     pub async fn stale_creating(&self, older_than: DateTime<Utc>) -> Result<Vec<Watermark>> {
-        let rows =
-            sqlx::query("SELECT watermark FROM instances WHERE status = $1 AND created_at < $2")
-                .bind(CREATING)
-                .bind(micros(older_than))
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT watermark FROM instances WHERE status = $1 AND created_at < $2
+                 AND (owner_id IS NULL OR owner_id NOT IN (SELECT owner_id FROM processes))",
+        )
+        .bind(CREATING)
+        .bind(micros(older_than))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(|row| watermark(row, 0)).collect()
     }
 
@@ -536,7 +554,26 @@ pub(crate) async fn upsert_parents(
     Ok(())
 }
 
-async fn queue_blob_removal(
+/// Removes the `Creating` row with this watermark, if any, and queues its blobs for removal now.
+async fn abandon_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    watermark: i64,
+    now: i64,
+) -> Result<()> {
+    let removed = sqlx::query(
+        "DELETE FROM instances WHERE watermark = $1 AND status = $2 RETURNING study_uid, series_uid, sop_uid",
+    )
+    .bind(watermark)
+    .bind(CREATING)
+    .fetch_all(&mut **tx)
+    .await?;
+    for row in &removed {
+        queue_blob_removal(tx, watermark, row, now, now).await?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn queue_blob_removal(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     watermark: i64,
     row: &AnyRow,
@@ -558,7 +595,7 @@ async fn queue_blob_removal(
     Ok(())
 }
 
-async fn remove_empty_parents(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<()> {
+pub(crate) async fn remove_empty_parents(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<()> {
     sqlx::query(
         "DELETE FROM series WHERE NOT EXISTS (SELECT 1 FROM instances i
              WHERE i.study_uid = series.study_uid AND i.series_uid = series.series_uid)",
