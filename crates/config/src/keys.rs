@@ -77,3 +77,10 @@ pub const FILE_CONTAINER: &str = "DicomWeb:DicomStore:ContainerName";
 pub const METADATA_CONTAINER: &str = "DicomWeb:MetadataStore:ContainerName";
 /// Azure Storage connection string.
 pub const BLOB_CONNECTION_STRING: &str = "BlobStore:ConnectionString";
+
+/// How long a graceful shutdown (SIGTERM, Ctrl-C) lets requests in flight and background work
+/// finish before failing them.
+pub const SHUTDOWN_TIMEOUT: &str = "Tessera:ShutdownTimeout";
+/// How long a process counts as alive in the index without renewing its registration; after
+/// that, other processes free the reservations of its unfinished stores.
+pub const PROCESS_LEASE: &str = "Tessera:ProcessLease";

@@ -31,6 +31,18 @@ pub struct Settings {
     pub containers: ContainerNames,
     /// `BlobStore:ConnectionString`: the Azure Storage connection string (a secret).
     pub blob_connection_string: Option<String>,
+    /// `Tessera:ShutdownTimeout` and `Tessera:ProcessLease`: how a process stops and how
+    /// long it counts as alive.
+    pub lifecycle: LifecycleSettings,
+}
+
+/// How a process stops, and how long it counts as alive without renewing its registration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LifecycleSettings {
+    /// Grace period of a graceful shutdown.
+    pub shutdown_timeout: Duration,
+    /// Lease of this process's registration in the index (at least one second).
+    pub process_lease: Duration,
 }
 
 /// Keys under `Tessera:`.
@@ -379,6 +391,20 @@ impl Settings {
                 because: format!("{} is az://", keys::BLOB_STORE),
             });
         }
+        let lifecycle = LifecycleSettings {
+            shutdown_timeout: b.timespan(keys::SHUTDOWN_TIMEOUT, Duration::from_secs(30))?,
+            process_lease: b.bind(
+                &[keys::PROCESS_LEASE],
+                Duration::from_secs(60),
+                |t| match parse_timespan(t)? {
+                    lease if lease < Duration::from_secs(1) => {
+                        Err("expected at least one second".into())
+                    }
+                    lease => Ok(lease),
+                },
+                |d| format_timespan(*d),
+            )?,
+        };
         let settings = Self {
             tessera,
             blob_migration,
@@ -386,6 +412,7 @@ impl Settings {
             functions,
             containers,
             blob_connection_string,
+            lifecycle,
         };
         Ok((settings, b.effective))
     }

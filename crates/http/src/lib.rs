@@ -5,6 +5,7 @@
 
 mod changefeed;
 mod delete;
+mod drain;
 mod error;
 mod health;
 mod media;
@@ -19,6 +20,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use tessera_service::{ApiVersion, DicomService};
 
+pub use drain::{Drain, with_drain};
 pub use error::ApiError;
 
 /// What request handlers share.
