@@ -346,7 +346,8 @@ impl InstanceIndex {
     }
 
     /// Claims up to `limit` queued removals that are due, for `lease`: a claimed row is not
-    /// handed to another worker (in this or another process) until the lease ends.
+    /// handed to another worker (in this or another process) until the lease ends, or until
+    /// the claiming process (this handle's owner) is found gone.
     pub async fn claim_due_removals(
         &self,
         max_retries: u32,
@@ -357,7 +358,7 @@ impl InstanceIndex {
         let until =
             micros(now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX));
         let rows = sqlx::query(
-            "UPDATE deleted_instances SET cleanup_after = $1
+            "UPDATE deleted_instances SET cleanup_after = $1, claimed_by = $5
              WHERE watermark IN (SELECT watermark FROM deleted_instances
                  WHERE cleanup_after <= $2 AND retry_count <= $3 ORDER BY cleanup_after LIMIT $4)
                AND cleanup_after <= $2
@@ -367,6 +368,7 @@ impl InstanceIndex {
         .bind(micros(now))
         .bind(i64::from(max_retries))
         .bind(i64::from(limit))
+        .bind(self.owner.map(|o| o.to_string()))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -394,7 +396,8 @@ impl InstanceIndex {
             Utc::now() + chrono::Duration::from_std(back_off).unwrap_or(chrono::Duration::MAX),
         );
         let row = sqlx::query(
-            "UPDATE deleted_instances SET retry_count = retry_count + 1, cleanup_after = $1 WHERE watermark = $2
+            "UPDATE deleted_instances SET retry_count = retry_count + 1, cleanup_after = $1, claimed_by = NULL
+             WHERE watermark = $2
              RETURNING retry_count",
         )
         .bind(after)

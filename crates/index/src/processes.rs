@@ -144,8 +144,9 @@ impl InstanceIndex {
     }
 
     /// Forgets a process (it shut down, or is known to be dead) and abandons its reservations
-    /// in the same transaction: their rows go and their blobs are queued for removal. Returns
-    /// how many reservations were abandoned.
+    /// in the same transaction: their rows go and their blobs are queued for removal; the blob
+    /// removals it had claimed are due again at once. Returns how many reservations were
+    /// abandoned.
     pub async fn unregister_process(&self, id: ProcessId) -> Result<usize> {
         let now = micros(Utc::now());
         let mut tx = self.pool.begin().await?;
@@ -161,6 +162,13 @@ impl InstanceIndex {
             let watermark: i64 = row.try_get(3)?;
             crate::queue_blob_removal(&mut tx, watermark, row, now, now).await?;
         }
+        sqlx::query(
+            "UPDATE deleted_instances SET cleanup_after = $1, claimed_by = NULL WHERE claimed_by = $2",
+        )
+        .bind(now)
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM processes WHERE owner_id = $1")
             .bind(id.to_string())
             .execute(&mut *tx)
@@ -188,8 +196,8 @@ impl InstanceIndex {
     }
 
     /// Abandons the reservations whose owner is not registered (a process that died and was
-    /// forgotten before its rows were, or rows of a process that never registered). Returns how
-    /// many.
+    /// forgotten before its rows were, or rows of a process that never registered), and makes
+    /// the blob removals such processes had claimed due again. Returns how many reservations.
     pub async fn abandon_orphaned_reservations(&self) -> Result<usize> {
         let now = micros(Utc::now());
         let mut tx = self.pool.begin().await?;
@@ -205,6 +213,13 @@ impl InstanceIndex {
             let watermark: i64 = row.try_get(3)?;
             crate::queue_blob_removal(&mut tx, watermark, row, now, now).await?;
         }
+        sqlx::query(
+            "UPDATE deleted_instances SET cleanup_after = $1, claimed_by = NULL
+             WHERE claimed_by IS NOT NULL AND claimed_by NOT IN (SELECT owner_id FROM processes)",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         crate::remove_empty_parents(&mut tx).await?;
         tx.commit().await?;
         Ok(removed.len())

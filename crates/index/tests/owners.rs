@@ -156,3 +156,27 @@ async fn a_released_operation_is_taken_at_once() {
     };
     assert_eq!(record.checkpoint, r#"{"x":1}"#);
 }
+
+#[tokio::test]
+async fn a_dead_processs_claimed_removals_are_due_again_at_once() {
+    let (_dir, index) = index().await;
+    let (a, as_a) = process(&index, Duration::from_secs(60)).await;
+    let (_b, as_b) = process(&index, Duration::from_secs(60)).await;
+    let w = as_a.begin_create(&new("1.2.3.1")).await.unwrap();
+    as_a.abandon_create(w).await.unwrap();
+    let lease = Duration::from_secs(300);
+    assert_eq!(
+        as_a.claim_due_removals(5, 10, lease).await.unwrap().len(),
+        1
+    );
+    assert!(
+        as_b.claim_due_removals(5, 10, lease)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    index.unregister_process(a).await.unwrap();
+    let claimed = as_b.claim_due_removals(5, 10, lease).await.unwrap();
+    assert_eq!(claimed.len(), 1, "released with its claimer");
+    assert_eq!(claimed[0].instance.watermark(), w);
+}

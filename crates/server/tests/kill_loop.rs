@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use serde_json::Value;
 use tessera_blob::BlobLayout;
 use tessera_blob::layout::{ParsedName, STAGING_PREFIX, frame_ranges, parse_name};
@@ -532,19 +533,26 @@ async fn kill_loop() {
                 let back: Vec<_> = m.deleted.intersection(&created).collect();
                 assert!(back.is_empty(), "deleted but present: {back:?}");
             }
-            for &i in &created {
-                let response = client
-                    .get(instance_url(&base, i))
-                    .header("Accept", "application/dicom")
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(response.status(), 200, "instance {i}");
-                assert!(
-                    matches_instance(i, &response.bytes().await.unwrap()),
-                    "instance {i} differs"
-                );
-            }
+            futures::stream::iter(created.iter().copied())
+                .map(|i| {
+                    let (client, base) = (client.clone(), base.clone());
+                    async move {
+                        let response = client
+                            .get(instance_url(&base, i))
+                            .header("Accept", "application/dicom")
+                            .send()
+                            .await
+                            .unwrap();
+                        assert_eq!(response.status(), 200, "instance {i}");
+                        assert!(
+                            matches_instance(i, &response.bytes().await.unwrap()),
+                            "instance {i} differs"
+                        );
+                    }
+                })
+                .buffer_unordered(4)
+                .collect::<Vec<()>>()
+                .await;
             // Created but never acknowledged (the answer was lost): known now.
             model.lock().unwrap().live.extend(created.iter().copied());
         }

@@ -17,3 +17,7 @@ CREATE TABLE processes (
 -- a process that did not register; such rows are swept by age only).
 ALTER TABLE instances ADD COLUMN owner_id TEXT;
 CREATE INDEX instances_by_owner ON instances (owner_id, status);
+
+-- The process that claimed a queued blob removal: when it is gone, its claims are released at
+-- once instead of when the claim's lease ends.
+ALTER TABLE deleted_instances ADD COLUMN claimed_by TEXT;
