@@ -33,7 +33,7 @@ pub use model::{
     StoredInstance,
 };
 pub use operations::{Acquisition, OperationRecord, OperationResults, OperationStatus};
-pub use processes::{ProcessId, ProcessInfo, RegisteredProcess};
+pub use processes::{GoneProbe, ProcessId, ProcessInfo, RegisteredProcess};
 pub use search::QidoRow;
 
 /// What can go wrong in the index.
@@ -76,6 +76,8 @@ pub struct InstanceIndex {
     pub(crate) pool: AnyPool,
     /// The process recorded as the owner of reservations made through this handle.
     pub(crate) owner: Option<ProcessId>,
+    /// Tells whether a registered owner is gone (see [`GoneProbe`]).
+    pub(crate) gone: Option<GoneProbe>,
 }
 
 pub(crate) fn micros(time: DateTime<Utc>) -> i64 {
@@ -131,7 +133,11 @@ impl InstanceIndex {
         } else {
             return Err(open_error("PostgreSQL support is not built yet".into()));
         }
-        Ok(Self { pool, owner: None })
+        Ok(Self {
+            pool,
+            owner: None,
+            gone: None,
+        })
     }
 
     /// Reserves a watermark and a `Creating` row for an instance about to be stored, owned by
@@ -151,8 +157,8 @@ impl InstanceIndex {
         .try_get(0)?;
         let id = &instance.id;
         let existing = sqlx::query(
-            "SELECT i.status, i.watermark, i.owner_id, p.owner_id, p.lease_expires FROM instances i
-                 LEFT JOIN processes p ON p.owner_id = i.owner_id
+            "SELECT i.status, i.watermark, i.owner_id, p.owner_id, p.host, p.local_key, p.pid, p.start_ticks,
+                 p.started_at, p.lease_expires FROM instances i LEFT JOIN processes p ON p.owner_id = i.owner_id
              WHERE i.study_uid = $1 AND i.series_uid = $2 AND i.sop_uid = $3",
         )
         .bind(id.study.as_str())
@@ -164,10 +170,13 @@ impl InstanceIndex {
             let status: i16 = row.try_get(0)?;
             let owner: Option<String> = row.try_get(2)?;
             let registered: Option<String> = row.try_get(3)?;
-            let lease_expires: Option<i64> = row.try_get(4)?;
-            let dead = status == CREATING
-                && owner.is_some()
-                && (registered.is_none() || lease_expires.is_some_and(|t| t < now));
+            // A registered owner is gone when its lease expired or the probe knows it is.
+            let gone = || -> Result<bool> {
+                let process = processes::registered_at(&row, 3)?;
+                Ok(micros(process.lease_expires) < now
+                    || self.gone.as_ref().is_some_and(|p| p.is_gone(&process.info)))
+            };
+            let dead = status == CREATING && owner.is_some() && (registered.is_none() || gone()?);
             if !dead {
                 return Err(IndexError::AlreadyExists {
                     creating: status == CREATING,

@@ -8,6 +8,7 @@
 //! for the caller to tell (it knows the operating system); the index only records what it needs
 //! to (host, pid, start time) and forgets a process on request, abandoning its reservations.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -57,6 +58,29 @@ pub struct ProcessInfo {
     pub start_ticks: Option<u64>,
 }
 
+/// Tells whether a registered process is known to be gone (its pid on this machine no longer
+/// runs it): the index knows no operating system, its caller does. Consulted by
+/// [`InstanceIndex::begin_create`] when a live-leased owner's reservation is in the way.
+#[derive(Clone)]
+pub struct GoneProbe(Arc<dyn Fn(&ProcessInfo) -> bool + Send + Sync>);
+
+impl GoneProbe {
+    /// A probe answering with `gone`.
+    pub fn new(gone: impl Fn(&ProcessInfo) -> bool + Send + Sync + 'static) -> Self {
+        Self(Arc::new(gone))
+    }
+
+    pub(crate) fn is_gone(&self, process: &ProcessInfo) -> bool {
+        (self.0)(process)
+    }
+}
+
+impl std::fmt::Debug for GoneProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GoneProbe")
+    }
+}
+
 /// A registered process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RegisteredProcess {
@@ -73,20 +97,26 @@ fn until(lease: Duration) -> i64 {
 }
 
 fn registered(row: &AnyRow) -> Result<RegisteredProcess> {
-    let pid: i64 = row.try_get(3)?;
-    let start_ticks: Option<i64> = row.try_get(4)?;
+    registered_at(row, 0)
+}
+
+/// A process from the columns `owner_id, host, local_key, pid, start_ticks, started_at,
+/// lease_expires`, starting at column `base`.
+pub(crate) fn registered_at(row: &AnyRow, base: usize) -> Result<RegisteredProcess> {
+    let pid: i64 = row.try_get(base + 3)?;
+    let start_ticks: Option<i64> = row.try_get(base + 4)?;
     Ok(RegisteredProcess {
         info: ProcessInfo {
-            id: ProcessId::parse(&row.try_get::<String, _>(0)?)?,
-            host: row.try_get(1)?,
-            local_key: row.try_get(2)?,
+            id: ProcessId::parse(&row.try_get::<String, _>(base)?)?,
+            host: row.try_get(base + 1)?,
+            local_key: row.try_get(base + 2)?,
             pid: u32::try_from(pid).map_err(|_| IndexError::Corrupt(format!("pid {pid}")))?,
             start_ticks: start_ticks
                 .map(|t| u64::try_from(t).map_err(|_| IndexError::Corrupt(format!("ticks {t}"))))
                 .transpose()?,
         },
-        started_at: from_micros(row.try_get(5)?),
-        lease_expires: from_micros(row.try_get(6)?),
+        started_at: from_micros(row.try_get(base + 5)?),
+        lease_expires: from_micros(row.try_get(base + 6)?),
     })
 }
 
@@ -94,6 +124,12 @@ impl InstanceIndex {
     /// This handle, recording `owner` as the owner of every reservation it makes.
     pub fn with_owner(mut self, owner: ProcessId) -> Self {
         self.owner = Some(owner);
+        self
+    }
+
+    /// This handle, asking `probe` whether the owner of a reservation in its way is gone.
+    pub fn with_gone_probe(mut self, probe: GoneProbe) -> Self {
+        self.gone = Some(probe);
         self
     }
 

@@ -180,3 +180,17 @@ async fn a_dead_processs_claimed_removals_are_due_again_at_once() {
     assert_eq!(claimed.len(), 1, "released with its claimer");
     assert_eq!(claimed[0].instance.watermark(), w);
 }
+
+#[tokio::test]
+async fn a_probe_that_knows_the_owner_is_gone_lets_a_store_take_over() {
+    use tessera_index::GoneProbe;
+    let (_dir, index) = index().await;
+    let (a, as_a) = process(&index, Duration::from_secs(60)).await;
+    let (_b, as_b) = process(&index, Duration::from_secs(60)).await;
+    let w = as_a.begin_create(&new("1.2.3.1")).await.unwrap();
+    let alive = as_b.clone().with_gone_probe(GoneProbe::new(|_| false));
+    assert!(alive.begin_create(&new("1.2.3.1")).await.is_err());
+    let knows = as_b.with_gone_probe(GoneProbe::new(move |p| p.id == a && p.pid == 4242));
+    let w2 = knows.begin_create(&new("1.2.3.1")).await.unwrap();
+    assert!(w2 > w && index.is_referenced(w).await.unwrap());
+}

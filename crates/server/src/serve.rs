@@ -85,7 +85,9 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     };
     let freed = heartbeat.register(&index).await?;
     tracing::info!(owner = %heartbeat.me.id, freed, "registered; reservations of dead processes freed");
-    let index = index.with_owner(heartbeat.me.id);
+    let index = index
+        .with_owner(heartbeat.me.id)
+        .with_gone_probe(heartbeat.gone_probe());
     let stop = CancellationToken::new();
     let stop_heartbeat = CancellationToken::new();
     let cleanup = &settings.deleted_instance_cleanup;

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use tessera_index::{InstanceIndex, ProcessId, ProcessInfo};
+use tessera_index::{GoneProbe, InstanceIndex, ProcessId, ProcessInfo};
 use tokio_util::sync::CancellationToken;
 
 use crate::ServiceError;
@@ -108,6 +108,13 @@ impl ProcessHeartbeat {
                 tracing::warn!(%error, "could not reap dead processes");
             }
         }
+    }
+
+    /// Tells the index which processes on this machine are gone, so that a store takes over
+    /// their reservations at once (see [`InstanceIndex::with_gone_probe`]).
+    pub fn gone_probe(&self) -> GoneProbe {
+        let me = self.me.clone();
+        GoneProbe::new(move |other| other.id != me.id && liveness(&me, other) == Liveness::Dead)
     }
 
     /// Unregisters this process at a graceful shutdown, abandoning the reservations it still
