@@ -139,3 +139,9 @@ pub const ROLES_FILE: &str = "Tessera:Security:RolesFile";
 pub const KEY_REFRESH_INTERVAL: &str = "Tessera:Security:KeyRefreshInterval";
 /// One audit line per DICOMweb request on the `tessera::audit` log target.
 pub const AUDIT_LOG: &str = "Tessera:Security:AuditLog";
+/// How long a graceful shutdown (SIGTERM, Ctrl-C) lets requests in flight and background work
+/// finish before failing them.
+pub const SHUTDOWN_TIMEOUT: &str = "Tessera:ShutdownTimeout";
+/// How long a process counts as alive in the index without renewing its registration; after
+/// that, other processes free the reservations of its unfinished stores.
+pub const PROCESS_LEASE: &str = "Tessera:ProcessLease";

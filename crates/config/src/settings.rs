@@ -40,6 +40,9 @@ pub struct Settings {
     pub fault_injection: FaultInjection,
     /// `DicomServer:Security:*` and `Tessera:Security:*`.
     pub security: SecuritySettings,
+    /// `Tessera:ShutdownTimeout` and `Tessera:ProcessLease`: how a process stops and how
+    /// long it counts as alive.
+    pub lifecycle: LifecycleSettings,
 }
 
 /// How the URLs Tessera returns (RetrieveURL, Location) are built.
@@ -50,6 +53,15 @@ pub struct PublicUrlSettings {
     /// `Tessera:TrustForwardedHeaders`: otherwise use the request's `Host` and `X-Forwarded-*`
     /// (validated) instead of the address the connection came in on.
     pub trust_forwarded_headers: bool,
+}
+
+/// How a process stops, and how long it counts as alive without renewing its registration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LifecycleSettings {
+    /// Grace period of a graceful shutdown.
+    pub shutdown_timeout: Duration,
+    /// Lease of this process's registration in the index (at least one second).
+    pub process_lease: Duration,
 }
 
 /// Keys under `Tessera:`.
@@ -570,6 +582,20 @@ impl Settings {
             )?,
         };
         let security = bind_security(&mut b)?;
+        let lifecycle = LifecycleSettings {
+            shutdown_timeout: b.timespan(keys::SHUTDOWN_TIMEOUT, Duration::from_secs(30))?,
+            process_lease: b.bind(
+                &[keys::PROCESS_LEASE],
+                Duration::from_secs(60),
+                |t| match parse_timespan(t)? {
+                    lease if lease < Duration::from_secs(1) => {
+                        Err("expected at least one second".into())
+                    }
+                    lease => Ok(lease),
+                },
+                |d| format_timespan(*d),
+            )?,
+        };
         let settings = Self {
             limits,
             public_url,
@@ -581,6 +607,7 @@ impl Settings {
             blob_connection_string,
             fault_injection,
             security,
+            lifecycle,
         };
         Ok((settings, b.effective))
     }

@@ -6,6 +6,7 @@
 mod body;
 mod changefeed;
 mod delete;
+mod drain;
 mod error;
 mod health;
 mod media;
@@ -28,6 +29,7 @@ use tessera_core::Limits;
 use tessera_service::{ApiVersion, DicomService};
 use tokio::sync::Semaphore;
 
+pub use drain::{Drain, with_drain};
 pub use error::ApiError;
 pub use public_url::{LocalAddr, PublicUrl};
 pub use security::{AUDIT_TARGET, Security};

@@ -15,6 +15,7 @@ mod adoption;
 mod migration;
 mod model;
 mod operations;
+mod processes;
 mod search;
 
 use std::time::Duration;
@@ -32,6 +33,7 @@ pub use model::{
     StoredInstance,
 };
 pub use operations::{Acquisition, OperationRecord, OperationResults, OperationStatus};
+pub use processes::{GoneProbe, ProcessId, ProcessInfo, RegisteredProcess};
 pub use search::QidoRow;
 
 /// What can go wrong in the index.
@@ -93,13 +95,17 @@ impl IndexError {
 
 pub(crate) type Result<T, E = IndexError> = std::result::Result<T, E>;
 
-const CREATING: i16 = 0;
+pub(crate) const CREATING: i16 = 0;
 pub(crate) const CREATED: i16 = 1;
 
 /// The index over a SQL database.
 #[derive(Clone, Debug)]
 pub struct InstanceIndex {
     pub(crate) pool: AnyPool,
+    /// The process recorded as the owner of reservations made through this handle.
+    pub(crate) owner: Option<ProcessId>,
+    /// Tells whether a registered owner is gone (see [`GoneProbe`]).
+    pub(crate) gone: Option<GoneProbe>,
 }
 
 pub(crate) fn micros(time: DateTime<Utc>) -> i64 {
@@ -155,12 +161,18 @@ impl InstanceIndex {
         } else {
             return Err(open_error("PostgreSQL support is not built yet".into()));
         }
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            owner: None,
+            gone: None,
+        })
     }
 
-    /// Reserves a watermark and a `Creating` row for an instance about to be stored, and
-    /// upserts its study and series (latest wins). Fails with
-    /// [`IndexError::AlreadyExists`] if the UIDs are taken.
+    /// Reserves a watermark and a `Creating` row for an instance about to be stored, owned by
+    /// this handle's process ([`Self::with_owner`]), and upserts its study and series (latest
+    /// wins). Fails with [`IndexError::AlreadyExists`] if the UIDs are taken, except by a dead
+    /// reservation (its owner unregistered or its lease expired), which is abandoned (blobs
+    /// queued for removal) and replaced in the same transaction.
     pub async fn begin_create(&self, instance: &NewInstance) -> Result<Watermark> {
         let now = micros(Utc::now());
         let mut tx = self.pool.begin().await?;
@@ -173,7 +185,9 @@ impl InstanceIndex {
         .try_get(0)?;
         let id = &instance.id;
         let existing = sqlx::query(
-            "SELECT status FROM instances WHERE study_uid = $1 AND series_uid = $2 AND sop_uid = $3",
+            "SELECT i.status, i.watermark, i.owner_id, p.owner_id, p.host, p.local_key, p.pid, p.start_ticks,
+                 p.started_at, p.lease_expires FROM instances i LEFT JOIN processes p ON p.owner_id = i.owner_id
+             WHERE i.study_uid = $1 AND i.series_uid = $2 AND i.sop_uid = $3",
         )
         .bind(id.study.as_str())
         .bind(id.series.as_str())
@@ -182,16 +196,34 @@ impl InstanceIndex {
         .await?;
         if let Some(row) = existing {
             let status: i16 = row.try_get(0)?;
-            return Err(IndexError::AlreadyExists {
-                creating: status == CREATING,
-            });
+            let owner: Option<String> = row.try_get(2)?;
+            let registered: Option<String> = row.try_get(3)?;
+            // A registered owner is gone when its lease expired or the probe knows it is.
+            let gone = || -> Result<bool> {
+                let process = processes::registered_at(&row, 3)?;
+                Ok(micros(process.lease_expires) < now
+                    || self.gone.as_ref().is_some_and(|p| p.is_gone(&process.info)))
+            };
+            let dead = status == CREATING && owner.is_some() && (registered.is_none() || gone()?);
+            if !dead {
+                return Err(IndexError::AlreadyExists {
+                    creating: status == CREATING,
+                });
+            }
+            let stale: i64 = row.try_get(1)?;
+            tracing::warn!(
+                watermark = stale,
+                owner = owner.as_deref().unwrap_or_default(),
+                "taking over a reservation whose owner is gone"
+            );
+            abandon_in(&mut tx, stale, now).await?;
         }
         let watermark =
             Watermark::new(next as u64).map_err(|e| IndexError::Corrupt(e.to_string()))?;
         upsert_parents(&mut tx, instance, now).await?;
         let inserted = sqlx::query(
             "INSERT INTO instances (watermark, study_uid, series_uid, sop_uid, sop_class_uid, transfer_syntax,
-                 status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+                 status, created_at, updated_at, owner_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
         )
         .bind(next)
         .bind(id.study.as_str())
@@ -201,6 +233,7 @@ impl InstanceIndex {
         .bind(instance.transfer_syntax.clone())
         .bind(CREATING)
         .bind(now)
+        .bind(self.owner.map(|o| o.to_string()))
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -272,16 +305,7 @@ impl InstanceIndex {
     pub async fn abandon_create(&self, watermark: Watermark) -> Result<()> {
         let now = micros(Utc::now());
         let mut tx = self.pool.begin().await?;
-        let removed = sqlx::query(
-            "DELETE FROM instances WHERE watermark = $1 AND status = $2 RETURNING study_uid, series_uid, sop_uid",
-        )
-        .bind(watermark.get() as i64)
-        .bind(CREATING)
-        .fetch_all(&mut *tx)
-        .await?;
-        for row in &removed {
-            queue_blob_removal(&mut tx, watermark.get() as i64, row, now, now).await?;
-        }
+        abandon_in(&mut tx, watermark.get() as i64, now).await?;
         remove_empty_parents(&mut tx).await?;
         tx.commit().await?;
         Ok(())
@@ -359,7 +383,8 @@ impl InstanceIndex {
     }
 
     /// Claims up to `limit` queued removals that are due, for `lease`: a claimed row is not
-    /// handed to another worker (in this or another process) until the lease ends.
+    /// handed to another worker (in this or another process) until the lease ends, or until
+    /// the claiming process (this handle's owner) is found gone.
     pub async fn claim_due_removals(
         &self,
         max_retries: u32,
@@ -370,7 +395,7 @@ impl InstanceIndex {
         let until =
             micros(now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX));
         let rows = sqlx::query(
-            "UPDATE deleted_instances SET cleanup_after = $1
+            "UPDATE deleted_instances SET cleanup_after = $1, claimed_by = $5
              WHERE watermark IN (SELECT watermark FROM deleted_instances
                  WHERE cleanup_after <= $2 AND retry_count <= $3 ORDER BY cleanup_after LIMIT $4)
                AND cleanup_after <= $2
@@ -380,6 +405,7 @@ impl InstanceIndex {
         .bind(micros(now))
         .bind(i64::from(max_retries))
         .bind(i64::from(limit))
+        .bind(self.owner.map(|o| o.to_string()))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -407,7 +433,8 @@ impl InstanceIndex {
             Utc::now() + chrono::Duration::from_std(back_off).unwrap_or(chrono::Duration::MAX),
         );
         let row = sqlx::query(
-            "UPDATE deleted_instances SET retry_count = retry_count + 1, cleanup_after = $1 WHERE watermark = $2
+            "UPDATE deleted_instances SET retry_count = retry_count + 1, cleanup_after = $1, claimed_by = NULL
+             WHERE watermark = $2
              RETURNING retry_count",
         )
         .bind(after)
@@ -417,15 +444,18 @@ impl InstanceIndex {
         Ok(row.try_get::<i64, _>(0)? as u32)
     }
 
-    /// Watermarks of rows still `Creating` that were reserved before `older_than`: a store that
-    /// crashed or hung. The sweeper abandons them.
+    /// Watermarks of rows still `Creating` that were reserved before `older_than` by no
+    /// registered process (no owner recorded, or one that is gone): a store that crashed or
+    /// hung. The sweeper abandons them. A registered process's reservations are never stale.
     pub async fn stale_creating(&self, older_than: DateTime<Utc>) -> Result<Vec<Watermark>> {
-        let rows =
-            sqlx::query("SELECT watermark FROM instances WHERE status = $1 AND created_at < $2")
-                .bind(CREATING)
-                .bind(micros(older_than))
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT watermark FROM instances WHERE status = $1 AND created_at < $2
+                 AND (owner_id IS NULL OR owner_id NOT IN (SELECT owner_id FROM processes))",
+        )
+        .bind(CREATING)
+        .bind(micros(older_than))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(|row| watermark(row, 0)).collect()
     }
 
@@ -564,7 +594,26 @@ pub(crate) async fn upsert_parents(
     Ok(())
 }
 
-async fn queue_blob_removal(
+/// Removes the `Creating` row with this watermark, if any, and queues its blobs for removal now.
+async fn abandon_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    watermark: i64,
+    now: i64,
+) -> Result<()> {
+    let removed = sqlx::query(
+        "DELETE FROM instances WHERE watermark = $1 AND status = $2 RETURNING study_uid, series_uid, sop_uid",
+    )
+    .bind(watermark)
+    .bind(CREATING)
+    .fetch_all(&mut **tx)
+    .await?;
+    for row in &removed {
+        queue_blob_removal(tx, watermark, row, now, now).await?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn queue_blob_removal(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     watermark: i64,
     row: &AnyRow,
@@ -586,7 +635,7 @@ async fn queue_blob_removal(
     Ok(())
 }
 
-async fn remove_empty_parents(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<()> {
+pub(crate) async fn remove_empty_parents(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<()> {
     sqlx::query(
         "DELETE FROM series WHERE NOT EXISTS (SELECT 1 FROM instances i
              WHERE i.study_uid = series.study_uid AND i.series_uid = series.series_uid)",

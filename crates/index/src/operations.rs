@@ -297,6 +297,23 @@ impl InstanceIndex {
         Ok(updated.rows_affected() == 1)
     }
 
+    /// Gives up the lease of a running operation without finishing it (a graceful shutdown):
+    /// its last checkpoint stays, and any process may resume it at once. False if `owner` no
+    /// longer held it.
+    pub async fn release_operation(&self, id: &str, owner: &str) -> Result<bool> {
+        let updated = sqlx::query(
+            "UPDATE operations SET lease_owner = NULL, lease_expires = NULL, updated_at = $1
+             WHERE id = $2 AND lease_owner = $3 AND status = $4",
+        )
+        .bind(micros(Utc::now()))
+        .bind(id.to_owned())
+        .bind(owner.to_owned())
+        .bind(OperationStatus::Running.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
     /// Extends the lease of a running operation; false if `owner` no longer holds it.
     pub async fn renew_operation_lease(
         &self,

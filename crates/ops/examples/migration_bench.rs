@@ -91,6 +91,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             cleanup: 200,
         },
         parallelism: 5,
+        stop: tokio_util::sync::CancellationToken::new(),
     };
     for (kind, format, id) in [
         (

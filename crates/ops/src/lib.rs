@@ -38,4 +38,7 @@ pub enum OperationError {
     /// Another process took the operation over (this one's lease expired).
     #[error("the operation's lease was lost to another process")]
     LeaseLost,
+    /// The process is shutting down ([`OperationContext::stop`]).
+    #[error("the operation was interrupted by a shutdown")]
+    Interrupted,
 }

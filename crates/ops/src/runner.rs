@@ -12,6 +12,7 @@ use tessera_blob::InstanceBlobStore;
 use tessera_index::{
     Acquisition, InstanceIndex, OperationRecord, OperationResults, OperationStatus, StoredInstance,
 };
+use tokio_util::sync::CancellationToken;
 
 use crate::OperationError;
 use crate::migration::{DeleteOutcome, copy_instance, delete_old, delete_old_of_deleted};
@@ -53,6 +54,9 @@ pub struct OperationContext {
     pub rounds: RoundSizes,
     /// Instances worked on at once (`MaxParallelThreads`).
     pub parallelism: usize,
+    /// Cancelled at shutdown: a run starts no new instance, keeps its last checkpoint (the
+    /// round in progress is redone by whoever resumes) and releases its lease.
+    pub stop: CancellationToken,
 }
 
 /// Instances (or change-feed rows) per round, by operation (`DicomFunctions:*:Batching`).
@@ -86,6 +90,8 @@ pub enum RunOutcome {
     AlreadySucceeded,
     /// Another process holds it.
     HeldElsewhere,
+    /// Stopped by [`OperationContext::stop`]; its lease was released.
+    Interrupted,
 }
 
 /// Where a walk stands. Stored as the operation's checkpoint.
@@ -159,7 +165,15 @@ impl OperationContext {
         ));
         let result = self.drive(&record, kind, since, &lost).await;
         renewal.abort();
-        result
+        match result {
+            Err(OperationError::Interrupted) => {
+                if self.index.release_operation(id, &self.owner).await? {
+                    tracing::info!(operation = kind.name(), %id, "operation interrupted by shutdown; its lease is released and its last checkpoint kept");
+                }
+                Ok(RunOutcome::Interrupted)
+            }
+            other => other,
+        }
     }
 
     async fn drive(
@@ -198,6 +212,9 @@ impl OperationContext {
             self.save(id, &checkpoint, &results, lost).await?;
         }
         loop {
+            if self.stop.is_cancelled() {
+                return Err(OperationError::Interrupted);
+            }
             let finished = match (kind, checkpoint.phase) {
                 (OperationKind::CleanupDeleted, _) => {
                     self.cleanup_round(id, &mut checkpoint, &mut results, since)
@@ -324,6 +341,8 @@ impl OperationContext {
     }
 
     /// Works on a batch of instances, `parallelism` at a time, and counts the outcomes.
+    /// [`OperationError::Interrupted`] when `stop` cut the batch short (the instances in flight
+    /// are finished; the round must not be checkpointed).
     async fn process(
         &self,
         id: &str,
@@ -331,7 +350,9 @@ impl OperationContext {
         batch: Vec<StoredInstance>,
         results: &mut OperationResults,
     ) -> Result<(), OperationError> {
+        let size = batch.len();
         let outcomes: Vec<(u64, Step)> = futures::stream::iter(batch)
+            .take_while(|_| futures::future::ready(!self.stop.is_cancelled()))
             .map(|stored| async move {
                 (
                     stored.instance.watermark().get(),
@@ -341,6 +362,7 @@ impl OperationContext {
             .buffer_unordered(self.parallelism.max(1))
             .collect()
             .await;
+        let complete = outcomes.len() == size;
         for (watermark, outcome) in outcomes {
             results.processed += 1;
             match outcome {
@@ -358,7 +380,11 @@ impl OperationContext {
                 }
             }
         }
-        Ok(())
+        if complete {
+            Ok(())
+        } else {
+            Err(OperationError::Interrupted)
+        }
     }
 
     async fn step(&self, kind: OperationKind, stored: &StoredInstance) -> Step {
@@ -447,7 +473,9 @@ impl OperationContext {
         let Some(last) = entries.last().map(|e| e.sequence) else {
             return Ok(true);
         };
+        let size = entries.len();
         let outcomes: Vec<(i64, u64, Result<(), String>)> = futures::stream::iter(entries)
+            .take_while(|_| futures::future::ready(!self.stop.is_cancelled()))
             .map(|entry| async move {
                 let outcome = delete_old_of_deleted(&self.blobs, &entry.instance).await;
                 (entry.sequence, entry.instance.watermark().get(), outcome)
@@ -455,6 +483,9 @@ impl OperationContext {
             .buffer_unordered(self.parallelism.max(1))
             .collect()
             .await;
+        if outcomes.len() < size {
+            return Err(OperationError::Interrupted);
+        }
         let mut first_failure = None;
         for (sequence, watermark, outcome) in outcomes {
             results.processed += 1;

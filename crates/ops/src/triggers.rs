@@ -30,7 +30,8 @@ pub struct MigrationSettings {
 }
 
 /// Starts the operations the configuration asks for, each supervised by a task that runs it
-/// (or waits for another process's lease to end and takes over) until it is done.
+/// (or waits for another process's lease to end and takes over) until it is done or the
+/// context's `stop` is cancelled.
 pub fn start_configured_operations(
     context: OperationContext,
     settings: MigrationSettings,
@@ -94,6 +95,7 @@ async fn supervise(
                 tracing::info!(operation = label, %id, "Operation with ID '{id}' has already completed successfully.");
                 return;
             }
+            Ok(RunOutcome::Interrupted) => return,
             Ok(RunOutcome::HeldElsewhere) => {
                 tracing::info!(operation = label, %id, "operation is running in another process; taking over if its lease expires");
             }
@@ -101,6 +103,9 @@ async fn supervise(
                 tracing::warn!(operation = label, %id, %error, "operation stopped; retrying")
             }
         }
-        tokio::time::sleep(context.lease / 2 + Duration::from_millis(100)).await;
+        tokio::select! {
+            () = context.stop.cancelled() => return,
+            () = tokio::time::sleep(context.lease / 2 + Duration::from_millis(100)) => {}
+        }
     }
 }

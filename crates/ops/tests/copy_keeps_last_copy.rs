@@ -109,6 +109,7 @@ async fn a_bad_new_file_is_replaced_only_from_a_verified_old_file() {
             cleanup: 10,
         },
         parallelism: 2,
+        stop: tokio_util::sync::CancellationToken::new(),
     };
     let outcome = context
         .run(COPY_ID, OperationKind::Copy, None)

@@ -5,6 +5,7 @@
 
 mod migrate;
 mod serve;
+mod shutdown;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -6,7 +6,13 @@ use tessera_blob::{FormatPolicy, InstanceBlobStore};
 use tessera_config::Config;
 use tessera_index::InstanceIndex;
 use tessera_ops::{MigrationSettings, OperationContext, RoundSizes, start_configured_operations};
-use tessera_service::{DeletedInstanceCleanup, DicomService, ServiceSettings, StaleStoreSweeper};
+use tessera_service::{
+    DeletedInstanceCleanup, DicomService, ProcessHeartbeat, ServiceSettings, StaleStoreSweeper,
+    current_process,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::shutdown;
 
 /// Opens the index and the blob store the configuration names.
 pub async fn open_stores(
@@ -54,6 +60,7 @@ pub fn operation_context(
             cleanup: round(functions.cleanup_deleted),
         },
         parallelism: functions.max_parallel_threads as usize,
+        stop: CancellationToken::new(),
     }
 }
 
@@ -71,13 +78,22 @@ pub fn migration_settings(config: &Config) -> MigrationSettings {
     }
 }
 
-/// How long requests in flight may finish after Ctrl-C or SIGTERM.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Runs the server until Ctrl-C or SIGTERM.
+/// Runs the server until Ctrl-C or SIGTERM, then shuts down gracefully (see [`shutdown`]).
 pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let settings = &config.settings;
     let (index, blobs) = open_stores(&config).await?;
+    // Registered before serving, so reservations of dead processes are freed first.
+    let heartbeat = ProcessHeartbeat {
+        me: current_process(),
+        lease: settings.lifecycle.process_lease,
+    };
+    let freed = heartbeat.register(&index).await?;
+    tracing::info!(owner = %heartbeat.me.id, freed, "registered; reservations of dead processes freed");
+    let index = index
+        .with_owner(heartbeat.me.id)
+        .with_gone_probe(heartbeat.gone_probe());
+    let stop = CancellationToken::new();
+    let stop_heartbeat = CancellationToken::new();
     let cleanup = &settings.deleted_instance_cleanup;
     let service = DicomService::new(
         index.clone(),
@@ -95,16 +111,17 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
                 max_retries: cleanup.max_retries,
                 retry_back_off: cleanup.retry_back_off,
             }
-            .run(service.clone()),
+            .run(service.clone(), stop.clone()),
         ),
         tokio::spawn(
             StaleStoreSweeper {
                 timeout: settings.tessera.stale_store_timeout,
                 interval: settings.tessera.sweep_interval,
             }
-            .run(service.clone()),
+            .run(service.clone(), stop.clone()),
         ),
     ];
+    let heartbeat_task = tokio::spawn(heartbeat.clone().run(index.clone(), stop_heartbeat.clone()));
     let listener = tokio::net::TcpListener::bind(settings.tessera.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.tessera.listen))?;
@@ -114,8 +131,12 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         format = %settings.blob_migration.format_type,
         "listening on {address}"
     );
+    let operations = OperationContext {
+        stop: stop.clone(),
+        ..operation_context(&config, index.clone(), blobs)
+    };
     workers.extend(start_configured_operations(
-        operation_context(&config, index, blobs),
+        operations,
         migration_settings(&config),
     ));
     let public_url = tessera_http::PublicUrl {
@@ -124,19 +145,15 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     };
     let state = tessera_http::AppState::new(service, settings.limits.clone(), public_url)
         .with_security(security(&config)?);
-    let app = tessera_http::router(state);
-    tessera_http::serve(
-        listener,
-        app,
-        &settings.limits,
-        shutdown_signal(),
-        SHUTDOWN_GRACE,
-    )
-    .await?;
-    for worker in workers {
-        worker.abort();
-    }
-    tracing::info!("stopped");
+    let drain = tessera_http::Drain::new();
+    let app = tessera_http::with_drain(tessera_http::router(state), drain.clone());
+    let grace = settings.lifecycle.shutdown_timeout;
+    let deadline = shutdown::serve(listener, app, &settings.limits, drain, stop, grace).await?;
+    shutdown::join_workers(workers, deadline).await;
+    stop_heartbeat.cancel();
+    let _ = heartbeat_task.await;
+    let abandoned = heartbeat.unregister(&index).await?;
+    tracing::info!(abandoned, "stopped");
     Ok(())
 }
 
@@ -164,26 +181,4 @@ fn security(config: &Config) -> Result<tessera_http::Security, Box<dyn std::erro
         authenticator,
         audit: security.audit_log,
     })
-}
-
-/// Resolves on Ctrl-C or SIGTERM, so in-flight requests finish before exit.
-async fn shutdown_signal() {
-    let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {},
-        () = terminate => {},
-    }
 }

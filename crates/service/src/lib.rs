@@ -5,6 +5,7 @@
 //!
 //! Nothing here knows HTTP: results are domain values and [`ServiceError`]s.
 
+mod process;
 mod retrieve;
 mod store;
 mod workers;
@@ -16,12 +17,14 @@ use tessera_blob::{BlobError, InstanceBlobStore};
 use tessera_core::QidoQuery;
 use tessera_index::InstanceIndex;
 
+pub use process::{Liveness, ProcessHeartbeat, current_process, liveness};
 pub use retrieve::{FrameData, InstanceFile};
 pub use store::{ApiVersion, FailureReason, StoreOutcome, WarningReason};
 pub use tessera_index::{
     ChangeAction, ChangeFeedEntry, ChangeState, IndexError, OperationRecord, OperationResults,
     OperationStatus, QidoRow, RetrieveScope, StoredInstance,
 };
+pub use tessera_index::{ProcessId, ProcessInfo};
 pub use workers::{DeletedInstanceCleanup, StaleStoreSweeper};
 
 /// What can go wrong in a use case (per-instance STOW failures are [`StoreOutcome`]s instead).

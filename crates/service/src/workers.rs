@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::DicomService;
 
 /// Removes the blobs of deleted instances once their `DeleteDelay` has passed (orig A.5), with
@@ -22,21 +24,28 @@ pub struct DeletedInstanceCleanup {
 const REMOVAL_LEASE: Duration = Duration::from_secs(300);
 
 impl DeletedInstanceCleanup {
-    /// Runs until the task is dropped.
-    pub async fn run(self, service: DicomService) {
+    /// Runs until `stop` (a claimed batch is finished first, so its lease does not linger).
+    pub async fn run(self, service: DicomService, stop: CancellationToken) {
         loop {
-            tokio::time::sleep(self.polling_interval).await;
-            if let Err(error) = self.round(&service).await {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(self.polling_interval) => {}
+            }
+            if let Err(error) = self.round(&service, &stop).await {
                 tracing::warn!(%error, "deleted-instance cleanup round failed; retrying next interval");
             }
         }
     }
 
-    /// One round: claims and removes due rows until fewer than a batch remain. Returns how many
-    /// were removed.
-    pub async fn round(&self, service: &DicomService) -> Result<usize, crate::ServiceError> {
+    /// One round: claims and removes due rows until fewer than a batch remain or `stop`.
+    /// Returns how many were removed.
+    pub async fn round(
+        &self,
+        service: &DicomService,
+        stop: &CancellationToken,
+    ) -> Result<usize, crate::ServiceError> {
         let mut removed = 0;
-        loop {
+        while !stop.is_cancelled() {
             let claimed = service
                 .index
                 .claim_due_removals(self.max_retries, self.batch_size, REMOVAL_LEASE)
@@ -62,14 +71,17 @@ impl DeletedInstanceCleanup {
                 }
             }
             if claimed.len() < self.batch_size as usize {
-                return Ok(removed);
+                break;
             }
         }
+        Ok(removed)
     }
 }
 
-/// Sweeps what crashed stores leave: reservations stuck in `Creating` past a timeout (their
-/// blobs are queued for removal) and staging blobs of uploads that never finished.
+/// Sweeps what crashed stores leave: reservations stuck in `Creating` past a timeout that no
+/// registered process owns (their blobs are queued for removal; a dead process's reservations
+/// are freed sooner, see [`crate::ProcessHeartbeat`]) and staging blobs of uploads that never
+/// finished.
 #[derive(Clone, Debug)]
 pub struct StaleStoreSweeper {
     /// A store older than this is considered dead.
@@ -79,13 +91,16 @@ pub struct StaleStoreSweeper {
 }
 
 impl StaleStoreSweeper {
-    /// Runs until the task is dropped, starting with a sweep.
-    pub async fn run(self, service: DicomService) {
+    /// Runs until `stop`, starting with a sweep.
+    pub async fn run(self, service: DicomService, stop: CancellationToken) {
         loop {
             if let Err(error) = self.sweep(&service).await {
                 tracing::warn!(%error, "sweep failed; retrying next interval");
             }
-            tokio::time::sleep(self.interval).await;
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(self.interval) => {}
+            }
         }
     }
 
