@@ -177,12 +177,15 @@ static APP: LazyLock<App> = LazyLock::new(|| {
             Arc::new(blobs),
             ServiceSettings {
                 delete_delay: Duration::ZERO,
+                limits: tessera_core::Limits::default(),
             },
         )
     });
-    let router = tessera_http::router(tessera_http::AppState {
-        service: service.clone(),
-    });
+    let router = tessera_http::router(tessera_http::AppState::new(
+        service.clone(),
+        tessera_core::Limits::default(),
+        tessera_http::PublicUrl::default(),
+    ));
     App {
         runtime,
         router,

@@ -1,7 +1,7 @@
 """Drives a running Tessera with the dicomweb-client package (PyPI), as a real client would.
 
-Usage: python dicomweb_client_check.py BASE_URL TESTDATA_DIR
-Stores sample files, searches at each level (wildcard, fuzzy, date range), retrieves an instance
+Usage: python dicomweb_client_check.py BASE_URL TESTDATA_DIR [BEARER_TOKEN]
+With a token, every request carries `Authorization: Bearer TOKEN`. Stores sample files, searches at each level (wildcard, fuzzy, date range), retrieves an instance
 and its metadata, and exits non-zero on the first mismatch.
 """
 import os
@@ -19,7 +19,9 @@ def check(condition, message):
 
 def main():
     url, data = sys.argv[1], sys.argv[2]
-    client = DICOMwebClient(url=url)
+    token = sys.argv[3] if len(sys.argv) > 3 else None
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    client = DICOMwebClient(url=url, headers=headers)
     names = ["blue-circle.dcm", "green-square.dcm", "red-triangle.dcm", "layer1.dcm"]
     datasets = [pydicom.dcmread(os.path.join(data, name)) for name in names]
     client.store_instances(datasets=datasets)

@@ -6,6 +6,8 @@
 //!   stream, range reads, head and delete-if-exists.
 //! - [`BlobStoreLocation`] opens the file and metadata containers of a filesystem, memory, Azure
 //!   or S3 store from the `Tessera:BlobStore` URL.
+//! - [`FaultInjectingStore`] wraps a backend to fail, delay and cut calls from a seed, so tests
+//!   can show Tessera stays correct when the store misbehaves ([`Containers::with_faults`]).
 //! - [`InstanceBlobStore`] applies the FormatType table (contract §4): which names are written,
 //!   read (New first, Old fallback) and deleted.
 //!
@@ -28,11 +30,13 @@
 //! ```
 
 pub mod azure;
+mod faults;
 mod instance_store;
 pub mod layout;
 mod location;
 mod store;
 
+pub use faults::{FaultInjectingStore, FaultInjection, FaultInjector, FaultTally};
 pub use instance_store::{FormatPolicy, InstanceBlobStore};
 pub use layout::BlobLayout;
 pub use location::{BlobStoreLocation, ContainerNames, Containers, ParseLocationError};

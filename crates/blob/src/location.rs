@@ -13,6 +13,7 @@ use object_store::memory::InMemory;
 use object_store::prefix::PrefixStore;
 
 use crate::azure::AzureConnection;
+use crate::faults::{FaultInjection, FaultInjector};
 use crate::{BlobError, BlobStore};
 
 /// A blob store backend, as named by a URL: `file://./data/blobs`, `memory://`, `az://`
@@ -113,6 +114,21 @@ pub struct Containers {
     pub files: BlobStore,
     /// Metadata and frame ranges.
     pub metadata: BlobStore,
+}
+
+impl Containers {
+    /// Both containers with `injection`'s faults injected into every call, from one shared
+    /// sequence; unchanged when it injects nothing. For tests of failure handling only.
+    pub fn with_faults(self, injection: &FaultInjection) -> Self {
+        if !injection.is_active() {
+            return self;
+        }
+        let faults = FaultInjector::new(injection.clone());
+        Self {
+            files: self.files.with_faults(faults.clone()),
+            metadata: self.metadata.with_faults(faults),
+        }
+    }
 }
 
 impl BlobStoreLocation {

@@ -14,6 +14,7 @@ use object_store::{
     CopyMode, CopyOptions, ObjectStore, ObjectStoreExt, PutMode, PutPayload, WriteMultipart,
 };
 
+use crate::faults::{FaultInjectingStore, FaultInjector, FaultTally};
 use crate::layout::STAGING_PREFIX;
 use crate::{BlobError, BodyError};
 
@@ -77,6 +78,8 @@ pub struct BlobStore {
     /// The container's folder when it is on a local filesystem, where unfinished multipart
     /// uploads are files `object_store` does not list.
     local_folder: Option<Arc<std::path::Path>>,
+    /// The fault injector wrapped around `inner`, when tests asked for one.
+    faults: Option<Arc<FaultInjector>>,
 }
 
 impl std::fmt::Debug for BlobStore {
@@ -97,7 +100,20 @@ impl BlobStore {
             single_put_limit: DEFAULT_SINGLE_PUT_LIMIT,
             part_size: DEFAULT_PART_SIZE,
             local_folder: None,
+            faults: None,
         }
+    }
+
+    /// Routes every call through a [`FaultInjectingStore`] drawing from `faults` (tests only).
+    pub fn with_faults(mut self, faults: Arc<FaultInjector>) -> Self {
+        self.inner = Arc::new(FaultInjectingStore::new(self.inner, faults.clone()));
+        self.faults = Some(faults);
+        self
+    }
+
+    /// The faults injected into this container's calls so far, if fault injection is on.
+    pub fn fault_tally(&self) -> Option<FaultTally> {
+        self.faults.as_ref().map(|faults| faults.tally())
     }
 
     /// Notes that the container is the folder `folder` of a local filesystem.

@@ -77,3 +77,65 @@ pub const FILE_CONTAINER: &str = "DicomWeb:DicomStore:ContainerName";
 pub const METADATA_CONTAINER: &str = "DicomWeb:MetadataStore:ContainerName";
 /// Azure Storage connection string.
 pub const BLOB_CONNECTION_STRING: &str = "BlobStore:ConnectionString";
+
+/// Bytes of one request body.
+pub const MAX_REQUEST_BODY_BYTES: &str = "Tessera:Limits:MaxRequestBodyBytes";
+/// Bytes of a DICOM header (everything before Pixel Data).
+pub const MAX_HEADER_BYTES: &str = "Tessera:Limits:MaxHeaderBytes";
+/// Nesting depth of sequences.
+pub const MAX_SEQUENCE_DEPTH: &str = "Tessera:Limits:MaxSequenceDepth";
+/// Bytes a deflated data set may inflate to.
+pub const MAX_INFLATED_BYTES: &str = "Tessera:Limits:MaxInflatedBytes";
+/// Parts of one multipart request.
+pub const MAX_PARTS: &str = "Tessera:Limits:MaxParts";
+/// Bytes of one part's headers.
+pub const MAX_PART_HEADER_BYTES: &str = "Tessera:Limits:MaxPartHeaderBytes";
+/// Bytes before the first multipart boundary.
+pub const MAX_PREAMBLE_BYTES: &str = "Tessera:Limits:MaxPreambleBytes";
+/// Distinct frames of one frames request.
+pub const MAX_FRAMES_PER_REQUEST: &str = "Tessera:Limits:MaxFramesPerRequest";
+/// Parameters of one QIDO request.
+pub const MAX_QUERY_PARAMETERS: &str = "Tessera:Limits:MaxQueryParameters";
+/// UIDs of one UID-list match.
+pub const MAX_UID_LIST_LENGTH: &str = "Tessera:Limits:MaxUidListLength";
+/// Words of a fuzzy person-name match.
+pub const MAX_FUZZY_NAME_WORDS: &str = "Tessera:Limits:MaxFuzzyNameWords";
+/// STOW requests served at once.
+pub const MAX_CONCURRENT_UPLOADS: &str = "Tessera:Limits:MaxConcurrentUploads";
+/// Time to receive a request's headers.
+pub const REQUEST_HEADER_TIMEOUT: &str = "Tessera:Limits:RequestHeaderTimeout";
+/// Time a request body may send nothing.
+pub const BODY_READ_TIMEOUT: &str = "Tessera:Limits:BodyReadTimeout";
+/// Time an idle keep-alive connection stays open.
+pub const KEEP_ALIVE_TIMEOUT: &str = "Tessera:Limits:KeepAliveTimeout";
+/// Base URL of RetrieveURL and Location (`https://pacs.example.org/dicom`).
+pub const PUBLIC_BASE_URL: &str = "Tessera:PublicBaseUrl";
+/// Trust `Host`, `X-Forwarded-Host` and `X-Forwarded-Proto` for RetrieveURL.
+pub const TRUST_FORWARDED_HEADERS: &str = "Tessera:TrustForwardedHeaders";
+
+/// Fault injection (tests only): fraction of blob-store calls that fail, 0 to 1.
+pub const FAULT_FAILURE_RATE: &str = "Tessera:FaultInjection:FailureRate";
+/// Fault injection: each blob-store call waits a random time up to this long.
+pub const FAULT_LATENCY: &str = "Tessera:FaultInjection:Latency";
+/// Fault injection: fraction of blob reads whose stream breaks at a random byte, 0 to 1.
+pub const FAULT_CUT_STREAM_RATE: &str = "Tessera:FaultInjection:CutStreamRate";
+/// Fault injection: seed of the fault sequence.
+pub const FAULT_SEED: &str = "Tessera:FaultInjection:Seed";
+/// Whether bearer tokens protect the API (the original's switch; off by default).
+pub const SECURITY_ENABLED: &str = "DicomServer:Security:Enabled";
+/// The OpenID Connect authority whose tokens are accepted.
+pub const AUTHORITY: &str = "DicomServer:Security:Authentication:Authority";
+/// The audience a token must be issued for.
+pub const AUDIENCE: &str = "DicomServer:Security:Authentication:Audience";
+/// More accepted audiences (a list: `Audiences:0`, `Audiences:1`, …).
+pub const AUDIENCES: &str = "DicomServer:Security:Authentication:Audiences";
+/// Whether roles decide what a valid token may do.
+pub const AUTHORIZATION_ENABLED: &str = "DicomServer:Security:Authorization:Enabled";
+/// The token claim that lists the caller's roles.
+pub const ROLES_CLAIM: &str = "DicomServer:Security:Authorization:RolesClaim";
+/// The `roles.json` defining the roles (the original read it beside the binary).
+pub const ROLES_FILE: &str = "Tessera:Security:RolesFile";
+/// Least time between two fetches of the authority's keys caused by an unknown key id.
+pub const KEY_REFRESH_INTERVAL: &str = "Tessera:Security:KeyRefreshInterval";
+/// One audit line per DICOMweb request on the `tessera::audit` log target.
+pub const AUDIT_LOG: &str = "Tessera:Security:AuditLog";

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 pub use settings::{
     Batching, BlobMigrationSettings, DeletedInstanceCleanupSettings, EffectiveValue,
-    FunctionsSettings, Settings, TesseraSettings,
+    FunctionsSettings, PublicUrlSettings, SecuritySettings, Settings, TesseraSettings,
 };
 pub use sources::{Origin, RawConfig, RawValue};
 pub use values::{format_timespan, parse_timespan};

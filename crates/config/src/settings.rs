@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tessera_blob::azure::{AzureConnection, mask_connection_string};
-use tessera_blob::{BlobStoreLocation, ContainerNames};
-use tessera_core::FormatType;
+use tessera_blob::{BlobStoreLocation, ContainerNames, FaultInjection};
+use tessera_core::{FormatType, Limits};
 use uuid::Uuid;
 
 use crate::sources::{Origin, RawConfig, RawValue};
@@ -31,6 +31,25 @@ pub struct Settings {
     pub containers: ContainerNames,
     /// `BlobStore:ConnectionString`: the Azure Storage connection string (a secret).
     pub blob_connection_string: Option<String>,
+    /// `Tessera:Limits:*`: what one request may make the server hold, read or compute.
+    pub limits: Limits,
+    /// Where RetrieveURL and Location point.
+    pub public_url: PublicUrlSettings,
+    /// `Tessera:FaultInjection:*`: faults injected into blob-store calls, for tests; off by
+    /// default.
+    pub fault_injection: FaultInjection,
+    /// `DicomServer:Security:*` and `Tessera:Security:*`.
+    pub security: SecuritySettings,
+}
+
+/// How the URLs Tessera returns (RetrieveURL, Location) are built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicUrlSettings {
+    /// `Tessera:PublicBaseUrl`: used as is when set.
+    pub base: Option<url::Url>,
+    /// `Tessera:TrustForwardedHeaders`: otherwise use the request's `Host` and `X-Forwarded-*`
+    /// (validated) instead of the address the connection came in on.
+    pub trust_forwarded_headers: bool,
 }
 
 /// Keys under `Tessera:`.
@@ -108,6 +127,15 @@ pub struct FunctionsSettings {
     pub cleanup_deleted: Batching,
     /// Instances worked on at once within a batch.
     pub max_parallel_threads: u32,
+}
+
+/// Authentication, authorization and audit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecuritySettings {
+    /// How tokens are checked; `None` when `DicomServer:Security:Enabled` is false.
+    pub authentication: Option<tessera_auth::AuthSettings>,
+    /// Write one audit line per DICOMweb request.
+    pub audit_log: bool,
 }
 
 /// One effective setting, for `tessera config`.
@@ -192,6 +220,142 @@ impl Binder<'_> {
         self.bind(&[key], default, parse, u32::to_string)
     }
 
+    fn count(
+        &mut self,
+        key: &'static str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<u64, ConfigError> {
+        self.bind(
+            &[key],
+            default,
+            |t| parse_number(t, min, max),
+            u64::to_string,
+        )
+    }
+
+    fn limits(&mut self) -> Result<Limits, ConfigError> {
+        const GIB: u64 = 1024 * 1024 * 1024;
+        let d = Limits::default();
+        Ok(Limits {
+            max_request_body_bytes: self.count(
+                keys::MAX_REQUEST_BODY_BYTES,
+                d.max_request_body_bytes,
+                1024,
+                1024 * GIB,
+            )?,
+            max_header_bytes: self.count(
+                keys::MAX_HEADER_BYTES,
+                d.max_header_bytes,
+                4096,
+                4 * GIB,
+            )?,
+            max_sequence_depth: self.number(
+                keys::MAX_SEQUENCE_DEPTH,
+                d.max_sequence_depth,
+                1,
+                1_000,
+            )?,
+            max_inflated_bytes: self.count(
+                keys::MAX_INFLATED_BYTES,
+                d.max_inflated_bytes,
+                4096,
+                4 * GIB,
+            )?,
+            max_parts: self.number(keys::MAX_PARTS, d.max_parts, 1, 1_000_000)?,
+            max_part_header_bytes: self.number(
+                keys::MAX_PART_HEADER_BYTES,
+                d.max_part_header_bytes,
+                256,
+                1 << 20,
+            )?,
+            max_preamble_bytes: self.number(
+                keys::MAX_PREAMBLE_BYTES,
+                d.max_preamble_bytes,
+                0,
+                16 << 20,
+            )?,
+            max_frames_per_request: self.number(
+                keys::MAX_FRAMES_PER_REQUEST,
+                d.max_frames_per_request,
+                1,
+                1_000_000,
+            )?,
+            max_query_parameters: self.number(
+                keys::MAX_QUERY_PARAMETERS,
+                d.max_query_parameters,
+                1,
+                10_000,
+            )?,
+            max_uid_list_length: self.number(
+                keys::MAX_UID_LIST_LENGTH,
+                d.max_uid_list_length,
+                1,
+                100_000,
+            )?,
+            max_fuzzy_name_words: self.number(
+                keys::MAX_FUZZY_NAME_WORDS,
+                d.max_fuzzy_name_words,
+                1,
+                1_000,
+            )?,
+            max_concurrent_uploads: self.number(
+                keys::MAX_CONCURRENT_UPLOADS,
+                d.max_concurrent_uploads,
+                1,
+                100_000,
+            )?,
+            request_header_timeout: self
+                .positive_timespan(keys::REQUEST_HEADER_TIMEOUT, d.request_header_timeout)?,
+            body_read_timeout: self
+                .positive_timespan(keys::BODY_READ_TIMEOUT, d.body_read_timeout)?,
+            keep_alive_timeout: self
+                .positive_timespan(keys::KEEP_ALIVE_TIMEOUT, d.keep_alive_timeout)?,
+        })
+    }
+
+    fn positive_timespan(
+        &mut self,
+        key: &'static str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let parse = |t: &str| match parse_timespan(t)? {
+            d if d.is_zero() => Err("must be longer than zero".to_owned()),
+            d => Ok(d),
+        };
+        self.bind(&[key], default, parse, |d| format_timespan(*d))
+    }
+
+    fn public_url(&mut self) -> Result<PublicUrlSettings, ConfigError> {
+        let base = self.bind(
+            &[keys::PUBLIC_BASE_URL],
+            None,
+            |t| {
+                let t = t.trim();
+                if t.is_empty() {
+                    return Ok(None);
+                }
+                let url = url::Url::parse(t).map_err(|e| e.to_string())?;
+                let valid = matches!(url.scheme(), "http" | "https")
+                    && url.host().is_some()
+                    && url.query().is_none()
+                    && url.fragment().is_none()
+                    && url.username().is_empty();
+                if valid {
+                    Ok(Some(url))
+                } else {
+                    Err("expected an http(s) URL with a host and no query, such as https://pacs.example.org/dicom".into())
+                }
+            },
+            |v| v.as_ref().map(url::Url::to_string).unwrap_or_else(|| "(unset)".into()),
+        )?;
+        Ok(PublicUrlSettings {
+            base,
+            trust_forwarded_headers: self.boolean(keys::TRUST_FORWARDED_HEADERS, false)?,
+        })
+    }
+
     fn batching(
         &mut self,
         size: &'static str,
@@ -210,6 +374,14 @@ impl Binder<'_> {
             parse_container_name,
             String::clone,
         )
+    }
+}
+
+/// A fraction from 0 to 1, such as `0.1`.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err("expected a fraction from 0 to 1, such as 0.1".into()),
     }
 }
 
@@ -379,14 +551,163 @@ impl Settings {
                 because: format!("{} is az://", keys::BLOB_STORE),
             });
         }
+        let limits = b.limits()?;
+        let public_url = b.public_url()?;
+        let fault_injection = FaultInjection {
+            failure_rate: b.bind(&[keys::FAULT_FAILURE_RATE], 0.0, parse_rate, f64::to_string)?,
+            latency: b.timespan(keys::FAULT_LATENCY, Duration::ZERO)?,
+            cut_stream_rate: b.bind(
+                &[keys::FAULT_CUT_STREAM_RATE],
+                0.0,
+                parse_rate,
+                f64::to_string,
+            )?,
+            seed: b.bind(
+                &[keys::FAULT_SEED],
+                0,
+                |t| parse_number(t, 0, u64::MAX),
+                u64::to_string,
+            )?,
+        };
+        let security = bind_security(&mut b)?;
         let settings = Self {
+            limits,
+            public_url,
             tessera,
             blob_migration,
             deleted_instance_cleanup,
             functions,
             containers,
             blob_connection_string,
+            fault_injection,
+            security,
         };
         Ok((settings, b.effective))
     }
+}
+
+/// `DicomServer:Security:*` as the original documents it, plus Tessera's roles file, key refresh
+/// and audit keys; an inconsistent combination is an error naming the key to change.
+fn bind_security(b: &mut Binder<'_>) -> Result<SecuritySettings, ConfigError> {
+    let optional_text = |t: &str| Ok((!t.trim().is_empty()).then(|| t.trim().to_owned()));
+    let show_optional = |v: &Option<String>| v.clone().unwrap_or_else(|| "(unset)".into());
+    let enabled = b.boolean(keys::SECURITY_ENABLED, false)?;
+    let authority = b.bind(
+        &[keys::AUTHORITY],
+        None,
+        |t| {
+            if t.trim().is_empty() {
+                Ok(None)
+            } else {
+                tessera_auth::check_authority(t).map(Some)
+            }
+        },
+        |v| {
+            v.as_ref()
+                .map(url::Url::to_string)
+                .unwrap_or_else(|| "(unset)".into())
+        },
+    )?;
+    let audience = b.bind(&[keys::AUDIENCE], None, optional_text, show_optional)?;
+    let mut audiences: Vec<String> = audience.into_iter().collect();
+    let mut listed = Vec::new();
+    let mut listed_origin = Origin::Default;
+    for index in 0.. {
+        let Some(found) = b.raw.get(&format!("{}:{index}", keys::AUDIENCES)) else {
+            break;
+        };
+        listed_origin = found.origin.clone();
+        if !found.value.trim().is_empty() {
+            listed.push(found.value.trim().to_owned());
+        }
+    }
+    b.effective.push(EffectiveValue {
+        key: keys::AUDIENCES,
+        value: if listed.is_empty() {
+            "(unset)".into()
+        } else {
+            listed.join(", ")
+        },
+        origin: listed_origin,
+    });
+    audiences.extend(listed);
+    let authorization = b.boolean(keys::AUTHORIZATION_ENABLED, false)?;
+    let roles_claim = b.bind(
+        &[keys::ROLES_CLAIM],
+        "roles".to_owned(),
+        |t| {
+            if t.trim().is_empty() {
+                Err("expected the name of a claim, such as roles".into())
+            } else {
+                Ok(t.trim().to_owned())
+            }
+        },
+        String::clone,
+    )?;
+    let roles_file = b.bind(
+        &[keys::ROLES_FILE],
+        PathBuf::from("roles.json"),
+        |t| Ok(PathBuf::from(t.trim())),
+        |p| p.display().to_string(),
+    )?;
+    let key_refresh_interval = b.timespan(keys::KEY_REFRESH_INTERVAL, Duration::from_secs(300))?;
+    let audit_log = b.boolean(keys::AUDIT_LOG, true)?;
+    let origin_of = |key: &str| {
+        b.raw
+            .get(key)
+            .map(|v| v.origin.clone())
+            .unwrap_or(Origin::Default)
+    };
+    if !enabled {
+        if authorization {
+            return Err(ConfigError::InvalidValue {
+                key: keys::AUTHORIZATION_ENABLED.to_owned(),
+                value: "true".into(),
+                origin: origin_of(keys::AUTHORIZATION_ENABLED),
+                reason: format!("authorization needs {} = true", keys::SECURITY_ENABLED),
+            });
+        }
+        return Ok(SecuritySettings {
+            authentication: None,
+            audit_log,
+        });
+    }
+    let because = format!("{} is true", keys::SECURITY_ENABLED);
+    let authority = authority.ok_or_else(|| ConfigError::Missing {
+        key: keys::AUTHORITY,
+        because: because.clone(),
+    })?;
+    if audiences.is_empty() {
+        return Err(ConfigError::Missing {
+            key: keys::AUDIENCE,
+            because,
+        });
+    }
+    let roles = if authorization {
+        let invalid = |reason: String| ConfigError::InvalidValue {
+            key: keys::ROLES_FILE.to_owned(),
+            value: roles_file.display().to_string(),
+            origin: origin_of(keys::ROLES_FILE),
+            reason,
+        };
+        let roles = tessera_auth::Roles::load(&roles_file).map_err(|e| invalid(e.to_string()))?;
+        if roles.is_empty() {
+            return Err(invalid(
+                "defines no role, so authorization would refuse every request".into(),
+            ));
+        }
+        Some(roles)
+    } else {
+        None
+    };
+    Ok(SecuritySettings {
+        authentication: Some(tessera_auth::AuthSettings {
+            authority,
+            audiences,
+            roles_claim,
+            roles,
+            key_refresh_interval,
+        }),
+        audit_log,
+    })
 }

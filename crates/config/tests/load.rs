@@ -238,3 +238,35 @@ fn azure_needs_a_connection_string_and_missing_files_are_errors() {
     .unwrap_err();
     assert!(matches!(error, ConfigError::ReadFile { .. }));
 }
+
+#[test]
+fn fault_injection_is_off_by_default_and_checked() {
+    let faults = load("{}", &[]).unwrap().settings.fault_injection;
+    assert!(!faults.is_active());
+    let env = [
+        ("Tessera__FaultInjection__FailureRate", "0.1"),
+        ("Tessera__FaultInjection__Latency", "00:00:00.005"),
+        ("Tessera__FaultInjection__CutStreamRate", "0.05"),
+        ("Tessera__FaultInjection__Seed", "12345"),
+    ];
+    let faults = load("{}", &env).unwrap().settings.fault_injection;
+    assert_eq!(faults.failure_rate, 0.1);
+    assert_eq!(faults.latency, Duration::from_millis(5));
+    assert_eq!(faults.cut_stream_rate, 0.05);
+    assert_eq!(faults.seed, 12345);
+    for (key, bad) in [
+        ("FailureRate", "1.5"),
+        ("FailureRate", "-0.1"),
+        ("FailureRate", "NaN"),
+        ("CutStreamRate", "ten percent"),
+        ("Seed", "-1"),
+        ("Latency", "5ms"),
+    ] {
+        let text = format!(r#"{{"Tessera":{{"FaultInjection":{{"{key}":"{bad}"}}}}}}"#);
+        let error = load(&text, &[]).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("Tessera:FaultInjection:{key}")),
+            "{error}"
+        );
+    }
+}

@@ -20,6 +20,7 @@ mod attributes;
 mod checksum;
 mod format;
 mod instance;
+mod limits;
 mod qido;
 mod uid;
 mod watermark;
@@ -28,6 +29,7 @@ pub use attributes::SearchableAttributes;
 pub use checksum::ContentChecksum;
 pub use format::{FormatType, ParseFormatTypeError};
 pub use instance::{InstanceIdentifier, VersionedInstance};
+pub use limits::Limits;
 pub use qido::{
     Matcher, QidoQuery, QueryAttribute, QueryLevel, fold_person_name, person_name_search_forms,
 };

@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::walk::{DataSetWalker, MAX_RECORDED_FRAGMENTS};
+
 /// One frame's bytes in the Part-10 file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameRange {
@@ -17,8 +19,13 @@ pub struct FrameRanges(pub Vec<FrameRange>);
 
 impl FrameRanges {
     /// Native pixel data: frames follow each other from `offset`.
+    /// `None` when the frames do not fit the value, or there are more than
+    /// [`MAX_RECORDED_FRAGMENTS`] of them.
     pub fn native(offset: u64, frame_size: u64, frames: u64, value_length: u64) -> Option<Self> {
-        (frame_size > 0 && frame_size * frames <= value_length).then(|| {
+        let fits = frame_size
+            .checked_mul(frames)
+            .is_some_and(|total| total <= value_length);
+        (frame_size > 0 && fits && frames <= MAX_RECORDED_FRAGMENTS as u64).then(|| {
             Self(
                 (0..frames)
                     .map(|i| FrameRange {
@@ -69,98 +76,44 @@ impl FrameRanges {
 }
 
 /// Follows an encapsulated pixel data item sequence (PS3.5 A.4) as the file streams past and
-/// records each fragment's range. Fed every chunk of the file with its absolute offset; bytes
-/// before `items_offset` are ignored. Hand-written because it must work on a stream, without
-/// the whole file: dicom-rs parses fragments only from a complete reader.
+/// records each fragment's range, for files whose header was read elsewhere (adoption). Fed
+/// every chunk of the file with its absolute offset; bytes before `items_offset` are ignored.
 #[derive(Debug)]
-pub struct FragmentScanner {
-    /// Absolute offset of the next item header.
-    next_item: u64,
-    header: Vec<u8>,
-    fragments: Vec<FrameRange>,
-    seen_offset_table: bool,
-    done: bool,
-    broken: bool,
-}
+pub struct FragmentScanner(DataSetWalker);
 
 impl FragmentScanner {
     /// A scanner for an item sequence starting at `items_offset`.
     pub fn new(items_offset: u64) -> Self {
-        Self {
-            next_item: items_offset,
-            header: Vec::with_capacity(8),
-            fragments: Vec::new(),
-            seen_offset_table: false,
-            done: false,
-            broken: false,
-        }
+        Self(DataSetWalker::in_pixel_items(items_offset))
     }
 
-    /// Feeds `chunk`, which starts at absolute `offset` in the file. Chunks are meant to come in
-    /// order; any other order marks the scan broken or is ignored, and never panics.
+    /// Feeds `chunk`, which starts at absolute `offset` in the file. A broken item sequence
+    /// only means there is no frame table.
     pub fn feed(&mut self, offset: u64, chunk: &[u8]) {
-        let Some(end) = offset.checked_add(chunk.len() as u64) else {
-            self.broken = true;
+        let end = offset.saturating_add(chunk.len() as u64);
+        let Some(start) = self.0.position().checked_sub(offset) else {
             return;
         };
-        while !self.done && !self.broken && self.next_item < end {
-            let header_start = self.next_item + self.header.len() as u64;
-            if header_start < offset {
-                // Bytes of this header were skipped; cannot happen when fed in order.
-                self.broken = true;
-                return;
-            }
-            if header_start >= end {
-                // This chunk lies before the header bytes still missing (fed again, out of
-                // order): nothing in it is new.
-                return;
-            }
-            let from = (header_start - offset) as usize;
-            let want = 8 - self.header.len();
-            let take = want.min(chunk.len() - from);
-            self.header.extend_from_slice(&chunk[from..from + take]);
-            if self.header.len() < 8 {
-                return;
-            }
-            let group = u16::from_le_bytes([self.header[0], self.header[1]]);
-            let element = u16::from_le_bytes([self.header[2], self.header[3]]);
-            let length = u32::from_le_bytes([
-                self.header[4],
-                self.header[5],
-                self.header[6],
-                self.header[7],
-            ]);
-            self.header.clear();
-            match (group, element) {
-                (0xFFFE, 0xE000) if length != u32::MAX => {
-                    // Offsets past u64::MAX cannot be in any file: the scan is broken.
-                    let Some((value, next)) = self
-                        .next_item
-                        .checked_add(8)
-                        .and_then(|value| Some((value, value.checked_add(u64::from(length))?)))
-                    else {
-                        self.broken = true;
-                        return;
-                    };
-                    if self.seen_offset_table {
-                        self.fragments.push(FrameRange {
-                            offset: value,
-                            length: u64::from(length),
-                        });
-                    }
-                    self.seen_offset_table = true;
-                    self.next_item = next;
-                }
-                (0xFFFE, 0xE0DD) => self.done = true,
-                _ => self.broken = true,
-            }
+        if let Ok(from) = usize::try_from(start)
+            && offset.saturating_add(start) < end
+        {
+            let _ = self.0.feed(offset + start, &chunk[from..]);
         }
     }
 
     /// The frame ranges when there is exactly one fragment per frame, as the original requires.
     pub fn frame_ranges(&self, frames: u64) -> Option<FrameRanges> {
-        (self.done && !self.broken && self.fragments.len() as u64 == frames && frames > 0)
-            .then(|| FrameRanges(self.fragments.clone()))
+        FrameRanges::encapsulated(&self.0, frames)
+    }
+}
+
+impl FrameRanges {
+    /// Encapsulated pixel data: one fragment per frame, as the original requires, from a walk
+    /// that has passed the end of the item sequence.
+    pub fn encapsulated(walker: &DataSetWalker, frames: u64) -> Option<Self> {
+        let fragments = walker.fragments()?;
+        (walker.pixel_items_closed() && fragments.len() as u64 == frames && frames > 0)
+            .then(|| Self(fragments.to_vec()))
     }
 }
 
@@ -208,16 +161,14 @@ mod tests {
         }
     }
 
-    /// Found by `fuzz/fuzz_targets/fragments.rs`: a chunk fed again after part of an item
-    /// header had arrived underflowed `chunk.len() - from` and panicked.
+    /// Found by `fuzz/fuzz_targets/fragments.rs` (on the scanner before the walker): chunks fed
+    /// again out of order, and offsets at the top of u64, must not panic.
     #[test]
-    fn chunks_out_of_order_do_not_panic() {
+    fn chunks_out_of_order_and_huge_offsets_do_not_panic() {
         let mut scanner = FragmentScanner::new(0);
         scanner.feed(0, &[0; 7]);
         scanner.feed(0, &[0]);
         assert!(scanner.frame_ranges(1).is_none());
-
-        // Offsets at the top of u64: the end of a chunk or of an item cannot be computed.
         let mut scanner = FragmentScanner::new(u64::MAX - 4);
         scanner.feed(u64::MAX - 4, &[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
         assert!(scanner.frame_ranges(1).is_none());

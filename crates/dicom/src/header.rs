@@ -4,21 +4,19 @@ use dicom_core::header::Header;
 use dicom_core::value::Value;
 use dicom_core::{Length, Tag, VR};
 use dicom_dictionary_std::tags;
+use dicom_encoding::TransferSyntax;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::InMemDicomObject;
 use dicom_object::mem::InMemElement;
 use dicom_object::meta::FileMetaTable;
-use dicom_parser::dataset::DataToken;
-use dicom_parser::dataset::read::DataSetReader;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use tessera_core::{InstanceIdentifier, SearchableAttributes, Uid};
+use tessera_core::{InstanceIdentifier, Limits, SearchableAttributes, Uid};
 
 use crate::DicomError;
+use crate::walk::{self, DataSetWalker, Encoding};
 
 /// Implicit VR Little Endian: stored, with warning 45063 (orig E.3).
 const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
-/// The largest header Tessera buffers while looking for Pixel Data.
-pub const MAX_HEADER: usize = 64 * 1024 * 1024;
 
 /// Where the pixel data of an instance starts in its Part-10 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,139 +53,15 @@ pub enum HeaderScan {
     NeedMore,
 }
 
-/// Reads the header from `prefix`. `complete` says whether `prefix` is the whole instance;
-/// when it is not, a parse that runs off the end of the prefix asks for more bytes.
+/// Reads the header from `prefix` with the default limits. `complete` says whether `prefix` is
+/// the whole instance; when it is, the whole structure must be intact.
 pub fn scan_header(prefix: &[u8], complete: bool) -> Result<HeaderScan, DicomError> {
-    let need_more = |error: DicomError| {
-        if complete {
-            Err(error)
-        } else if prefix.len() >= MAX_HEADER {
-            Err(DicomError::HeaderTooLarge(MAX_HEADER))
-        } else {
-            Ok(HeaderScan::NeedMore)
-        }
-    };
-    let magic_at = if prefix.get(128..132) == Some(b"DICM") {
-        128
-    } else if prefix.starts_with(b"DICM") {
-        0
-    } else if prefix.len() < 132 && !complete {
-        return Ok(HeaderScan::NeedMore);
-    } else {
-        return Err(DicomError::NotDicom);
-    };
-    let mut meta_reader = &prefix[magic_at..];
-    let meta = match FileMetaTable::from_reader(&mut meta_reader) {
-        Ok(meta) => meta,
-        Err(error) => return need_more(DicomError::Malformed(error.to_string())),
-    };
-    let dataset_start = prefix.len() - meta_reader.len();
-    let ts_uid = meta.transfer_syntax().to_owned();
-    let ts = TransferSyntaxRegistry
-        .get(&ts_uid)
-        .ok_or_else(|| DicomError::UnsupportedTransferSyntax(ts_uid.clone()))?;
-    let body = &prefix[dataset_start..];
-
-    // A deflated data set has no byte offsets to find: it is parsed whole.
-    let (dataset_end, pixel_data) = if matches!(
-        ts.codec(),
-        dicom_encoding::transfer_syntax::Codec::Dataset(_)
-    ) {
-        if !complete {
-            return need_more(DicomError::Malformed("deflated data set".into()));
-        }
-        (body.len(), None)
-    } else {
-        match find_pixel_data(body, ts, dataset_start as u64) {
-            Ok(Some(found)) => found,
-            Ok(None) if complete => (body.len(), None),
-            Ok(None) => return Ok(HeaderScan::NeedMore),
-            Err(error) => return need_more(error),
-        }
-    };
-    let dataset = match InMemDicomObject::read_dataset_with_ts(&body[..dataset_end], ts) {
-        Ok(dataset) => dataset,
-        Err(error) => return need_more(DicomError::Malformed(error.to_string())),
-    };
-    Ok(HeaderScan::Complete(Box::new(InstanceHeader {
-        transfer_syntax: ts_uid,
-        dataset,
-        pixel_data,
-    })))
-}
-
-/// Walks the data set tokens to the top-level Pixel Data element. Returns where its header
-/// starts (relative to `body`) and where its value is (absolute), or `None` at the end of input.
-fn find_pixel_data(
-    body: &[u8],
-    ts: &dicom_encoding::TransferSyntax,
-    base: u64,
-) -> Result<Option<(usize, Option<PixelData>)>, DicomError> {
-    let mut reader = body;
-    let mut tokens = DataSetReader::new_with_ts(&mut reader, ts)
-        .map_err(|e| DicomError::Malformed(e.to_string()))?;
-    let mut depth = 0usize;
-    let implicit = ts.uid() == IMPLICIT_VR_LE;
-    loop {
-        let token = match tokens.next() {
-            None => return Ok(None),
-            Some(Ok(token)) => token,
-            Some(Err(error)) => return Err(DicomError::Malformed(error.to_string())),
-        };
-        match token {
-            DataToken::SequenceStart { .. } | DataToken::ItemStart { .. } => depth += 1,
-            DataToken::SequenceEnd | DataToken::ItemEnd => depth = depth.saturating_sub(1),
-            DataToken::ElementHeader(header) if depth == 0 && header.tag == tags::PIXEL_DATA => {
-                // The tokenizer reads straight from the slice, so what it consumed is known.
-                drop(tokens);
-                let value_at = body.len() - reader.len();
-                let length = header.len.get().map(u64::from).unwrap_or(0);
-                let pixel = PixelData::Native {
-                    offset: base + value_at as u64,
-                    length,
-                };
-                let start = value_at
-                    .checked_sub(element_header_len(implicit, header.vr))
-                    .ok_or_else(|| DicomError::Malformed("pixel data header".into()))?;
-                return Ok(Some((start, Some(pixel))));
-            }
-            DataToken::PixelSequenceStart if depth == 0 => {
-                drop(tokens);
-                let value_at = body.len() - reader.len();
-                let pixel = PixelData::Encapsulated {
-                    items_offset: base + value_at as u64,
-                };
-                let start = value_at
-                    .checked_sub(element_header_len(implicit, VR::OB))
-                    .ok_or_else(|| DicomError::Malformed("pixel data header".into()))?;
-                return Ok(Some((start, Some(pixel))));
-            }
-            _ => {}
-        }
+    let mut reader = HeaderReader::new();
+    match reader.push(prefix)? {
+        Some(header) => Ok(HeaderScan::Complete(Box::new(header))),
+        None if complete => Ok(HeaderScan::Complete(Box::new(reader.finish()?))),
+        None => Ok(HeaderScan::NeedMore),
     }
-}
-
-/// Bytes of an element header before its value (PS3.5 7.1): 8 in Implicit VR; in Explicit VR 12
-/// for the VRs with a 4-byte length, 8 for the others. Pixel Data is not always OB or OW: a
-/// file may give it any VR, and the header length must follow that VR.
-fn element_header_len(implicit: bool, vr: VR) -> usize {
-    let long = matches!(
-        vr,
-        VR::OB
-            | VR::OD
-            | VR::OF
-            | VR::OL
-            | VR::OV
-            | VR::OW
-            | VR::SQ
-            | VR::SV
-            | VR::UC
-            | VR::UN
-            | VR::UR
-            | VR::UT
-            | VR::UV
-    );
-    if implicit || !long { 8 } else { 12 }
 }
 
 /// An attribute that fails STOW validation: failure 43264 with this message.
@@ -335,13 +209,44 @@ impl InstanceHeader {
             .unwrap_or(1)
     }
 
+    /// Why native pixel data cannot hold the frames the header declares, if it cannot:
+    /// NumberOfFrames × Rows × Columns × SamplesPerPixel × BitsAllocated bits must fit the
+    /// value (checked arithmetic, so a crafted product cannot overflow).
+    pub fn pixel_data_problem(&self) -> Option<String> {
+        let Some(PixelData::Native { length, .. }) = self.pixel_data else {
+            return None;
+        };
+        let rows = self.number(tags::ROWS)?;
+        let columns = self.number(tags::COLUMNS)?;
+        let bits = self.number(tags::BITS_ALLOCATED)?;
+        let samples = self.number(tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+        let frames = self.frame_count();
+        let needed = rows
+            .checked_mul(columns)
+            .and_then(|n| n.checked_mul(samples))
+            .and_then(|n| n.checked_mul(bits))
+            .and_then(|n| n.checked_mul(frames))
+            .map(|bits| bits.div_ceil(8));
+        match needed {
+            Some(needed) if needed <= length => None,
+            _ => Some(format!(
+                "Pixel Data (7FE0,0010) holds {length} bytes, fewer than NumberOfFrames ({frames}) \
+                 × Rows ({rows}) × Columns ({columns}) × SamplesPerPixel ({samples}) × \
+                 BitsAllocated ({bits}) / 8"
+            )),
+        }
+    }
+
     /// Bytes per frame of native pixel data.
     pub fn native_frame_size(&self) -> Option<u64> {
         let rows = self.number(tags::ROWS)?;
         let columns = self.number(tags::COLUMNS)?;
         let samples = self.number(tags::SAMPLES_PER_PIXEL).unwrap_or(1);
         let bits = self.number(tags::BITS_ALLOCATED)?;
-        let bits_total = rows * columns * samples * bits;
+        let bits_total = rows
+            .checked_mul(columns)?
+            .checked_mul(samples)?
+            .checked_mul(bits)?;
         Some(bits_total.div_ceil(8))
     }
 }
@@ -377,50 +282,182 @@ fn without_bulk_data(object: &InMemDicomObject) -> InMemDicomObject {
     }))
 }
 
-/// Collects the first bytes of an instance as they arrive until its header can be read. The
-/// prefix is rescanned only when it has doubled, so the work stays linear in its size.
+/// What the reader learned from the file meta information.
+struct Meta {
+    transfer_syntax: &'static TransferSyntax,
+    dataset_start: usize,
+}
+
+impl std::fmt::Debug for Meta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Meta")
+            .field("transfer_syntax", &self.transfer_syntax.uid())
+            .field("dataset_start", &self.dataset_start)
+            .finish()
+    }
+}
+
+/// Collects the first bytes of an instance as they arrive until its header can be read. A
+/// [`DataSetWalker`] checks every declared length and the nesting depth as bytes arrive, so the
+/// prefix never grows past the header limit and dicom-rs only ever parses bytes that are whole.
 #[derive(Debug)]
 pub struct HeaderReader {
+    limits: Limits,
     prefix: Vec<u8>,
-    next_scan: usize,
+    meta: Option<Meta>,
+    /// `None` for a deflated data set, which is read whole at the end.
+    walker: Option<DataSetWalker>,
 }
 
 impl Default for HeaderReader {
     fn default() -> Self {
-        Self {
-            prefix: Vec::new(),
-            next_scan: 64 * 1024,
-        }
+        Self::with_limits(&Limits::default())
     }
 }
 
 impl HeaderReader {
-    /// A reader that has seen nothing yet.
+    /// A reader with the default limits.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Adds the next chunk; returns the header as soon as the bytes so far hold it.
-    pub fn push(&mut self, chunk: &[u8]) -> Result<Option<InstanceHeader>, DicomError> {
-        self.prefix.extend_from_slice(chunk);
-        if self.prefix.len() < self.next_scan {
-            return Ok(None);
-        }
-        match scan_header(&self.prefix, false)? {
-            HeaderScan::Complete(header) => Ok(Some(*header)),
-            HeaderScan::NeedMore => {
-                self.next_scan = self.prefix.len() * 2;
-                Ok(None)
-            }
+    /// A reader bounded by `limits` (header size, sequence depth, inflated size).
+    pub fn with_limits(limits: &Limits) -> Self {
+        Self {
+            limits: limits.clone(),
+            prefix: Vec::new(),
+            meta: None,
+            walker: None,
         }
     }
 
-    /// The input ended: the header of the complete instance, or why there is none.
-    pub fn finish(&mut self) -> Result<InstanceHeader, DicomError> {
-        match scan_header(&self.prefix, true)? {
-            HeaderScan::Complete(header) => Ok(*header),
-            HeaderScan::NeedMore => Err(DicomError::Malformed("truncated".into())),
+    fn max_header(&self) -> usize {
+        usize::try_from(self.limits.max_header_bytes).unwrap_or(usize::MAX)
+    }
+
+    /// Adds the next chunk; returns the header as soon as the bytes so far hold it.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Option<InstanceHeader>, DicomError> {
+        let fed = self.prefix.len();
+        self.prefix.extend_from_slice(chunk);
+        let fed = if self.meta.is_none() {
+            match self.read_meta()? {
+                Some(start) => start,
+                None => return Ok(None),
+            }
+        } else {
+            fed
+        };
+        let Some(walker) = &mut self.walker else {
+            if self.prefix.len() > self.max_header() {
+                return Err(DicomError::HeaderTooLarge(format!(
+                    "the deflated data set is longer than {} bytes",
+                    self.limits.max_header_bytes
+                )));
+            }
+            return Ok(None);
+        };
+        walker.feed(fed as u64, &self.prefix[fed..])?;
+        match (walker.pixel_data(), &self.meta) {
+            (Some(start), Some(meta)) => {
+                let end = usize::try_from(start.element_offset)
+                    .map_err(|_| DicomError::Malformed("offset out of range".into()))?;
+                let dataset = parse(&self.prefix[meta.dataset_start..end], meta.transfer_syntax)?;
+                Ok(Some(InstanceHeader {
+                    transfer_syntax: meta.transfer_syntax.uid().to_owned(),
+                    dataset,
+                    pixel_data: Some(start.pixel_data),
+                }))
+            }
+            _ => Ok(None),
         }
+    }
+
+    /// Reads the file meta information once the prefix holds it; returns where the data set
+    /// starts, or `None` while more bytes are needed.
+    fn read_meta(&mut self) -> Result<Option<usize>, DicomError> {
+        let prefix = &self.prefix;
+        let magic_at = if prefix.get(128..132) == Some(b"DICM") {
+            128
+        } else if prefix.starts_with(b"DICM") {
+            0
+        } else if prefix.len() < 132 {
+            return Ok(None);
+        } else {
+            return Err(DicomError::NotDicom);
+        };
+        let Some(end) = walk::meta_end(prefix, magic_at + 4, self.max_header())? else {
+            return Ok(None);
+        };
+        let meta = FileMetaTable::from_reader(&prefix[magic_at..end])
+            .map_err(|e| DicomError::Malformed(e.to_string()))?;
+        let ts_uid = meta.transfer_syntax();
+        let ts = TransferSyntaxRegistry
+            .get(ts_uid)
+            .ok_or_else(|| DicomError::UnsupportedTransferSyntax(ts_uid.to_owned()))?;
+        let deflated = matches!(
+            ts.codec(),
+            dicom_encoding::transfer_syntax::Codec::Dataset(_)
+        );
+        if !deflated {
+            let encoding = Encoding {
+                explicit_vr: ts.uid() != IMPLICIT_VR_LE,
+                big_endian: ts.endianness() == dicom_encoding::Endianness::Big,
+            };
+            self.walker = Some(DataSetWalker::new(
+                end as u64,
+                encoding,
+                self.limits.max_sequence_depth,
+                self.limits.max_header_bytes,
+            ));
+        }
+        self.meta = Some(Meta {
+            transfer_syntax: ts,
+            dataset_start: end,
+        });
+        Ok(Some(end))
+    }
+
+    /// The input ended without Pixel Data: the header of the complete instance, or why there
+    /// is none (including an instance cut short).
+    pub fn finish(&mut self) -> Result<InstanceHeader, DicomError> {
+        let Some(meta) = &self.meta else {
+            return Err(
+                if self.prefix.len() < 132 && !self.prefix.starts_with(b"DICM") {
+                    DicomError::NotDicom
+                } else {
+                    DicomError::Truncated(
+                        "the instance ends inside its file meta information".into(),
+                    )
+                },
+            );
+        };
+        let body = &self.prefix[meta.dataset_start..];
+        let dataset = match &self.walker {
+            Some(walker) => {
+                walker.finish(self.prefix.len() as u64)?;
+                parse(body, meta.transfer_syntax)?
+            }
+            None => {
+                let inflated = inflate(body, self.limits.max_inflated_bytes)?;
+                let mut walker = DataSetWalker::new(
+                    0,
+                    Encoding::EXPLICIT_LE,
+                    self.limits.max_sequence_depth,
+                    u64::MAX,
+                );
+                walker.feed(0, &inflated)?;
+                walker.finish(inflated.len() as u64)?;
+                parse(
+                    &inflated,
+                    &dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
+                )?
+            }
+        };
+        Ok(InstanceHeader {
+            transfer_syntax: meta.transfer_syntax.uid().to_owned(),
+            dataset,
+            pixel_data: None,
+        })
     }
 
     /// The bytes collected so far.
@@ -432,6 +469,34 @@ impl HeaderReader {
     pub fn into_prefix(self) -> Vec<u8> {
         self.prefix
     }
+
+    /// The bytes collected so far and the walk over them, which goes on over the rest of the
+    /// instance to prove it complete (`None` for a deflated data set, proven by [`Self::finish`]).
+    pub fn into_parts(self) -> (Vec<u8>, Option<DataSetWalker>) {
+        (self.prefix, self.walker)
+    }
+}
+
+/// Parses bytes the walker has proven whole and shallow.
+fn parse(bytes: &[u8], ts: &TransferSyntax) -> Result<InMemDicomObject, DicomError> {
+    InMemDicomObject::read_dataset_with_ts(bytes, ts)
+        .map_err(|e| DicomError::Malformed(e.to_string()))
+}
+
+/// Inflates a deflated data set (raw deflate, PS3.5 A.5), at most `limit` bytes of it.
+fn inflate(deflated: &[u8], limit: u64) -> Result<Vec<u8>, DicomError> {
+    use std::io::Read;
+    let mut inflated = Vec::new();
+    flate2::read::DeflateDecoder::new(deflated)
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut inflated)
+        .map_err(|e| {
+            DicomError::Truncated(format!("the deflated data set does not inflate: {e}"))
+        })?;
+    if inflated.len() as u64 > limit {
+        return Err(DicomError::InflatedTooLarge(limit));
+    }
+    Ok(inflated)
 }
 
 #[cfg(test)]

@@ -12,12 +12,14 @@
 mod frames;
 mod header;
 mod validation;
+mod walk;
 
 pub use dicom_dictionary_std::tags;
 pub use frames::{FragmentScanner, FrameRange, FrameRanges};
 pub use header::{
     HeaderReader, HeaderScan, InstanceHeader, PixelData, ValidationError, scan_header,
 };
+pub use walk::{DataSetWalker, Encoding, MAX_RECORDED_FRAGMENTS, PixelDataStart};
 
 /// Why bytes are not a DICOM instance Tessera can store.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,9 +34,19 @@ pub enum DicomError {
     /// A transfer syntax dicom-rs does not know.
     #[error("unsupported transfer syntax {0}")]
     UnsupportedTransferSyntax(String),
-    /// The header (everything before Pixel Data) is larger than Tessera buffers.
-    #[error("the DICOM header is larger than {0} bytes")]
-    HeaderTooLarge(usize),
+    /// The header (everything before Pixel Data) is larger than the header limit
+    /// (`Tessera:Limits:MaxHeaderBytes`).
+    #[error("the DICOM header exceeds Tessera:Limits:MaxHeaderBytes: {0}")]
+    HeaderTooLarge(String),
+    /// Sequences nest deeper than `Tessera:Limits:MaxSequenceDepth`.
+    #[error("sequences nest deeper than Tessera:Limits:MaxSequenceDepth ({0})")]
+    TooDeep(u32),
+    /// A deflated data set inflates beyond `Tessera:Limits:MaxInflatedBytes`.
+    #[error("the deflated data set inflates beyond Tessera:Limits:MaxInflatedBytes ({0} bytes)")]
+    InflatedTooLarge(u64),
+    /// The bytes end before an element, pixel data or sequence they declare.
+    #[error("truncated DICOM: {0}")]
+    Truncated(String),
 }
 
 /// The tag of a DICOM keyword (`StudyTime` → `00080030`), from the standard dictionary, as the

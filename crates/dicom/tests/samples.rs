@@ -152,3 +152,44 @@ fn invalid_searchable_attributes_are_reported() {
         problems[0].message
     );
 }
+
+/// Streams `bytes` in `chunk`-sized pieces as a store does: the header reader first, then its
+/// walk over the rest; the outcome of the walk at the end.
+fn stream_whole(bytes: &[u8], chunk: usize) -> Result<(), tessera_dicom::DicomError> {
+    let mut reader = tessera_dicom::HeaderReader::new();
+    let mut pieces = bytes.chunks(chunk);
+    let mut header = None;
+    for piece in pieces.by_ref() {
+        if let Some(found) = reader.push(piece)? {
+            header = Some(found);
+            break;
+        }
+    }
+    if header.is_none() {
+        return reader.finish().map(|_| ());
+    }
+    let (prefix, walker) = reader.into_parts();
+    let mut walker = walker.expect("a walk for a non-deflated instance");
+    let mut offset = prefix.len() as u64;
+    for piece in pieces {
+        walker.feed(offset, piece)?;
+        offset += piece.len() as u64;
+    }
+    walker.finish(offset)
+}
+
+#[test]
+fn every_sample_walks_complete_and_every_cut_is_truncated() {
+    for (name, bytes) in samples() {
+        for chunk in [997, 65_536] {
+            stream_whole(&bytes, chunk).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        for percent in [10, 50, 99] {
+            let cut = bytes.len() * percent / 100;
+            assert!(
+                stream_whole(&bytes[..cut], 4096).is_err(),
+                "{name} cut at {percent}% was accepted"
+            );
+        }
+    }
+}

@@ -3,6 +3,7 @@
 //! cases below it return domain values and typed errors, which [`ApiError`] maps to statuses in
 //! one place.
 
+mod body;
 mod changefeed;
 mod delete;
 mod error;
@@ -10,31 +11,69 @@ mod health;
 mod media;
 mod multipart;
 mod operations;
+mod public_url;
 mod qido;
+mod related;
+mod security;
+mod serve;
 mod stow;
 mod wado;
+
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
+use tessera_core::Limits;
 use tessera_service::{ApiVersion, DicomService};
+use tokio::sync::Semaphore;
 
 pub use error::ApiError;
+pub use public_url::{LocalAddr, PublicUrl};
+pub use security::{AUDIT_TARGET, Security};
+pub use serve::serve;
 
 /// What request handlers share.
 #[derive(Clone)]
 pub struct AppState {
     /// The DICOMweb use cases.
     pub service: DicomService,
+    /// What one request may make the server hold, read or compute.
+    pub limits: Arc<Limits>,
+    /// Permits for concurrent uploads (`Tessera:Limits:MaxConcurrentUploads`).
+    pub uploads: Arc<Semaphore>,
+    /// How RetrieveURL and `Location` are built.
+    pub public_url: Arc<PublicUrl>,
+    /// Authentication, authorization and audit of the DICOMweb routes.
+    pub security: Security,
+}
+
+impl AppState {
+    /// The state of a server over `service` under `limits`.
+    pub fn new(service: DicomService, limits: Limits, public_url: PublicUrl) -> Self {
+        Self {
+            service,
+            uploads: Arc::new(Semaphore::new(limits.max_concurrent_uploads as usize)),
+            limits: Arc::new(limits),
+            public_url: Arc::new(public_url),
+            security: Security::default(),
+        }
+    }
+
+    /// The same state with `security` guarding the DICOMweb routes.
+    pub fn with_security(self, security: Security) -> Self {
+        Self { security, ..self }
+    }
 }
 
 /// All routes of the server.
 pub fn router(state: AppState) -> Router {
+    let guard = axum::middleware::from_fn_with_state(state.security.clone(), security::guard);
     Router::new()
         .route("/health/check", get(health::check))
-        .nest("/v1", versioned(ApiVersion::V1))
-        .nest("/v2", versioned(ApiVersion::V2))
-        // Bodies stream to the blob store; no size limit applies to them as a whole.
+        .nest("/v1", versioned(ApiVersion::V1).layer(guard.clone()))
+        .nest("/v2", versioned(ApiVersion::V2).layer(guard))
+        // Bodies stream to the blob store; STOW applies Tessera:Limits:MaxRequestBodyBytes.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }

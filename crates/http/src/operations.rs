@@ -2,13 +2,13 @@
 
 use axum::Extension;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::http::header::{CONTENT_TYPE, LOCATION};
-use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tessera_service::{ApiVersion, OperationResults, OperationStatus, ServiceError};
 
-use crate::stow::base_url;
+use crate::public_url::BaseUrl;
 use crate::{ApiError, AppState};
 
 /// 202 with `Location` while running, 200 once ended, 404 when unknown.
@@ -16,7 +16,7 @@ pub async fn status(
     State(state): State<AppState>,
     Extension(version): Extension<ApiVersion>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    BaseUrl(base): BaseUrl,
 ) -> Result<Response, ApiError> {
     let id = uuid::Uuid::parse_str(&id)
         .map_err(|_| ApiError::BadRequest(format!("'{id}' is not an operation id (a GUID)")))?
@@ -66,7 +66,7 @@ pub async fn status(
     )
         .into_response();
     if running {
-        let location = format!("{}/operations/{}", base_url(&headers, version), record.id);
+        let location = format!("{}/operations/{}", base, record.id);
         if let Ok(value) = location.parse() {
             response.headers_mut().insert(LOCATION, value);
         }

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
-use tessera_core::{Matcher, QidoQuery, QueryAttribute, QueryLevel, Uid};
+use tessera_core::{Limits, Matcher, QidoQuery, QueryAttribute, QueryLevel, Uid};
 use tessera_service::{ApiVersion, QidoRow};
 
 use crate::stow::parse_uid;
@@ -96,6 +96,7 @@ fn parse(
     level: QueryLevel,
     study: Option<Uid>,
     series: Option<Uid>,
+    limits: &Limits,
 ) -> Result<(QidoQuery, Includes), ApiError> {
     let mut query = QidoQuery {
         level,
@@ -108,7 +109,18 @@ fn parse(
     let mut includes = Includes::default();
     let mut fuzzy = false;
     let mut raw_filters = Vec::new();
-    for (key, value) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+    let max_parameters = limits.max_query_parameters as usize;
+    let too_many = || {
+        ApiError::BadRequest(format!(
+            "the query has more than Tessera:Limits:MaxQueryParameters ({max_parameters}) parameters"
+        ))
+    };
+    for (count, (key, value)) in
+        url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()).enumerate()
+    {
+        if count >= max_parameters {
+            return Err(too_many());
+        }
         let bad = |reason: &str| ApiError::BadRequest(format!("query parameter '{key}': {reason}"));
         match key.to_ascii_lowercase().as_str() {
             "limit" => {
@@ -137,6 +149,9 @@ fn parse(
                             ))
                         })?;
                         includes.tags.push(tag);
+                        if includes.tags.len() > max_parameters {
+                            return Err(too_many());
+                        }
                     }
                 }
             }
@@ -157,7 +172,7 @@ fn parse(
         }
     }
     for (attribute, value) in raw_filters {
-        let matcher = matcher(attribute, &value, fuzzy).map_err(|reason| {
+        let matcher = matcher(attribute, &value, fuzzy, limits).map_err(|reason| {
             ApiError::BadRequest(format!(
                 "query attribute '{}': {reason}",
                 attribute.keyword()
@@ -168,13 +183,25 @@ fn parse(
     Ok((query, includes))
 }
 
-fn matcher(attribute: QueryAttribute, value: &str, fuzzy: bool) -> Result<Matcher, String> {
+fn matcher(
+    attribute: QueryAttribute,
+    value: &str,
+    fuzzy: bool,
+    limits: &Limits,
+) -> Result<Matcher, String> {
     match attribute.vr() {
         "UI" if value.contains([',', '\\']) => {
+            let max = limits.max_uid_list_length as usize;
             let list: Vec<String> = value
                 .split([',', '\\'])
+                .take(max.saturating_add(1))
                 .map(|v| v.trim().to_owned())
                 .collect();
+            if list.len() > max {
+                return Err(format!(
+                    "the UID list is longer than Tessera:Limits:MaxUidListLength ({max})"
+                ));
+            }
             for uid in &list {
                 Uid::parse(uid).map_err(|e| e.to_string())?;
             }
@@ -201,7 +228,19 @@ fn matcher(attribute: QueryAttribute, value: &str, fuzzy: bool) -> Result<Matche
             }
         }
         _ if value.contains(['*', '?']) => Ok(Matcher::Wildcard(value.to_owned())),
-        "PN" if fuzzy => Ok(Matcher::Fuzzy(value.to_owned())),
+        "PN" if fuzzy => {
+            let max = limits.max_fuzzy_name_words as usize;
+            let words = value
+                .split(|c: char| c.is_whitespace() || c == '^')
+                .filter(|w| !w.is_empty())
+                .count();
+            if words > max {
+                return Err(format!(
+                    "the fuzzy name has more than Tessera:Limits:MaxFuzzyNameWords ({max}) words"
+                ));
+            }
+            Ok(Matcher::Fuzzy(value.to_owned()))
+        }
         _ => Ok(Matcher::Exact(value.to_owned())),
     }
 }
@@ -323,7 +362,7 @@ async fn search(
     study: Option<Uid>,
     series: Option<Uid>,
 ) -> Result<Response, ApiError> {
-    let (query, includes) = parse(raw.as_deref(), level, study, series)?;
+    let (query, includes) = parse(raw.as_deref(), level, study, series, &state.limits)?;
     let rows = state.service.search(&query).await?;
     if rows.is_empty() {
         return Ok(StatusCode::NO_CONTENT.into_response());

@@ -3,24 +3,28 @@
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures::TryStreamExt;
+use bytes::Bytes;
+use futures::stream::BoxStream;
 use serde_json::{Value, json};
-use tessera_core::Uid;
-use tessera_service::{ApiVersion, FailureReason, StoreOutcome};
+use tessera_core::{Limits, Uid};
+use tessera_service::{ApiVersion, DicomService, FailureReason, StoreOutcome};
 
-use crate::{ApiError, AppState, media};
+use crate::public_url::BaseUrl;
+use crate::related::{RelatedLimits, RelatedReader};
+use crate::{ApiError, AppState, body, media};
 
 /// `POST /studies`.
 pub async fn store(
     State(state): State<AppState>,
     Extension(version): Extension<ApiVersion>,
+    BaseUrl(base): BaseUrl,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    store_request(state, version, None, headers, body).await
+    store_request(state, version, None, base, headers, body).await
 }
 
 /// `POST /studies/{study}`: every instance must belong to that study.
@@ -28,11 +32,12 @@ pub async fn store_in_study(
     State(state): State<AppState>,
     Extension(version): Extension<ApiVersion>,
     Path(study): Path<String>,
+    BaseUrl(base): BaseUrl,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let study = parse_uid(&study, "StudyInstanceUID")?;
-    store_request(state, version, Some(study), headers, body).await
+    store_request(state, version, Some(study), base, headers, body).await
 }
 
 /// A UID from the URL, or 400.
@@ -45,6 +50,7 @@ async fn store_request(
     state: AppState,
     version: ApiVersion,
     study: Option<Uid>,
+    base: String,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -70,19 +76,11 @@ async fn store_request(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<mime::Mime>().ok())
         .ok_or_else(|| ApiError::UnsupportedMediaType("a Content-Type is required".into()))?;
-    let service = &state.service;
-    let mut outcomes = Vec::new();
-    match (
+    let body_kind = match (
         content_type.type_().as_str(),
         content_type.subtype().as_str(),
     ) {
-        ("application", "dicom") => {
-            outcomes.push(
-                service
-                    .store(body.into_data_stream(), study.as_ref(), version)
-                    .await,
-            );
-        }
+        ("application", "dicom") => BodyKind::Single,
         ("multipart", "related") => {
             let part_type = content_type
                 .get_param("type")
@@ -98,43 +96,12 @@ async fn store_request(
             let boundary = content_type
                 .get_param(mime::BOUNDARY)
                 .ok_or_else(|| ApiError::BadRequest("the multipart body has no boundary".into()))?;
-            let mut multipart = multer::Multipart::new(body.into_data_stream(), boundary.as_str());
-            loop {
-                match multipart.next_field().await {
-                    Ok(Some(field)) => {
-                        let is_dicom = field.content_type().is_none_or(|t| {
-                            t.essence_str().eq_ignore_ascii_case("application/dicom")
-                        });
-                        if !is_dicom {
-                            outcomes.push(StoreOutcome::Failed {
-                                sop_class_uid: None,
-                                sop_instance_uid: None,
-                                reason: FailureReason::ValidationFailure,
-                                comment: "The part is not application/dicom.".into(),
-                            });
-                            continue;
-                        }
-                        let stream = field.map_err(std::io::Error::other);
-                        outcomes.push(service.store(stream, study.as_ref(), version).await);
-                    }
-                    Ok(None) => break,
-                    Err(error) if outcomes.is_empty() => {
-                        return Err(ApiError::BadRequest(format!(
-                            "the multipart body is malformed: {error}"
-                        )));
-                    }
-                    Err(error) => {
-                        // Parts already read stand; the rest of the body cannot be read.
-                        outcomes.push(StoreOutcome::Failed {
-                            sop_class_uid: None,
-                            sop_instance_uid: None,
-                            reason: FailureReason::ProcessingFailure,
-                            comment: format!("the multipart body is malformed: {error}"),
-                        });
-                        break;
-                    }
-                }
+            if boundary.as_str().is_empty() || boundary.as_str().len() > 70 {
+                return Err(ApiError::BadRequest(
+                    "the multipart boundary must be 1 to 70 characters".into(),
+                ));
             }
+            BodyKind::Multipart(boundary.as_str().to_owned())
         }
         _ => {
             return Err(ApiError::UnsupportedMediaType(
@@ -142,21 +109,194 @@ async fn store_request(
                     .into(),
             ));
         }
+    };
+    let limits = state.limits.clone();
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limits.max_request_body_bytes) {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the request body exceeds Tessera:Limits:MaxRequestBodyBytes ({} bytes)",
+            limits.max_request_body_bytes
+        )));
     }
-    Ok(response(&headers, version, study.as_ref(), &outcomes))
+    let permit = state.uploads.clone().try_acquire_owned().map_err(|_| {
+        ApiError::Overloaded(format!(
+            "more than Tessera:Limits:MaxConcurrentUploads ({}) uploads at once",
+            limits.max_concurrent_uploads
+        ))
+    })?;
+    let (body, guard) = body::guarded(
+        body,
+        limits.max_request_body_bytes,
+        limits.body_read_timeout,
+    );
+    // The store runs in a task of its own so that it finishes (and rolls back what a broken
+    // body left) even when the client goes away and this request's future is dropped.
+    let service = state.service.clone();
+    let task_study = study.clone();
+    let task = tokio::spawn(async move {
+        let study = task_study;
+        let _permit = permit;
+        match body_kind {
+            BodyKind::Single => {
+                let outcome = service.store(body, study.as_ref(), version).await;
+                (vec![outcome], None)
+            }
+            BodyKind::Multipart(boundary) => {
+                store_parts(&service, body, &boundary, &limits, study.as_ref(), version).await
+            }
+        }
+    });
+    let (mut outcomes, failure) = task
+        .await
+        .map_err(|e| ApiError::Internal(format!("a store task failed: {e}")))?;
+    let failure = if guard.too_large() {
+        Some(RequestFailure::TooLarge(format!(
+            "the request body exceeds Tessera:Limits:MaxRequestBodyBytes ({} bytes)",
+            state.limits.max_request_body_bytes
+        )))
+    } else if guard.timed_out() {
+        Some(RequestFailure::TimedOut(format!(
+            "the request body sent nothing for Tessera:Limits:BodyReadTimeout ({:?})",
+            state.limits.body_read_timeout
+        )))
+    } else {
+        failure
+    };
+    let Some(failure) = failure else {
+        return Ok(response(&base, version, study.as_ref(), &outcomes, None));
+    };
+    let stored_any = outcomes
+        .iter()
+        .any(|o| matches!(o, StoreOutcome::Stored { .. }));
+    if !stored_any {
+        return Err(failure.into_error());
+    }
+    outcomes.push(StoreOutcome::Failed {
+        sop_class_uid: None,
+        sop_instance_uid: None,
+        reason: FailureReason::ProcessingFailure,
+        comment: failure.message().to_owned(),
+    });
+    Ok(response(
+        &base,
+        version,
+        study.as_ref(),
+        &outcomes,
+        Some(failure.status()),
+    ))
+}
+
+/// What a STOW body is.
+enum BodyKind {
+    Single,
+    Multipart(String),
+}
+
+/// Why the rest of a request could not be read (its parts before stand).
+#[derive(Debug)]
+enum RequestFailure {
+    /// A limit of the multipart structure, or a malformed body.
+    BadRequest(String),
+    /// Past `MaxRequestBodyBytes`.
+    TooLarge(String),
+    /// Silent past `BodyReadTimeout`.
+    TimedOut(String),
+}
+
+impl RequestFailure {
+    fn message(&self) -> &str {
+        match self {
+            Self::BadRequest(m) | Self::TooLarge(m) | Self::TimedOut(m) => m,
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TimedOut(_) => StatusCode::REQUEST_TIMEOUT,
+        }
+    }
+
+    fn into_error(self) -> ApiError {
+        match self {
+            Self::BadRequest(m) => ApiError::BadRequest(m),
+            Self::TooLarge(m) => ApiError::PayloadTooLarge(m),
+            Self::TimedOut(m) => ApiError::RequestTimeout(m),
+        }
+    }
+}
+
+/// Stores each part of a multipart/related body in turn; stops at the first problem with the
+/// body itself.
+async fn store_parts(
+    service: &DicomService,
+    body: BoxStream<'static, Result<Bytes, axum::Error>>,
+    boundary: &str,
+    limits: &Limits,
+    study: Option<&Uid>,
+    version: ApiVersion,
+) -> (Vec<StoreOutcome>, Option<RequestFailure>) {
+    let related_limits = RelatedLimits {
+        max_parts: limits.max_parts,
+        max_part_header_bytes: limits.max_part_header_bytes,
+        max_preamble_bytes: limits.max_preamble_bytes,
+    };
+    let mut reader = RelatedReader::new(body, boundary, related_limits);
+    let mut outcomes = Vec::new();
+    loop {
+        let headers = match reader.next_part().await {
+            Ok(Some(headers)) => headers,
+            Ok(None) => break,
+            Err(error) => {
+                return (
+                    outcomes,
+                    Some(RequestFailure::BadRequest(error.to_string())),
+                );
+            }
+        };
+        let is_dicom = headers.content_type.as_deref().is_none_or(|t| {
+            t.parse::<mime::Mime>()
+                .is_ok_and(|m| m.essence_str().eq_ignore_ascii_case("application/dicom"))
+        });
+        if !is_dicom {
+            outcomes.push(StoreOutcome::Failed {
+                sop_class_uid: None,
+                sop_instance_uid: None,
+                reason: FailureReason::ValidationFailure,
+                comment: "The part is not application/dicom.".into(),
+            });
+            continue;
+        }
+        let part = futures::stream::unfold(&mut reader, |reader| async move {
+            match reader.next_chunk().await {
+                Ok(Some(chunk)) => Some((Ok(chunk), reader)),
+                Ok(None) => None,
+                Err(error) => Some((Err(error), reader)),
+            }
+        });
+        outcomes.push(service.store(part, study, version).await);
+        if let Some(error) = reader.failure() {
+            return (outcomes, Some(RequestFailure::BadRequest(error)));
+        }
+    }
+    (outcomes, None)
 }
 
 /// The STOW response dataset and status (orig D.4).
 fn response(
-    headers: &HeaderMap,
+    base: &str,
     version: ApiVersion,
     study: Option<&Uid>,
     outcomes: &[StoreOutcome],
+    status_override: Option<StatusCode>,
 ) -> Response {
     if outcomes.is_empty() {
         return StatusCode::NO_CONTENT.into_response();
     }
-    let base = base_url(headers, version);
     let mut referenced = Vec::new();
     let mut failed = Vec::new();
     for outcome in outcomes {
@@ -231,27 +371,22 @@ fn response(
     if !referenced.is_empty() {
         dataset.insert("00081199".into(), json!({"vr": "SQ", "Value": referenced}));
     }
-    (
-        status,
+    let stored = outcomes
+        .iter()
+        .filter_map(|outcome| match outcome {
+            StoreOutcome::Stored { id, .. } => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut response = (
+        status_override.unwrap_or(status),
         [(CONTENT_TYPE, "application/dicom+json")],
         Value::Object(dataset).to_string(),
     )
-        .into_response()
-}
-
-/// `http[s]://host/v{n}` as the client addressed the server.
-pub fn base_url(headers: &HeaderMap, version: ApiVersion) -> String {
-    let host = headers
-        .get("host")
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    let scheme = headers
-        .get("x-forwarded-proto")
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("http");
-    let version = match version {
-        ApiVersion::V1 => "v1",
-        ApiVersion::V2 => "v2",
-    };
-    format!("{scheme}://{host}/{version}")
+        .into_response();
+    // For the audit line: which instances this request stored.
+    response
+        .extensions_mut()
+        .insert(crate::security::StoredInstances(stored));
+    response
 }

@@ -263,22 +263,44 @@ async fn metadata(
         .into_response())
 }
 
-/// `GET …/instances/{instance}/frames/{1,2,…}`: frames by range reads of the stored file.
+/// Frame numbers of a frames request: 1 or more, comma separated; repeats collapse (the first
+/// occurrence keeps its place) and at most `max` distinct frames are served.
+fn frame_numbers(list: &str, max: u32) -> Result<Vec<u32>, ApiError> {
+    let mut numbers = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for item in list.split(',') {
+        let number = item
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|&n| n >= 1)
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "frame numbers must be 1 or more, comma separated: '{}'",
+                    list.chars().take(100).collect::<String>()
+                ))
+            })?;
+        if seen.insert(number) {
+            numbers.push(number);
+            if numbers.len() > max as usize {
+                return Err(ApiError::BadRequest(format!(
+                    "more than Tessera:Limits:MaxFramesPerRequest ({max}) frames requested"
+                )));
+            }
+        }
+    }
+    Ok(numbers)
+}
+
+/// `GET …/instances/{instance}/frames/{1,2,…}`: frames by range reads of the stored file, one
+/// frame in memory at a time.
 pub async fn frames(
     State(state): State<AppState>,
     Path((study, series, sop, list)): Path<(String, String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let scope = instance_scope(&(study, series, sop))?;
-    let numbers = list
-        .split(',')
-        .map(|n| n.trim().parse::<u32>().ok().filter(|&n| n >= 1))
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "frame numbers must be 1 or more, comma separated: '{list}'"
-            ))
-        })?;
+    let numbers = frame_numbers(&list, state.limits.max_frames_per_request)?;
     let instance = state.service.instances(&scope).await?.remove(0);
     let multipart = negotiate(
         &headers,
@@ -286,28 +308,61 @@ pub async fn frames(
         &[instance.transfer_syntax.as_str()],
         "application/octet-stream",
     )?;
-    let frames = state.service.frames(&scope, &numbers).await?;
+    let (instance, ranges) = state.service.frame_ranges(&scope, &numbers).await?;
     let part_type = format!(
         "application/octet-stream; transfer-syntax={}",
         instance.transfer_syntax
     );
     if !multipart {
-        let frame = frames.into_iter().next().unwrap_or_default();
+        let Some(&range) = ranges.first() else {
+            return Err(ApiError::BadRequest("no frame requested".into()));
+        };
+        let frame = state.service.read_frame(&instance, range).await?;
         return Ok(([(CONTENT_TYPE, part_type)], frame).into_response());
     }
     let boundary = multipart::boundary();
-    let parts = stream::iter(frames.into_iter().map(move |frame| {
-        Ok(Part {
-            content_type: part_type.clone(),
-            length: Some(frame.len() as u64),
-            body: stream::once(async move { Ok(frame) }).boxed(),
+    let service = state.service.clone();
+    let instance = std::sync::Arc::new(instance);
+    let parts = stream::iter(ranges)
+        .map(move |range| {
+            let service = service.clone();
+            let instance = instance.clone();
+            let part_type = part_type.clone();
+            let body = stream::once(async move {
+                service
+                    .read_frame(&instance, range)
+                    .await
+                    .map_err(std::io::Error::other)
+            })
+            .boxed();
+            Ok(Part {
+                content_type: part_type,
+                length: Some(range.length),
+                body,
+            })
         })
-    }))
-    .boxed();
+        .boxed();
     let content_type = multipart::content_type(&boundary, "application/octet-stream");
     Ok((
         [(CONTENT_TYPE, content_type)],
         Body::from_stream(multipart::body(boundary, parts)),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::frame_numbers;
+
+    #[test]
+    fn frame_numbers_collapse_repeats_and_are_limited() {
+        assert_eq!(frame_numbers("3,1,3,1,2", 3).unwrap(), vec![3, 1, 2]);
+        assert_eq!(
+            frame_numbers("1,".repeat(10_000).trim_end_matches(','), 1).unwrap(),
+            vec![1]
+        );
+        assert!(frame_numbers("1,2,3,4", 3).is_err());
+        assert!(frame_numbers("0", 3).is_err());
+        assert!(frame_numbers("1,x", 3).is_err());
+    }
 }

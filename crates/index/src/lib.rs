@@ -63,6 +63,34 @@ pub enum IndexError {
     Database(#[from] sqlx::Error),
 }
 
+impl IndexError {
+    /// Whether the database is unreachable or saturated (a client may retry later), rather
+    /// than the request or the index being at fault.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Open { .. } => true,
+            Self::Database(error) => {
+                matches!(
+                    error,
+                    sqlx::Error::Io(_)
+                        | sqlx::Error::Tls(_)
+                        | sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::WorkerCrashed
+                ) || error
+                    .as_database_error()
+                    .and_then(|e| e.code())
+                    // SQLITE_BUSY, SQLITE_LOCKED; PostgreSQL's class 53 (insufficient resources)
+                    // and 57P03 (cannot connect now).
+                    .is_some_and(|code| {
+                        code == "5" || code == "6" || code.starts_with("53") || code == "57P03"
+                    })
+            }
+            _ => false,
+        }
+    }
+}
+
 pub(crate) type Result<T, E = IndexError> = std::result::Result<T, E>;
 
 const CREATING: i16 = 0;

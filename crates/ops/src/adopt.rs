@@ -129,15 +129,57 @@ pub async fn adopt(
     index: &InstanceIndex,
     blobs: &InstanceBlobStore,
     dry_run: bool,
+    progress: impl FnMut(&AdoptionReport),
+) -> Result<AdoptionReport, crate::OperationError> {
+    let owner = uuid::Uuid::new_v4().simple().to_string();
+    if dry_run {
+        return scan(index, blobs, true, &owner, progress).await;
+    }
+    take_adoption(index, &owner).await?;
+    let result = scan(index, blobs, false, &owner, progress).await;
+    if let Err(error) = &result {
+        release_failed_adoption(index, &owner, error).await;
+    }
+    result
+}
+
+/// Marks a failed adoption `failed`, releasing its lease, so that a re-run can start at once
+/// (it skips what is already indexed) instead of waiting out the lease.
+async fn release_failed_adoption(
+    index: &InstanceIndex,
+    owner: &str,
+    error: &crate::OperationError,
+) {
+    let mut results = OperationResults {
+        failed: 1,
+        ..OperationResults::default()
+    };
+    results.push_error(error.to_string());
+    let finished = index
+        .finish_operation(
+            ADOPTION_OPERATION_ID,
+            owner,
+            OperationStatus::Failed,
+            "{}",
+            &results.to_json(),
+        )
+        .await;
+    if let Err(release) = finished {
+        tracing::warn!(%release, "could not mark a failed adoption; a re-run waits for its lease");
+    }
+}
+
+/// One pass over both containers, adopting what is not indexed yet.
+async fn scan(
+    index: &InstanceIndex,
+    blobs: &InstanceBlobStore,
+    dry_run: bool,
+    owner: &str,
     mut progress: impl FnMut(&AdoptionReport),
 ) -> Result<AdoptionReport, crate::OperationError> {
     let containers = blobs.containers();
     let files = &containers.files;
     let mut report = AdoptionReport::default();
-    let owner = uuid::Uuid::new_v4().simple().to_string();
-    if !dry_run {
-        take_adoption(index, &owner).await?;
-    }
     // Watermarks of every recognised file name, to tell orphan metadata apart.
     let mut file_watermarks: HashSet<u64> = HashSet::new();
     // Dry runs keep the best watermark per SOP instance here (a real run uses the index).
@@ -156,7 +198,7 @@ pub async fn adopt(
         }
         for name in page.drain(..) {
             report.scanned += 1;
-            adopt_one(
+            adopt_one_with_retries(
                 index,
                 blobs,
                 dry_run,
@@ -169,7 +211,7 @@ pub async fn adopt(
         }
         progress(&report);
         pages += 1;
-        if !dry_run && !save_adoption(index, &owner, pages, &report, false).await? {
+        if !dry_run && !save_adoption(index, owner, pages, &report, false).await? {
             return Err(crate::OperationError::LeaseLost);
         }
         if end {
@@ -210,7 +252,7 @@ pub async fn adopt(
     }
     progress(&report);
     if !dry_run {
-        save_adoption(index, &owner, pages, &report, true).await?;
+        save_adoption(index, owner, pages, &report, true).await?;
     }
     Ok(report)
 }
@@ -289,6 +331,64 @@ async fn save_adoption(
             )
             .await?
     })
+}
+
+/// Attempts of one blob before a transient blob-store error ends the adoption.
+const ATTEMPTS: u32 = 4;
+
+/// [`adopt_one`], again after a transient blob-store error (0.1 s, 0.3 s, 0.9 s apart): one
+/// flaky read should not end the adoption of a large container. Each attempt starts over, as
+/// if the blob had not been seen.
+#[allow(clippy::too_many_arguments)]
+async fn adopt_one_with_retries(
+    index: &InstanceIndex,
+    blobs: &InstanceBlobStore,
+    dry_run: bool,
+    name: &BlobName,
+    report: &mut AdoptionReport,
+    file_watermarks: &mut HashSet<u64>,
+    dry_best: &mut HashMap<String, u64>,
+) -> Result<(), crate::OperationError> {
+    let watermark = match layout::parse_name(name.as_ref()) {
+        Some(ParsedName::Old {
+            instance,
+            kind: BlobKind::File,
+        }) => Some(instance.watermark().get()),
+        Some(ParsedName::New {
+            watermark,
+            kind: BlobKind::File,
+            ..
+        }) => Some(watermark.get()),
+        _ => None,
+    };
+    let seen_before = watermark.is_some_and(|w| file_watermarks.contains(&w));
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 1;
+    loop {
+        let outcome = adopt_one(
+            index,
+            blobs,
+            dry_run,
+            name,
+            report,
+            file_watermarks,
+            dry_best,
+        )
+        .await;
+        match outcome {
+            Err(crate::OperationError::Blob(
+                BlobError::Store { .. } | BlobError::Incomplete { .. },
+            )) if attempt < ATTEMPTS => {
+                if let Some(w) = watermark.filter(|_| !seen_before) {
+                    file_watermarks.remove(&w);
+                }
+                tokio::time::sleep(delay).await;
+                delay *= 3;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -132,7 +132,9 @@ pub(crate) struct CopyOutcome {
 
 /// Copies an instance's Old file and metadata to their New names (create-only; an existing
 /// New blob is kept and then verified), then verifies. A New blob that fails verification and
-/// was not just made is replaced once from the Old blob.
+/// was not just made is replaced once from the Old blob, but only when the Old file exists and
+/// itself matches the recorded length and checksum: otherwise the New blob may be the last copy
+/// there is, so both are kept and the instance is reported as failed.
 pub(crate) async fn copy_instance(
     index: &InstanceIndex,
     blobs: &InstanceBlobStore,
@@ -147,17 +149,27 @@ pub(crate) async fn copy_instance(
     {
         Verification::Verified => Ok(outcome),
         Verification::Failed(reason) if outcome.copied == 0 => {
-            tracing::warn!(watermark = %instance.watermark(), %reason, "replacing a New blob that does not verify");
+            if let Err(why_not) = verify_old_file(index, blobs, stored).await {
+                return Err(format!(
+                    "{reason}; not replaced, because {why_not}; both files are kept"
+                ));
+            }
+            tracing::warn!(watermark = %instance.watermark(), %reason, "replacing a New blob that does not verify from a verified Old blob");
             let containers = blobs.containers();
+            let old_metadata = BlobLayout::Old.metadata(instance);
             let replace = async {
                 containers
                     .files
                     .delete_if_exists(&BlobLayout::New.file(instance))
                     .await?;
-                containers
-                    .metadata
-                    .delete_if_exists(&BlobLayout::New.metadata(instance))
-                    .await
+                // Without Old metadata to copy again, the New metadata is the only one left.
+                if containers.metadata.exists(&old_metadata).await? {
+                    containers
+                        .metadata
+                        .delete_if_exists(&BlobLayout::New.metadata(instance))
+                        .await?;
+                }
+                Ok::<(), BlobError>(())
             };
             replace.await.map_err(|e| e.to_string())?;
             let mut again = CopyOutcome::default();
@@ -171,6 +183,40 @@ pub(crate) async fn copy_instance(
             }
         }
         Verification::Failed(reason) => Err(reason),
+    }
+}
+
+/// Checks that the instance's Old file exists and matches the length and checksum the index
+/// records for it (measured from the Old file itself when the instance had none, which
+/// `verify_new_blobs` has just recorded). The error says why the Old file cannot be trusted.
+async fn verify_old_file(
+    index: &InstanceIndex,
+    blobs: &InstanceBlobStore,
+    stored: &StoredInstance,
+) -> Result<(), String> {
+    let instance = &stored.instance;
+    let recorded = match (stored.content_length, &stored.checksum) {
+        (Some(length), Some(checksum)) => Some((length, checksum.clone())),
+        _ => index
+            .instance_by_watermark(instance.watermark().get())
+            .await
+            .map_err(|e| format!("the index could not be read: {e}"))?
+            .and_then(|now| Some((now.content_length?, now.checksum?))),
+    };
+    let Some(expected) = recorded else {
+        return Err("no length and checksum are recorded to check the Old file against".into());
+    };
+    let old_file = BlobLayout::Old.file(instance);
+    match with_retries(|| measure(&blobs.containers().files, &old_file)).await {
+        Ok(actual) if actual == expected => Ok(()),
+        Ok((length, checksum)) => Err(format!(
+            "the Old file {old_file} has {length} bytes and {checksum}, not the recorded {} bytes and {}",
+            expected.0, expected.1
+        )),
+        Err(BlobError::NotFound { .. }) => Err(format!("the Old file {old_file} is missing")),
+        Err(error) => Err(format!(
+            "the Old file {old_file} could not be read: {error}"
+        )),
     }
 }
 

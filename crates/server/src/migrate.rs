@@ -107,10 +107,14 @@ pub async fn adopt(config: &Config, dry_run: bool) -> Result<(), Box<dyn std::er
             println!("{line}");
         }
     })
-    .await?;
+    .await;
     if terminal {
         println!();
     }
+    if let Some(tally) = blobs.containers().files.fault_tally() {
+        eprintln!("fault injection: {tally}");
+    }
+    let report = report?;
     let verb = if dry_run { "would adopt" } else { "adopted" };
     println!(
         "{verb} {} instances: old {}, new {}, dual {}; already indexed {}",

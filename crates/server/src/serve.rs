@@ -21,7 +21,11 @@ pub async fn open_stores(
             settings.blob_connection_string.as_deref(),
             &settings.containers,
         )
-        .await?;
+        .await?
+        .with_faults(&settings.fault_injection);
+    if settings.fault_injection.is_active() {
+        tracing::warn!(faults = ?settings.fault_injection, "injecting blob-store faults (tests only)");
+    }
     let policy = FormatPolicy {
         format: migration.format_type,
         read_fallback: settings.tessera.read_fallback,
@@ -67,6 +71,9 @@ pub fn migration_settings(config: &Config) -> MigrationSettings {
     }
 }
 
+/// How long requests in flight may finish after Ctrl-C or SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Runs the server until Ctrl-C or SIGTERM.
 pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let settings = &config.settings;
@@ -77,6 +84,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         blobs.clone(),
         ServiceSettings {
             delete_delay: cleanup.delete_delay,
+            limits: settings.limits.clone(),
         },
     );
     let mut workers = vec![
@@ -110,15 +118,52 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         operation_context(&config, index, blobs),
         migration_settings(&config),
     ));
-    let app = tessera_http::router(tessera_http::AppState { service });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let public_url = tessera_http::PublicUrl {
+        base: settings.public_url.base.clone(),
+        trust_forwarded_headers: settings.public_url.trust_forwarded_headers,
+    };
+    let state = tessera_http::AppState::new(service, settings.limits.clone(), public_url)
+        .with_security(security(&config)?);
+    let app = tessera_http::router(state);
+    tessera_http::serve(
+        listener,
+        app,
+        &settings.limits,
+        shutdown_signal(),
+        SHUTDOWN_GRACE,
+    )
+    .await?;
     for worker in workers {
         worker.abort();
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The token checks and audit the configuration asks for.
+fn security(config: &Config) -> Result<tessera_http::Security, Box<dyn std::error::Error>> {
+    let security = &config.settings.security;
+    let authenticator = match &security.authentication {
+        None => {
+            tracing::warn!(
+                "security is disabled: anyone who reaches this port may read, store and delete"
+            );
+            None
+        }
+        Some(auth) => {
+            tracing::info!(
+                authority = %auth.authority,
+                roles = auth.roles.as_ref().map_or(0, tessera_auth::Roles::len),
+                "bearer tokens required{}",
+                if auth.roles.is_some() { ", roles enforced" } else { "" }
+            );
+            Some(Arc::new(tessera_auth::Authenticator::new(auth.clone())?))
+        }
+    };
+    Ok(tessera_http::Security {
+        authenticator,
+        audit: security.audit_log,
+    })
 }
 
 /// Resolves on Ctrl-C or SIGTERM, so in-flight requests finish before exit.

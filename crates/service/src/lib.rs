@@ -14,13 +14,13 @@ use std::time::Duration;
 
 use tessera_blob::{BlobError, InstanceBlobStore};
 use tessera_core::QidoQuery;
-use tessera_index::{IndexError, InstanceIndex};
+use tessera_index::InstanceIndex;
 
 pub use retrieve::{FrameData, InstanceFile};
 pub use store::{ApiVersion, FailureReason, StoreOutcome, WarningReason};
 pub use tessera_index::{
-    ChangeAction, ChangeFeedEntry, ChangeState, OperationRecord, OperationResults, OperationStatus,
-    QidoRow, RetrieveScope, StoredInstance,
+    ChangeAction, ChangeFeedEntry, ChangeState, IndexError, OperationRecord, OperationResults,
+    OperationStatus, QidoRow, RetrieveScope, StoredInstance,
 };
 pub use workers::{DeletedInstanceCleanup, StaleStoreSweeper};
 
@@ -37,6 +37,10 @@ pub enum ServiceError {
     /// Frames cannot be served without transcoding or parsing the whole file.
     #[error("frames of this instance cannot be served without transcoding")]
     FramesUnavailable,
+    /// What is stored contradicts itself (a frame table beyond its file); logged with the
+    /// watermark.
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
     /// The index failed.
     #[error(transparent)]
     Index(#[from] IndexError),
@@ -50,6 +54,8 @@ pub enum ServiceError {
 pub struct ServiceSettings {
     /// `DeleteDelay`: time between a delete and the removal of its blobs.
     pub delete_delay: Duration,
+    /// What one stored instance may make the store hold or walk.
+    pub limits: tessera_core::Limits,
 }
 
 /// The DICOMweb use cases over one index and one blob store.

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use tessera_blob::{BlobError, BlobRead};
-use tessera_dicom::FrameRanges;
+use tessera_dicom::{FrameRange, FrameRanges};
 use tessera_index::{RetrieveScope, StoredInstance};
 
 use crate::{DicomService, ServiceError, scope_name};
@@ -50,12 +50,14 @@ impl DicomService {
             .map_err(not_found("instance"))
     }
 
-    /// Frames (1-based numbers) of one instance, read by range from its file.
-    pub async fn frames(
+    /// The ranges of frames (1-based numbers) of one instance, each checked against the
+    /// stored file's length: [`ServiceError::FrameNotFound`] for a frame it does not have, and
+    /// [`ServiceError::Corrupt`] for a table that points beyond the file.
+    pub async fn frame_ranges(
         &self,
         scope: &RetrieveScope,
         numbers: &[u32],
-    ) -> Result<Vec<FrameData>, ServiceError> {
+    ) -> Result<(StoredInstance, Vec<FrameRange>), ServiceError> {
         let instance = self.instances(scope).await?.remove(0);
         if !instance.has_frame_ranges {
             return Err(ServiceError::FramesUnavailable);
@@ -66,23 +68,44 @@ impl DicomService {
             .await?
             .ok_or(ServiceError::FramesUnavailable)?;
         let ranges = FrameRanges::from_json(&json).ok_or(ServiceError::FramesUnavailable)?;
-        let mut frames = Vec::with_capacity(numbers.len());
+        let mut selected = Vec::with_capacity(numbers.len());
         for &number in numbers {
             let range = number
                 .checked_sub(1)
                 .and_then(|i| ranges.0.get(i as usize))
                 .ok_or(ServiceError::FrameNotFound(number))?;
-            let bytes = self
-                .blobs
-                .get_file_range(
-                    &instance.instance,
-                    range.offset..range.offset + range.length,
-                )
-                .await
-                .map_err(not_found("instance"))?;
-            frames.push(bytes);
+            let end = range.offset.checked_add(range.length);
+            let inside = match (end, instance.content_length) {
+                (Some(end), Some(length)) => end <= length,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if !inside {
+                let watermark = instance.instance.watermark();
+                tracing::error!(%watermark, frame = number, "a frame range lies beyond the stored file");
+                return Err(ServiceError::Corrupt(format!(
+                    "frame {number} of watermark {watermark} lies beyond its file"
+                )));
+            }
+            selected.push(*range);
         }
-        Ok(frames)
+        Ok((instance, selected))
+    }
+
+    /// The bytes of one frame, by a range read of its instance's file.
+    pub async fn read_frame(
+        &self,
+        instance: &StoredInstance,
+        range: FrameRange,
+    ) -> Result<FrameData, ServiceError> {
+        let end = range
+            .offset
+            .checked_add(range.length)
+            .ok_or_else(|| ServiceError::Corrupt("a frame range overflows".into()))?;
+        self.blobs
+            .get_file_range(&instance.instance, range.offset..end)
+            .await
+            .map_err(not_found("instance"))
     }
 }
 

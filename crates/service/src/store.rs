@@ -1,6 +1,7 @@
 //! STOW: one instance from a request body to a `Created` row (contract §5).
 
 use std::pin::pin;
+use std::task::Poll;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt, stream};
@@ -8,7 +9,9 @@ use tessera_blob::BodyError;
 use tessera_core::{
     ContentChecksum, InstanceIdentifier, SearchableAttributes, Uid, VersionedInstance, Watermark,
 };
-use tessera_dicom::{FragmentScanner, FrameRanges, HeaderReader, InstanceHeader, PixelData};
+use tessera_dicom::{
+    DataSetWalker, DicomError, FrameRanges, HeaderReader, InstanceHeader, PixelData,
+};
 use tessera_index::{IndexError, NewInstance};
 
 use crate::DicomService;
@@ -73,18 +76,35 @@ pub enum StoreOutcome {
     },
 }
 
-/// Follows the bytes as they stream to the blob store: length, checksum, fragment ranges.
+/// Follows the bytes as they stream to the blob store: length, checksum, and the walk of the
+/// element structure that proves the instance complete and finds its fragments.
 struct Tee {
     checksum: ContentChecksum,
-    fragments: Option<FragmentScanner>,
+    walker: Option<DataSetWalker>,
+    /// Why the bytes are not a complete instance, once known.
+    invalid: Option<DicomError>,
 }
 
 impl Tee {
-    fn observe(&mut self, chunk: &Bytes) {
-        if let Some(scanner) = &mut self.fragments {
-            scanner.feed(self.checksum.length(), chunk);
+    fn observe(&mut self, chunk: &Bytes) -> Result<(), DicomError> {
+        if let Some(walker) = &mut self.walker
+            && let Err(error) = walker.feed(self.checksum.length(), chunk)
+        {
+            self.invalid = Some(error.clone());
+            return Err(error);
         }
         self.checksum.update(chunk);
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), DicomError> {
+        if let Some(walker) = &self.walker
+            && let Err(error) = walker.finish(self.checksum.length())
+        {
+            self.invalid = Some(error.clone());
+            return Err(error);
+        }
+        Ok(())
     }
 }
 
@@ -103,7 +123,7 @@ impl DicomService {
         E: Into<BodyError>,
     {
         let mut body = pin!(body);
-        let mut reader = HeaderReader::new();
+        let mut reader = HeaderReader::with_limits(&self.settings.limits);
         let mut header = loop {
             let read = match body.next().await {
                 Some(Ok(chunk)) => reader.push(&chunk),
@@ -122,7 +142,8 @@ impl DicomService {
                 }
             }
         };
-        let prefix = Bytes::from(reader.into_prefix());
+        let (prefix, walker) = reader.into_parts();
+        let prefix = Bytes::from(prefix);
         let (id, attributes, failed_attributes) =
             match validate(&mut header, expected_study, version) {
                 Ok(valid) => valid,
@@ -166,14 +187,29 @@ impl DicomService {
         let instance = VersionedInstance::new(id.clone(), watermark);
         let rest = stream::once(async move { Ok::<_, BodyError>(prefix) })
             .chain(body.map(|c| c.map_err(Into::into)));
-        match self.write_blobs(&instance, &header, rest).await {
-            Ok(()) => StoreOutcome::Stored {
+        let mut tee = Tee {
+            checksum: ContentChecksum::new(),
+            walker,
+            invalid: None,
+        };
+        let written = self.write_blobs(&instance, &header, rest, &mut tee).await;
+        match (written, tee.invalid) {
+            (Ok(()), _) => StoreOutcome::Stored {
                 id,
                 sop_class_uid: attributes.sop_class_uid,
                 warnings,
                 failed_attributes,
             },
-            Err(error) => {
+            (Err(_), Some(invalid)) => {
+                tracing::info!(%invalid, %watermark, "an instance failed validation while streaming; rolling back");
+                self.roll_back(&instance).await;
+                failed(
+                    Some((&header, &id)),
+                    FailureReason::ValidationFailure,
+                    invalid.to_string(),
+                )
+            }
+            (Err(error), None) => {
                 tracing::error!(%error, %watermark, "store failed; rolling back");
                 self.roll_back(&instance).await;
                 failed(
@@ -185,41 +221,46 @@ impl DicomService {
         }
     }
 
+    /// Streams `body` to the file blob through `tee`; an instance the tee finds broken or cut
+    /// short ends the stream with an error, so its blob is never created.
     async fn write_blobs<S>(
         &self,
         instance: &VersionedInstance,
         header: &InstanceHeader,
         body: S,
+        tee: &mut Tee,
     ) -> Result<(), crate::ServiceError>
     where
         S: Stream<Item = Result<Bytes, BodyError>> + Send,
     {
-        let mut tee = Tee {
-            checksum: ContentChecksum::new(),
-            fragments: match header.pixel_data() {
-                Some(PixelData::Encapsulated { items_offset }) => {
-                    Some(FragmentScanner::new(items_offset))
+        let mut body = pin!(body);
+        let mut ended = false;
+        let observed = stream::poll_fn(|cx| {
+            let next = match body.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(next) => next,
+            };
+            Poll::Ready(match next {
+                Some(Ok(chunk)) => Some(tee.observe(&chunk).map(|()| chunk).map_err(invalid)),
+                Some(Err(error)) => Some(Err(error)),
+                None if ended => None,
+                None => {
+                    ended = true;
+                    tee.finish().err().map(|e| Err(invalid(e)))
                 }
-                _ => None,
-            },
-        };
-        let observed = body.map(|chunk| {
-            if let Ok(chunk) = &chunk {
-                tee.observe(chunk);
-            }
-            chunk
+            })
         });
         self.blobs.put_file(instance, observed).await?;
         let metadata = header
             .metadata_json()
             .map_err(|e| crate::ServiceError::Blob(tessera_blob::BlobError::Body(Box::new(e))))?;
         self.blobs.put_metadata(instance, metadata.into()).await?;
-        let ranges = match (header.pixel_data(), &tee.fragments) {
+        let ranges = match (header.pixel_data(), &tee.walker) {
             (Some(PixelData::Native { offset, length }), _) => header
                 .native_frame_size()
                 .and_then(|size| FrameRanges::native(offset, size, header.frame_count(), length)),
-            (Some(PixelData::Encapsulated { .. }), Some(scanner)) => {
-                scanner.frame_ranges(header.frame_count())
+            (Some(PixelData::Encapsulated { .. }), Some(walker)) => {
+                FrameRanges::encapsulated(walker, header.frame_count())
             }
             _ => None,
         };
@@ -256,6 +297,10 @@ impl DicomService {
     }
 }
 
+fn invalid(error: DicomError) -> BodyError {
+    Box::new(error)
+}
+
 /// Checks what a store requires (orig E): v1 fails on any invalid searchable attribute; v2
 /// removes such attributes from metadata and index and reports them.
 fn validate(
@@ -284,6 +329,9 @@ fn validate(
             "The StudyInstanceUid in the payload does not match the specified StudyInstanceUid."
                 .into(),
         ));
+    }
+    if let Some(problem) = header.pixel_data_problem() {
+        return Err(fail(FailureReason::ValidationFailure, problem));
     }
     let problems = header.attribute_problems();
     let failed_attributes = match (version, problems.first()) {

@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod blob_suite;
 pub mod memory;
+pub mod oidc;
 pub mod server;
 pub mod synthetic;
 

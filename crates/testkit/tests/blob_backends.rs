@@ -1,5 +1,8 @@
-//! The blob-store conformance suite on every backend: filesystem, memory and Azurite.
+//! The blob-store conformance suite on every backend: filesystem, memory and Azurite, and on
+//! the filesystem and memory through the fault-injection wrapper with nothing injected, which
+//! shows the wrapper is transparent.
 
+use tessera_blob::{Containers, FaultInjection, FaultInjector};
 use tessera_core::FormatType;
 use tessera_testkit::{Backend, blob_suite};
 
@@ -8,6 +11,8 @@ macro_rules! on_every_backend {
         mod filesystem { use super::*; $( #[tokio::test] async fn $case() { run(Backend::FileSystem, $body).await } )* }
         mod memory { use super::*; $( #[tokio::test] async fn $case() { run(Backend::Memory, $body).await } )* }
         mod azurite { use super::*; $( #[tokio::test] async fn $case() { run(Backend::Azurite, $body).await } )* }
+        mod filesystem_fault_wrapper { use super::*; $( #[tokio::test] async fn $case() { run_wrapped(Backend::FileSystem, $body).await } )* }
+        mod memory_fault_wrapper { use super::*; $( #[tokio::test] async fn $case() { run_wrapped(Backend::Memory, $body).await } )* }
     };
 }
 
@@ -18,6 +23,30 @@ where
 {
     if let Some(fresh) = backend.fresh().await {
         case(fresh.containers.clone()).await;
+    }
+}
+
+/// The backend's containers behind a fault injector that injects nothing.
+async fn run_wrapped<F, Fut>(backend: Backend, case: F)
+where
+    F: FnOnce(Containers) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    if let Some(fresh) = backend.fresh().await {
+        let faults = FaultInjector::new(FaultInjection {
+            seed: 1,
+            ..FaultInjection::default()
+        });
+        let containers = fresh.containers.clone();
+        let wrapped = Containers {
+            files: containers.files.with_faults(faults.clone()),
+            metadata: containers.metadata.with_faults(faults.clone()),
+        };
+        case(wrapped).await;
+        assert!(
+            faults.tally().calls > 0,
+            "the calls went through the wrapper"
+        );
     }
 }
 

@@ -1,0 +1,363 @@
+//! `multipart/related` request bodies (RFC 2387 over RFC 2046 §5.1), read part by part as
+//! they stream in.
+//!
+//! Hand-written rather than multer because multer (built for form-data) buffers the preamble
+//! and each part's header block until it finds their end, without a bound: a body with no
+//! boundary, or a part header of 150 MB, is held whole. Here the buffer never holds more than
+//! one incoming chunk plus a delimiter's length, the preamble and header sizes and the number
+//! of parts are limited, and each limit names its configuration key.
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+
+/// Why a multipart body cannot be read further.
+#[derive(Debug, thiserror::Error)]
+pub enum RelatedError {
+    /// The body is not multipart/related as declared.
+    #[error("the multipart body is malformed: {0}")]
+    Malformed(&'static str),
+    /// A limit of `Tessera:Limits` was crossed.
+    #[error("the multipart body exceeds {key} ({limit})")]
+    Limit {
+        /// The configuration key of the limit.
+        key: &'static str,
+        /// Its value.
+        limit: u64,
+    },
+    /// Reading the request body failed (client gone, timeout, size limit).
+    #[error("the request body failed: {0}")]
+    Body(#[source] axum::Error),
+}
+
+/// Limits of one body (from `Tessera:Limits`).
+#[derive(Clone, Copy, Debug)]
+pub struct RelatedLimits {
+    /// Most parts.
+    pub max_parts: u32,
+    /// Most bytes of one part's header block.
+    pub max_part_header_bytes: u32,
+    /// Most bytes before the first boundary.
+    pub max_preamble_bytes: u32,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum State {
+    /// Before the first boundary.
+    Preamble,
+    /// Just after a boundary line: headers follow.
+    Headers,
+    /// In a part's body.
+    Body,
+    /// After the close delimiter (or after an error).
+    Done,
+}
+
+/// The headers of one part that matter here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartHeaders {
+    /// `Content-Type`, when the part has one.
+    pub content_type: Option<String>,
+}
+
+/// A multipart/related body being read.
+pub struct RelatedReader<S> {
+    body: S,
+    /// `\r\n--boundary`: what ends a part's body.
+    delimiter: Vec<u8>,
+    buffer: BytesMut,
+    state: State,
+    parts: u32,
+    /// Preamble bytes already dropped from the buffer.
+    preamble: u64,
+    limits: RelatedLimits,
+    body_ended: bool,
+    /// The error that ended the body, for the request's answer.
+    failure: Option<String>,
+}
+
+impl<S> RelatedReader<S>
+where
+    S: Stream<Item = Result<Bytes, axum::Error>> + Unpin,
+{
+    /// A reader of `body` whose parts are separated by `boundary`.
+    pub fn new(body: S, boundary: &str, limits: RelatedLimits) -> Self {
+        let mut delimiter = b"\r\n--".to_vec();
+        delimiter.extend_from_slice(boundary.as_bytes());
+        // The first boundary may open the body without a preceding line break.
+        let mut buffer = BytesMut::new();
+        buffer.extend_from_slice(b"\r\n");
+        Self {
+            body,
+            delimiter,
+            buffer,
+            state: State::Preamble,
+            parts: 0,
+            preamble: 0,
+            limits,
+            body_ended: false,
+            failure: None,
+        }
+    }
+
+    /// Reads more of the body into the buffer; `false` at its end.
+    async fn fill(&mut self) -> Result<bool, RelatedError> {
+        if self.body_ended {
+            return Ok(false);
+        }
+        match self.body.next().await {
+            Some(Ok(chunk)) => {
+                self.buffer.extend_from_slice(&chunk);
+                Ok(true)
+            }
+            Some(Err(error)) => self.fail(RelatedError::Body(error)),
+            None => {
+                self.body_ended = true;
+                Ok(false)
+            }
+        }
+    }
+
+    fn fail<T>(&mut self, error: RelatedError) -> Result<T, RelatedError> {
+        self.state = State::Done;
+        self.failure = Some(error.to_string());
+        Err(error)
+    }
+
+    /// Why the body could not be read to its end, once that happened.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.clone()
+    }
+
+    /// Moves to the next part: its headers, or `None` after the close delimiter. The rest of
+    /// the current part's body, if any, is skipped.
+    pub async fn next_part(&mut self) -> Result<Option<PartHeaders>, RelatedError> {
+        loop {
+            match self.state {
+                State::Done => return Ok(None),
+                State::Body => while self.next_chunk().await?.is_some() {},
+                State::Preamble => {
+                    if let Some(at) = find(&self.buffer, &self.delimiter) {
+                        self.buffer.advance(at + self.delimiter.len());
+                        self.state = State::Headers;
+                        continue;
+                    }
+                    let preamble = self.preamble + self.buffer.len().saturating_sub(2) as u64;
+                    let allowed =
+                        u64::from(self.limits.max_preamble_bytes) + self.delimiter.len() as u64;
+                    if preamble > allowed {
+                        return self.fail(RelatedError::Limit {
+                            key: "Tessera:Limits:MaxPreambleBytes",
+                            limit: self.limits.max_preamble_bytes.into(),
+                        });
+                    }
+                    // Keep only what could still begin the delimiter.
+                    let keep = self.delimiter.len() - 1;
+                    if self.buffer.len() > keep {
+                        let drop = self.buffer.len() - keep;
+                        self.buffer.advance(drop);
+                        self.preamble += drop as u64;
+                    }
+                    if !self.fill().await? {
+                        return self.fail(RelatedError::Malformed("no boundary in the body"));
+                    }
+                }
+                State::Headers => return self.headers().await,
+            }
+        }
+    }
+
+    /// After a boundary: `--` closes the body; otherwise transport padding, a line break and the
+    /// part's header block.
+    async fn headers(&mut self) -> Result<Option<PartHeaders>, RelatedError> {
+        let max = self.limits.max_part_header_bytes as usize;
+        loop {
+            if self.buffer.starts_with(b"--") {
+                self.state = State::Done;
+                return Ok(None);
+            }
+            // The boundary line ends with optional padding and CRLF; then headers up to an
+            // empty line (or none at all: the empty line follows at once).
+            if let Some(line_end) = find(&self.buffer, b"\r\n") {
+                let headers_start = line_end + 2;
+                let block = &self.buffer[headers_start..];
+                let end = if block.starts_with(b"\r\n") {
+                    Some(0)
+                } else {
+                    find(block, b"\r\n\r\n").map(|at| at + 2)
+                };
+                if let Some(end) = end {
+                    if line_end > 64 || end > max {
+                        return self.fail(RelatedError::Limit {
+                            key: "Tessera:Limits:MaxPartHeaderBytes",
+                            limit: max as u64,
+                        });
+                    }
+                    let headers = parse_headers(&block[..end]);
+                    self.buffer.advance(headers_start + end + 2);
+                    let headers = match headers {
+                        Ok(headers) => headers,
+                        Err(error) => return self.fail(error),
+                    };
+                    self.parts += 1;
+                    if self.parts > self.limits.max_parts {
+                        return self.fail(RelatedError::Limit {
+                            key: "Tessera:Limits:MaxParts",
+                            limit: self.limits.max_parts.into(),
+                        });
+                    }
+                    self.state = State::Body;
+                    return Ok(Some(headers));
+                }
+            }
+            if self.buffer.len() > max + 64 + 4 {
+                return self.fail(RelatedError::Limit {
+                    key: "Tessera:Limits:MaxPartHeaderBytes",
+                    limit: max as u64,
+                });
+            }
+            if !self.fill().await? {
+                return self.fail(RelatedError::Malformed("the body ends in a part's headers"));
+            }
+        }
+    }
+
+    /// The next bytes of the current part's body; `None` at its end.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, RelatedError> {
+        if self.state != State::Body {
+            return Ok(None);
+        }
+        loop {
+            if let Some(at) = find(&self.buffer, &self.delimiter) {
+                if at > 0 {
+                    return Ok(Some(self.buffer.split_to(at).freeze()));
+                }
+                self.buffer.advance(self.delimiter.len());
+                self.state = State::Headers;
+                return Ok(None);
+            }
+            // Everything but a possible beginning of the delimiter belongs to the part.
+            let safe = self.buffer.len().saturating_sub(self.delimiter.len() - 1);
+            if safe > 0 {
+                return Ok(Some(self.buffer.split_to(safe).freeze()));
+            }
+            if !self.fill().await? {
+                return self.fail(RelatedError::Malformed(
+                    "the body ends inside a part (no closing boundary)",
+                ));
+            }
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    memchr::memmem::find(haystack, needle)
+}
+
+/// Parses a header block (each line ending in CRLF).
+fn parse_headers(block: &[u8]) -> Result<PartHeaders, RelatedError> {
+    let mut content_type = None;
+    for line in block.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        let text = std::str::from_utf8(line)
+            .map_err(|_| RelatedError::Malformed("a part header is not text"))?;
+        let (name, value) = text
+            .split_once(':')
+            .ok_or(RelatedError::Malformed("a part header line has no colon"))?;
+        if name.trim().eq_ignore_ascii_case("content-type") {
+            content_type = Some(value.trim().to_owned());
+        }
+    }
+    Ok(PartHeaders { content_type })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: RelatedLimits = RelatedLimits {
+        max_parts: 3,
+        max_part_header_bytes: 256,
+        max_preamble_bytes: 64,
+    };
+
+    fn reader(
+        body: &[u8],
+        chunk: usize,
+    ) -> RelatedReader<impl Stream<Item = Result<Bytes, axum::Error>> + Unpin> {
+        let chunks: Vec<Result<Bytes, axum::Error>> = body
+            .chunks(chunk)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        RelatedReader::new(futures::stream::iter(chunks), "b0und", LIMITS)
+    }
+
+    async fn read_all(
+        body: &[u8],
+        chunk: usize,
+    ) -> Result<Vec<(Option<String>, Vec<u8>)>, RelatedError> {
+        let mut reader = reader(body, chunk);
+        let mut parts = Vec::new();
+        while let Some(headers) = reader.next_part().await? {
+            let mut bytes = Vec::new();
+            while let Some(piece) = reader.next_chunk().await? {
+                bytes.extend_from_slice(&piece);
+            }
+            parts.push((headers.content_type, bytes));
+        }
+        Ok(parts)
+    }
+
+    #[tokio::test]
+    async fn parts_are_read_whatever_the_chunking() {
+        let body = b"preamble\r\n--b0und\r\nContent-Type: application/dicom\r\n\r\none\r\n--b0und \r\n\r\ntwo\r\n--\r\n--b0und--\r\nepilogue";
+        for chunk in [1, 2, 7, 1000] {
+            let parts = read_all(body, chunk).await.unwrap();
+            assert_eq!(
+                parts,
+                vec![
+                    (Some("application/dicom".into()), b"one".to_vec()),
+                    (None, b"two\r\n--".to_vec()),
+                ],
+                "chunk {chunk}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn limits_are_named() {
+        let long_preamble = [vec![b'x'; 1000], b"\r\n--b0und--".to_vec()].concat();
+        let huge_header = [
+            b"--b0und\r\nX: ".to_vec(),
+            vec![b'y'; 10_000],
+            b"\r\n\r\nbody\r\n--b0und--".to_vec(),
+        ]
+        .concat();
+        let many = b"--b0und\r\n\r\na\r\n--b0und\r\n\r\nb\r\n--b0und\r\n\r\nc\r\n--b0und\r\n\r\nd\r\n--b0und--";
+        for (body, key) in [
+            (&long_preamble[..], "Tessera:Limits:MaxPreambleBytes"),
+            (&huge_header[..], "Tessera:Limits:MaxPartHeaderBytes"),
+            (&many[..], "Tessera:Limits:MaxParts"),
+        ] {
+            match read_all(body, 100).await {
+                Err(RelatedError::Limit { key: k, .. }) => assert_eq!(k, key),
+                other => panic!("expected {key}, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_without_its_closing_boundary_is_malformed() {
+        let body = b"--b0und\r\n\r\npart that never ends";
+        assert!(matches!(
+            read_all(body, 5).await,
+            Err(RelatedError::Malformed(_))
+        ));
+        assert!(matches!(
+            read_all(b"no boundary here at all", 5).await,
+            Err(RelatedError::Malformed(_))
+        ));
+    }
+}
