@@ -110,7 +110,7 @@ for target in $targets; do
       why=$(timeout 60 "$bin_dir/$target" "$f" 2>&1 |
         grep -m1 -A1 -E 'panicked at|==tessera-fuzz==|ERROR: libFuzzer' | tr '\n' ' ' | cut -c1-300 || true)
       echo "-- $f ($size bytes): $why"
-      od -A x -t x1z -N 128 "$f"
+      od -A x -t x1z -N 384 "$f"
     done
   fi
   rm -f "$marker"

@@ -117,22 +117,35 @@ fn tag_name(tag: (u16, u16)) -> String {
     format!("({:04X},{:04X})", tag.0, tag.1)
 }
 
+/// Whether an explicit VR has the 4-byte length form (PS3.5 7.1.2). As in dicom-rs, which reads
+/// a VR it does not know as UN: only the VRs listed with a 2-byte length have one, and any other
+/// two bytes are read as a long VR. Deciding otherwise for an unknown VR (found by the `header`
+/// fuzz target) made dicom-rs, parsing the same bytes after the walker had passed them, read a
+/// different length and allocate it (775 MB from a 595-byte file).
 fn is_long_vr(vr: &[u8]) -> bool {
-    matches!(
+    !matches!(
         vr,
-        b"OB"
-            | b"OD"
-            | b"OF"
-            | b"OL"
-            | b"OV"
-            | b"OW"
-            | b"SQ"
-            | b"UC"
-            | b"UR"
-            | b"UT"
-            | b"UN"
-            | b"SV"
-            | b"UV"
+        b"AE"
+            | b"AS"
+            | b"AT"
+            | b"CS"
+            | b"DA"
+            | b"DS"
+            | b"DT"
+            | b"FL"
+            | b"FD"
+            | b"IS"
+            | b"LO"
+            | b"LT"
+            | b"PN"
+            | b"SH"
+            | b"SL"
+            | b"SS"
+            | b"ST"
+            | b"TM"
+            | b"UI"
+            | b"UL"
+            | b"US"
     )
 }
 
@@ -547,6 +560,21 @@ pub fn meta_end(prefix: &[u8], start: usize, limit: usize) -> Result<Option<usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `header` fuzz target: (0002,0002) with the unknown VR `TI` and a 2-byte
+    /// length of 26. dicom-rs reads an unknown VR as UN, whose length is the next 4 bytes (here
+    /// `1.2.` = 775,040,561), so the walker must read the same length and refuse it.
+    #[test]
+    fn an_unknown_vr_has_a_4_byte_length_as_in_dicom_rs() {
+        let mut meta = vec![0x02, 0x00, 0x02, 0x00, b'T', b'I', 0x1A, 0x00];
+        meta.extend_from_slice(b"1.2.840.10008.5.1.4.1.1.7\0");
+        assert!(matches!(
+            meta_end(&meta, 0, 1 << 20),
+            Err(DicomError::HeaderTooLarge(_))
+        ));
+        assert!(is_long_vr(b"TI") && is_long_vr(b"UN") && is_long_vr(b"OB"));
+        assert!(!is_long_vr(b"UI") && !is_long_vr(b"US"));
+    }
 
     fn element(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
