@@ -149,6 +149,26 @@ fn is_long_vr(vr: &[u8]) -> bool {
     )
 }
 
+/// Bytes of one value of a binary numeric VR (1 for every other VR): the VR from the element
+/// header in explicit VR, from the dictionary in implicit VR (group lengths are UL). dicom-rs
+/// reads such a value as `length / size` numbers but counts `length` bytes, so a length that is
+/// not a multiple would put its reader out of step with the walker's (found by the header fuzz
+/// target, where the misread bytes then declared gigabytes).
+fn binary_value_size(vr: Option<[u8; 2]>, tag: (u16, u16)) -> u64 {
+    let vr = match vr {
+        Some(bytes) => VR::from_binary(bytes),
+        None => StandardDataDictionary
+            .by_tag(Tag(tag.0, tag.1))
+            .map(|entry| entry.vr().relaxed()),
+    };
+    match vr {
+        Some(VR::US | VR::SS) => 2,
+        Some(VR::UL | VR::SL | VR::FL | VR::AT) => 4,
+        Some(VR::FD | VR::SV | VR::UV) => 8,
+        _ => 1,
+    }
+}
+
 fn is_sequence_in_dictionary(tag: (u16, u16)) -> bool {
     StandardDataDictionary
         .by_tag(Tag(tag.0, tag.1))
@@ -441,6 +461,13 @@ impl DataSetWalker {
                 if !undefined && !within_parent(value_end) {
                     return Err(overrun(tag));
                 }
+                let size = binary_value_size(vr, tag);
+                if !undefined && !sequence && u64::from(length) % size != 0 {
+                    return Err(DicomError::Malformed(format!(
+                        "element {} holds {length} bytes, not a whole number of {size}-byte values",
+                        tag_name(tag)
+                    )));
+                }
                 if self.pixel.is_none()
                     && !(top_level && is_pixel_data)
                     && !undefined
@@ -574,6 +601,40 @@ mod tests {
         ));
         assert!(is_long_vr(b"TI") && is_long_vr(b"UN") && is_long_vr(b"OB"));
         assert!(!is_long_vr(b"UI") && !is_long_vr(b"US"));
+    }
+
+    /// Found by the `header` fuzz target: a group length (UL) of 2 or 7 bytes in implicit VR,
+    /// which dicom-rs would read out of step with the walker.
+    #[test]
+    fn binary_values_must_be_whole() {
+        for (tag, length) in [
+            ((0x0005u16, 0x0000u16), 2u32),
+            ((0x0000, 0x0000), 7),
+            ((0x0028, 0x0010), 3),
+        ] {
+            let mut bytes = Vec::new();
+            bytes.extend_from_slice(&tag.0.to_le_bytes());
+            bytes.extend_from_slice(&tag.1.to_le_bytes());
+            bytes.extend_from_slice(&length.to_le_bytes());
+            bytes.extend(vec![0u8; length as usize]);
+            let mut walker = DataSetWalker::new(0, Encoding::IMPLICIT_LE, 8, 1 << 20);
+            assert!(
+                matches!(walker.feed(0, &bytes), Err(DicomError::Malformed(_))),
+                "{tag:?} of {length} bytes"
+            );
+        }
+        let mut walker = DataSetWalker::new(0, Encoding::EXPLICIT_LE, 8, 1 << 20);
+        assert!(
+            walker
+                .feed(0, &element((0x0028, 0x0010), b"US", &[1, 0, 0]))
+                .is_err()
+        );
+        let mut walker = DataSetWalker::new(0, Encoding::EXPLICIT_LE, 8, 1 << 20);
+        assert!(
+            walker
+                .feed(0, &element((0x0028, 0x0010), b"US", &[1, 0]))
+                .is_ok()
+        );
     }
 
     fn element(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
