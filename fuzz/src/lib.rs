@@ -241,7 +241,7 @@ impl App {
             retry_back_off: Duration::ZERO,
         };
         cleanup
-            .round(&self.service)
+            .round(&self.service, &tokio_util::sync::CancellationToken::new())
             .await
             .expect("fuzz: cleanup round");
     }
