@@ -74,6 +74,7 @@ pub fn guarded(
             Some((Err(axum::Error::new(error)), (data, seen, guard, true)))
         },
     )
+    .fuse()
     .boxed();
     (stream, guard)
 }

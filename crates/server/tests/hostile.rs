@@ -475,6 +475,28 @@ async fn frames_queries_timeouts_and_uploads_are_bounded() {
             .contains("MaxFramesPerRequest")
     );
 
+    // An instance without pixel data ends while its header is read: it stores, single and
+    // multipart (found by the qido fuzz target: the body was polled again after its end).
+    for (n, multipart) in [(5u8, false), (6, true)] {
+        let plain = Synthetic::new(
+            "1.2.826.0.1.3680043.10.5.1",
+            "1.2.826.0.1.3680043.10.5.2",
+            &format!("1.2.826.0.1.3680043.10.5.{n}"),
+        );
+        let instance = header_without_pixels(&plain);
+        let (content_type, body) = if multipart {
+            (MULTIPART, one_part(&instance))
+        } else {
+            ("application/dicom", instance)
+        };
+        let head = stow_head(&server, content_type, Some(body.len() as u64));
+        let (status, response) = exchange(&server, head, std::iter::once(body)).await;
+        assert_eq!(
+            status, 200,
+            "no pixel data, multipart {multipart}: {response}"
+        );
+    }
+
     // Queries: parameters, UID lists and fuzzy names.
     let filters = vec!["PatientID=x"; 1500].join("&");
     let uids: Vec<String> = (0..3_000).map(|n| format!("1.2.{n}")).collect();

@@ -122,7 +122,9 @@ impl DicomService {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: Into<BodyError>,
     {
-        let mut body = pin!(body);
+        // Fused: an instance without pixel data ends in the header phase, and the rest of the
+        // store then asks the same body once more.
+        let mut body = pin!(body.fuse());
         let mut reader = HeaderReader::with_limits(&self.settings.limits);
         let mut header = loop {
             let read = match body.next().await {
@@ -236,6 +238,9 @@ impl DicomService {
         let mut body = pin!(body);
         let mut ended = false;
         let observed = stream::poll_fn(|cx| {
+            if ended {
+                return Poll::Ready(None);
+            }
             let next = match body.as_mut().poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(next) => next,
@@ -243,7 +248,6 @@ impl DicomService {
             Poll::Ready(match next {
                 Some(Ok(chunk)) => Some(tee.observe(&chunk).map(|()| chunk).map_err(invalid)),
                 Some(Err(error)) => Some(Err(error)),
-                None if ended => None,
                 None => {
                     ended = true;
                     tee.finish().err().map(|e| Err(invalid(e)))
