@@ -605,8 +605,11 @@ async fn kill_loop() {
                 }
             }
             Some(id) => {
-                // Enough kills: let the operation finish.
-                let deadline = Instant::now() + Duration::from_secs(20);
+                // Enough kills in this operation: let it finish. The clients pause meanwhile,
+                // since on 2 cores a copy of one instance per round under their traffic can
+                // take minutes; the kills during the operation happened under traffic.
+                stop.store(true, Ordering::Relaxed);
+                let deadline = Instant::now() + Duration::from_secs(40);
                 while Instant::now() < deadline
                     && operation_status(&index, id).await.as_deref() != Some("succeeded")
                 {
