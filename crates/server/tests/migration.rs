@@ -236,14 +236,18 @@ async fn old_to_new_with_kills_alterations_and_concurrent_traffic() {
         r["copied"].as_u64().unwrap() + r["alreadyPresent"].as_u64().unwrap(),
         2 * r["processed"].as_u64().unwrap()
     );
-    tessera_testkit::server::eventually("the log says the copy completed", || {
-        server
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("Completed copying files."))
-    })
+    tessera_testkit::server::eventually_within(
+        "the log says the copy completed",
+        Duration::from_secs(90),
+        || {
+            server
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("Completed copying files."))
+        },
+    )
     .await;
     let watermarks = old_watermarks(&files);
     let names: BTreeSet<String> = files_under(&files).into_iter().collect();
@@ -315,12 +319,16 @@ async fn old_to_new_with_kills_alterations_and_concurrent_traffic() {
     std::fs::remove_file(&victim_new).unwrap();
     std::fs::write(&victim_new, &good).unwrap();
     let server = TestServer::start(tessera(), dir.path(), &delete_env);
-    tessera_testkit::server::eventually("the log says delete-old completed", || {
-        let lines = server.log.lock().unwrap();
-        lines
-            .iter()
-            .any(|l| l.contains("Completed deleting files.") && !l.contains("cleanupDeleted"))
-    })
+    tessera_testkit::server::eventually_within(
+        "the log says delete-old completed",
+        Duration::from_secs(90),
+        || {
+            let lines = server.log.lock().unwrap();
+            lines
+                .iter()
+                .any(|l| l.contains("Completed deleting files.") && !l.contains("cleanupDeleted"))
+        },
+    )
     .await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while operation(&server, CLEANUP_ID).await.1["status"] != "succeeded" {

@@ -188,12 +188,19 @@ pub fn testdata() -> PathBuf {
 }
 
 /// Waits up to 10 seconds for `done` to hold, checking every 50 ms; panics naming `what`.
-pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..200 {
+pub async fn eventually(what: &str, done: impl FnMut() -> bool) {
+    eventually_within(what, Duration::from_secs(10), done).await;
+}
+
+/// Waits up to `limit` for `done` to hold, checking every 50 ms; panics naming `what`. For
+/// background work whose pace depends on the machine (a migration under concurrent traffic).
+pub async fn eventually_within(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
         if done() {
             return;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("timed out waiting until {what}");
 }
