@@ -168,9 +168,16 @@ async fn run_with_kills(
             let processed = body["results"]["processed"].as_u64().unwrap_or(0);
             if killed < kills && processed > 0 {
                 tokio::time::sleep(Duration::from_millis(jitter.next_ms(0, 150))).await;
+                // The operation may finish in the moment before the kill: its log goes on in
+                // the next server's, so what the operation logged is checked across restarts.
+                let earlier = server.log.lock().map(|l| l.clone()).unwrap_or_default();
                 server.kill();
                 killed += 1;
                 server = TestServer::start(tessera(), dir, env);
+                if let Ok(mut log) = server.log.lock() {
+                    let later = std::mem::replace(&mut *log, earlier);
+                    log.extend(later);
+                }
                 continue;
             }
         }
