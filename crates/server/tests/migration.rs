@@ -147,6 +147,20 @@ impl Jitter {
     }
 }
 
+/// The logs of the servers `run_with_kills` killed.
+static KILLED_LOGS: std::sync::Mutex<Vec<std::sync::Arc<std::sync::Mutex<Vec<String>>>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Whether `server` or a server killed before it logged a line for which `matches` holds.
+fn logged(server: &TestServer, matches: impl Fn(&str) -> bool) -> bool {
+    let mut logs = KILLED_LOGS.lock().map(|l| l.clone()).unwrap_or_default();
+    logs.push(server.log.clone());
+    logs.iter().any(|log| {
+        log.lock()
+            .is_ok_and(|lines| lines.iter().any(|l| matches(l)))
+    })
+}
+
 /// Runs servers with `env` until operation `id` ends, killing the server `kills` times at
 /// random moments while the operation runs. Returns the last server and the final state.
 async fn run_with_kills(
@@ -168,16 +182,14 @@ async fn run_with_kills(
             let processed = body["results"]["processed"].as_u64().unwrap_or(0);
             if killed < kills && processed > 0 {
                 tokio::time::sleep(Duration::from_millis(jitter.next_ms(0, 150))).await;
-                // The operation may finish in the moment before the kill: its log goes on in
-                // the next server's, so what the operation logged is checked across restarts.
-                let earlier = server.log.lock().map(|l| l.clone()).unwrap_or_default();
+                // The operation may finish in the moment before the kill, so what it logged is
+                // looked for in every server it ran in.
+                if let Ok(mut logs) = KILLED_LOGS.lock() {
+                    logs.push(server.log.clone());
+                }
                 server.kill();
                 killed += 1;
                 server = TestServer::start(tessera(), dir, env);
-                if let Ok(mut log) = server.log.lock() {
-                    let later = std::mem::replace(&mut *log, earlier);
-                    log.extend(later);
-                }
                 continue;
             }
         }
@@ -246,14 +258,7 @@ async fn old_to_new_with_kills_alterations_and_concurrent_traffic() {
     tessera_testkit::server::eventually_within(
         "the log says the copy completed",
         Duration::from_secs(90),
-        || {
-            server
-                .log
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|l| l.contains("Completed copying files."))
-        },
+        || logged(&server, |l| l.contains("Completed copying files.")),
     )
     .await;
     let watermarks = old_watermarks(&files);
@@ -330,10 +335,9 @@ async fn old_to_new_with_kills_alterations_and_concurrent_traffic() {
         "the log says delete-old completed",
         Duration::from_secs(90),
         || {
-            let lines = server.log.lock().unwrap();
-            lines
-                .iter()
-                .any(|l| l.contains("Completed deleting files.") && !l.contains("cleanupDeleted"))
+            logged(&server, |l| {
+                l.contains("Completed deleting files.") && !l.contains("cleanupDeleted")
+            })
         },
     )
     .await;
