@@ -206,19 +206,27 @@ impl BlobStore {
         payload: PutPayload,
         len: usize,
     ) -> Result<u64, BlobError> {
-        let mut created = Vec::with_capacity(names.len());
-        for name in names {
-            let put = self
-                .inner
+        // Every name at once (Dual writes two): each durable put waits on its own flushes.
+        let puts = names.iter().map(|name| {
+            self.inner
                 .put_opts(name, payload.clone(), PutMode::Create.into())
-                .await;
-            if let Err(source) = put {
-                self.remove_created(&created).await;
-                return Err(self.error(name, source));
+        });
+        let results = futures::future::join_all(puts).await;
+        let mut created = Vec::with_capacity(names.len());
+        let mut failure = None;
+        for (name, result) in names.iter().zip(results) {
+            match result {
+                Ok(_) => created.push(name.clone()),
+                Err(source) => failure = failure.or(Some(self.error(name, source))),
             }
-            created.push(name.clone());
         }
-        Ok(len as u64)
+        match failure {
+            Some(error) => {
+                self.remove_created(&created).await;
+                Err(error)
+            }
+            None => Ok(len as u64),
+        }
     }
 
     async fn put_staged<S, E>(

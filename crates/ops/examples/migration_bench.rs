@@ -80,6 +80,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         started.elapsed().as_secs_f64()
     );
 
+    let blobs = dir.path().join("blobs");
+    let files = count_files(&blobs)?;
+    for (name, flags) in [("cp -r", "-r"), ("cp -al", "-al")] {
+        let target = dir.path().join(format!("copy{flags}"));
+        let started = Instant::now();
+        let status = std::process::Command::new("cp")
+            .arg(flags)
+            .arg(&blobs)
+            .arg(&target)
+            .status()?;
+        let seconds = started.elapsed().as_secs_f64();
+        assert!(status.success(), "{name} failed");
+        println!(
+            "{name:<18} {files} files in {seconds:.1}s: {:.0} files/s",
+            files as f64 / seconds
+        );
+        std::fs::remove_dir_all(&target)?;
+    }
+
     let context = |blobs| OperationContext {
         index: index.clone(),
         blobs,
@@ -109,11 +128,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let outcome = context(store(format)).run(id, kind, None).await?;
         let seconds = started.elapsed().as_secs_f64();
         assert!(matches!(outcome, RunOutcome::Finished(_)), "{outcome:?}");
+        // Each instance is two blobs (its file and its metadata), so files/s compares with cp.
         println!(
-            "{:<18} {count} instances in {seconds:.1}s: {:.0} instances/s ({outcome:?})",
+            "{:<18} {count} instances in {seconds:.1}s: {:.0} instances/s, {:.0} files/s ({outcome:?})",
             kind.name(),
-            f64::from(count) / seconds
+            f64::from(count) / seconds,
+            2.0 * f64::from(count) / seconds
         );
     }
     Ok(())
+}
+
+/// Regular files under `root`, at any depth.
+fn count_files(root: &std::path::Path) -> std::io::Result<u64> {
+    let mut count = 0;
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                pending.push(entry.path());
+            } else {
+                count += 1;
+            }
+        }
+    }
+    Ok(count)
 }

@@ -254,25 +254,50 @@ impl DicomService {
                 }
             })
         });
-        self.blobs.put_file(instance, observed).await?;
         let metadata = header
             .metadata_json()
             .map_err(|e| crate::ServiceError::Blob(tessera_blob::BlobError::Body(Box::new(e))))?;
-        self.blobs.put_metadata(instance, metadata.into()).await?;
-        let ranges = match (header.pixel_data(), &tee.walker) {
-            (Some(PixelData::Native { offset, length }), _) => header
+        // Native frame ranges follow from the header alone; encapsulated ones from the walk.
+        let native_ranges = match header.pixel_data() {
+            Some(PixelData::Native { offset, length }) => header
                 .native_frame_size()
                 .and_then(|size| FrameRanges::native(offset, size, header.frame_count(), length)),
-            (Some(PixelData::Encapsulated { .. }), Some(walker)) => {
-                FrameRanges::encapsulated(walker, header.frame_count())
+            _ => None,
+        };
+        // The metadata (and native frame ranges) are written while the file streams: each
+        // durable write waits on its own flushes, so side by side they cost one wait, not three.
+        // Whatever of them was written when another fails is removed by the caller's roll-back.
+        let ranges_write = async {
+            match &native_ranges {
+                Some(ranges) => {
+                    self.blobs
+                        .put_frame_ranges(instance.watermark(), ranges.to_json().into())
+                        .await
+                }
+                None => Ok(()),
+            }
+        };
+        let (file, metadata, ranges) = tokio::join!(
+            self.blobs.put_file(instance, observed),
+            self.blobs.put_metadata(instance, metadata.into()),
+            ranges_write
+        );
+        file?;
+        metadata?;
+        ranges?;
+        let ranges = match (native_ranges, header.pixel_data(), &tee.walker) {
+            (Some(native), _, _) => Some(native),
+            (None, Some(PixelData::Encapsulated { .. }), Some(walker)) => {
+                let ranges = FrameRanges::encapsulated(walker, header.frame_count());
+                if let Some(ranges) = &ranges {
+                    self.blobs
+                        .put_frame_ranges(instance.watermark(), ranges.to_json().into())
+                        .await?;
+                }
+                ranges
             }
             _ => None,
         };
-        if let Some(ranges) = &ranges {
-            self.blobs
-                .put_frame_ranges(instance.watermark(), ranges.to_json().into())
-                .await?;
-        }
         self.index
             .end_create(
                 instance.watermark(),
