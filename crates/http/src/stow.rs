@@ -7,7 +7,8 @@ use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures::stream::BoxStream;
+use futures::stream::{self, BoxStream, FuturesOrdered};
+use futures::{FutureExt, StreamExt, future};
 use serde_json::{Value, json};
 use tessera_core::{Limits, Uid};
 use tessera_service::{ApiVersion, DicomService, FailureReason, StoreOutcome};
@@ -230,8 +231,16 @@ impl RequestFailure {
     }
 }
 
-/// Stores each part of a multipart/related body in turn; stops at the first problem with the
-/// body itself.
+/// Parts up to this size are read whole and stored while the next parts are read, so the
+/// durable writes of a batch overlap; a larger part streams to the blob store on its own.
+const BUFFERED_PART_BYTES: usize = 1 << 20;
+
+/// How many buffered parts of one request are stored at once (memory per request stays under
+/// this many times [`BUFFERED_PART_BYTES`], bytes the request itself brought).
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// Stores the parts of a multipart/related body, small ones several at a time and in order of
+/// their outcomes; stops at the first problem with the body itself.
 async fn store_parts(
     service: &DicomService,
     body: BoxStream<'static, Result<Bytes, axum::Error>>,
@@ -247,43 +256,77 @@ async fn store_parts(
     };
     let mut reader = RelatedReader::new(body, boundary, related_limits);
     let mut outcomes = Vec::new();
-    loop {
+    let mut in_flight = FuturesOrdered::new();
+    let failure = loop {
+        while in_flight.len() >= PARTS_IN_FLIGHT {
+            if let Some(outcome) = in_flight.next().await {
+                outcomes.push(outcome);
+            }
+        }
         let headers = match reader.next_part().await {
             Ok(Some(headers)) => headers,
-            Ok(None) => break,
-            Err(error) => {
-                return (
-                    outcomes,
-                    Some(RequestFailure::BadRequest(error.to_string())),
-                );
-            }
+            Ok(None) => break None,
+            Err(error) => break Some(RequestFailure::BadRequest(error.to_string())),
         };
         let is_dicom = headers.content_type.as_deref().is_none_or(|t| {
             t.parse::<mime::Mime>()
                 .is_ok_and(|m| m.essence_str().eq_ignore_ascii_case("application/dicom"))
         });
         if !is_dicom {
-            outcomes.push(StoreOutcome::Failed {
-                sop_class_uid: None,
-                sop_instance_uid: None,
-                reason: FailureReason::ValidationFailure,
-                comment: "The part is not application/dicom.".into(),
-            });
+            in_flight.push_back(
+                future::ready(StoreOutcome::Failed {
+                    sop_class_uid: None,
+                    sop_instance_uid: None,
+                    reason: FailureReason::ValidationFailure,
+                    comment: "The part is not application/dicom.".into(),
+                })
+                .boxed(),
+            );
             continue;
         }
-        let part = futures::stream::unfold(&mut reader, |reader| async move {
+        let mut head = Vec::new();
+        let mut buffered = 0usize;
+        let whole = loop {
             match reader.next_chunk().await {
-                Ok(Some(chunk)) => Some((Ok(chunk), reader)),
-                Ok(None) => None,
-                Err(error) => Some((Err(error), reader)),
+                Ok(Some(chunk)) => {
+                    buffered = buffered.saturating_add(chunk.len());
+                    head.push(Ok(chunk));
+                    if buffered > BUFFERED_PART_BYTES {
+                        break false;
+                    }
+                }
+                Ok(None) => break true,
+                // The store reports the broken body; the failure ends the request below.
+                Err(error) => {
+                    head.push(Err(error));
+                    break true;
+                }
             }
-        });
-        outcomes.push(service.store(part, study, version).await);
-        if let Some(error) = reader.failure() {
-            return (outcomes, Some(RequestFailure::BadRequest(error)));
+        };
+        if whole {
+            in_flight.push_back(service.store(stream::iter(head), study, version).boxed());
+        } else {
+            while let Some(outcome) = in_flight.next().await {
+                outcomes.push(outcome);
+            }
+            let rest = stream::unfold(&mut reader, |reader| async move {
+                match reader.next_chunk().await {
+                    Ok(Some(chunk)) => Some((Ok(chunk), reader)),
+                    Ok(None) => None,
+                    Err(error) => Some((Err(error), reader)),
+                }
+            });
+            let part = stream::iter(head).chain(rest);
+            outcomes.push(service.store(part, study, version).await);
         }
+        if let Some(error) = reader.failure() {
+            break Some(RequestFailure::BadRequest(error));
+        }
+    };
+    while let Some(outcome) = in_flight.next().await {
+        outcomes.push(outcome);
     }
-    (outcomes, None)
+    (outcomes, failure)
 }
 
 /// The STOW response dataset and status (orig D.4).
