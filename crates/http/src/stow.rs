@@ -54,7 +54,7 @@ async fn store_request(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let acceptable = media::accepted(&headers)
+    let acceptable = media::accepted(&headers, None)
         .into_iter()
         .any(|requested| match requested {
             None => true,
