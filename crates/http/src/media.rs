@@ -67,9 +67,15 @@ fn accept_query_parameter(query: &str) -> Option<String> {
     (!values.is_empty()).then(|| values.join(","))
 }
 
+/// A media type (a `Content-Type`, one media range) read as leniently as [`lenient_range`]
+/// allows: `multipart/related; type=application/dicom; boundary=x` included.
+pub fn lenient_media_type(value: &str) -> Option<mime::Mime> {
+    lenient_range(value)?.parse().ok()
+}
+
 /// One media range with its quality in thousandths (`q=0.5` → 500).
 fn parse_range(range: &str) -> Option<(u16, Preference)> {
-    let mime: mime::Mime = lenient_range(range)?.parse().ok()?;
+    let mime = lenient_media_type(range)?;
     let param = |name: &str| {
         mime.params()
             .find(|(n, _)| n.as_str().eq_ignore_ascii_case(name))

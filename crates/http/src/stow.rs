@@ -74,7 +74,7 @@ async fn store_request(
     let content_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<mime::Mime>().ok())
+        .and_then(media::lenient_media_type)
         .ok_or_else(|| ApiError::UnsupportedMediaType("a Content-Type is required".into()))?;
     let body_kind = match (
         content_type.type_().as_str(),
@@ -101,7 +101,10 @@ async fn store_request(
                     "the multipart boundary must be 1 to 70 characters".into(),
                 ));
             }
-            BodyKind::Multipart(boundary.as_str().to_owned())
+            BodyKind::Multipart {
+                boundary: boundary.as_str().to_owned(),
+                part_type: part_type.unwrap_or_else(|| "application/dicom".into()),
+            }
         }
         _ => {
             return Err(ApiError::UnsupportedMediaType(
@@ -127,7 +130,7 @@ async fn store_request(
             limits.max_concurrent_uploads
         ))
     })?;
-    let (body, guard) = body::guarded(
+    let (stream, guard) = body::guarded(
         body,
         limits.max_request_body_bytes,
         limits.body_read_timeout,
@@ -141,11 +144,18 @@ async fn store_request(
         let _permit = permit;
         match body_kind {
             BodyKind::Single => {
-                let outcome = service.store(body, study.as_ref(), version).await;
+                let outcome = service.store(stream, study.as_ref(), version).await;
                 (vec![outcome], None)
             }
-            BodyKind::Multipart(boundary) => {
-                store_parts(&service, body, &boundary, &limits, study.as_ref(), version).await
+            BodyKind::Multipart {
+                boundary,
+                part_type,
+            } => {
+                let body = RelatedBody {
+                    boundary: &boundary,
+                    part_type: &part_type,
+                };
+                store_parts(&service, body, stream, &limits, study.as_ref(), version).await
             }
         }
     });
@@ -192,7 +202,18 @@ async fn store_request(
 /// What a STOW body is.
 enum BodyKind {
     Single,
-    Multipart(String),
+    Multipart {
+        boundary: String,
+        /// The request's `type` parameter: the media type of a part that names none (RFC 2387
+        /// §3.1 says so of the root part; the original applied it to every such part).
+        part_type: String,
+    },
+}
+
+/// How a multipart/related request body is framed.
+struct RelatedBody<'a> {
+    boundary: &'a str,
+    part_type: &'a str,
 }
 
 /// Why the rest of a request could not be read (its parts before stand).
@@ -234,8 +255,8 @@ impl RequestFailure {
 /// body itself.
 async fn store_parts(
     service: &DicomService,
+    framing: RelatedBody<'_>,
     body: BoxStream<'static, Result<Bytes, axum::Error>>,
-    boundary: &str,
     limits: &Limits,
     study: Option<&Uid>,
     version: ApiVersion,
@@ -245,7 +266,7 @@ async fn store_parts(
         max_part_header_bytes: limits.max_part_header_bytes,
         max_preamble_bytes: limits.max_preamble_bytes,
     };
-    let mut reader = RelatedReader::new(body, boundary, related_limits);
+    let mut reader = RelatedReader::new(body, framing.boundary, related_limits);
     let mut outcomes = Vec::new();
     loop {
         let headers = match reader.next_part().await {
@@ -258,10 +279,9 @@ async fn store_parts(
                 );
             }
         };
-        let is_dicom = headers.content_type.as_deref().is_none_or(|t| {
-            t.parse::<mime::Mime>()
-                .is_ok_and(|m| m.essence_str().eq_ignore_ascii_case("application/dicom"))
-        });
+        let part_type = headers.content_type.as_deref().unwrap_or(framing.part_type);
+        let is_dicom = media::lenient_media_type(part_type)
+            .is_some_and(|m| m.essence_str().eq_ignore_ascii_case("application/dicom"));
         if !is_dicom {
             outcomes.push(StoreOutcome::Failed {
                 sop_class_uid: None,

@@ -247,3 +247,69 @@ async fn accept_values_are_read_leniently_and_in_order_of_preference() {
         assert_eq!(response.status(), 200);
     }
 }
+
+async fn post(server: &TestServer, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(server.url(path))
+        .header("Content-Type", content_type)
+        .header("Accept", "application/dicom+json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn referenced_count(body: &Value) -> usize {
+    body["00081199"]["Value"].as_array().map_or(0, Vec::len)
+}
+
+#[tokio::test]
+async fn multipart_stow_bodies_are_read_as_rfc_2046_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let related = "multipart/related; type=\"application/dicom\"; boundary=b0und";
+    for (index, version) in VERSIONS.iter().enumerate() {
+        let path = format!("{version}/studies");
+        // No parts: the close delimiter alone, or .NET's MultipartContent without parts.
+        for body in [
+            &b"--b0und--\r\n"[..],
+            b"--b0und\r\n\r\n--b0und--\r\n",
+            b"preamble\r\n--b0und--\r\nepilogue",
+        ] {
+            let (status, response) = post(&server, &path, related, body.to_vec()).await;
+            assert_eq!(status, 204, "{version} {body:?}: {response}");
+        }
+
+        // A part without Content-Type takes the request's `type`; preamble, transport
+        // padding after the boundaries and an epilogue are all allowed.
+        let uid = |n: usize| format!("1.2.3.702.{index}.{n}");
+        let first = Synthetic::new(&uid(0), &uid(1), &uid(2));
+        let second = Synthetic::new(&uid(0), &uid(1), &uid(3));
+        let mut body = b"This is the preamble; it is ignored.\r\n--b0und \t\r\n\r\n".to_vec();
+        body.extend_from_slice(&first.bytes());
+        body.extend_from_slice(b"\r\n--b0und\t\r\nContent-Type: application/dicom\r\n\r\n");
+        body.extend_from_slice(&second.bytes());
+        body.extend_from_slice(b"\r\n--b0und-- \r\nThis is the epilogue.\r\n");
+        let (status, response) = post(&server, &path, related, body).await;
+        assert_eq!(status, 200, "{version}: {response}");
+        assert_eq!(referenced_count(&response), 2, "{response}");
+
+        // The request's `type` unquoted, as some clients send it, and a part without headers.
+        let third = Synthetic::new(&uid(0), &uid(1), &uid(4));
+        let mut body = b"--b0und\r\n\r\n".to_vec();
+        body.extend_from_slice(&third.bytes());
+        body.extend_from_slice(b"\r\n--b0und--");
+        let unquoted = "multipart/related; type=application/dicom; boundary=b0und";
+        let (status, response) = post(&server, &path, unquoted, body).await;
+        assert_eq!(status, 200, "{version}: {response}");
+        assert_eq!(referenced_count(&response), 1, "{response}");
+
+        // A part that says it is DICOM but holds nothing fails as the original's did.
+        let empty = b"--b0und\r\nContent-Type: application/dicom\r\n\r\n\r\n--b0und--".to_vec();
+        let (status, response) = post(&server, &path, related, empty).await;
+        assert_eq!(status, 409, "{version}: {response}");
+    }
+}
