@@ -189,6 +189,7 @@ async fn store_request(
         sop_instance_uid: None,
         reason: FailureReason::ProcessingFailure,
         comment: failure.message().to_owned(),
+        failed_attributes: Vec::new(),
     });
     Ok(response(
         &base,
@@ -288,6 +289,7 @@ async fn store_parts(
                 sop_instance_uid: None,
                 reason: FailureReason::ValidationFailure,
                 comment: "The part is not application/dicom.".into(),
+                failed_attributes: Vec::new(),
             });
             continue;
         }
@@ -304,6 +306,19 @@ async fn store_parts(
         }
     }
     (outcomes, None)
+}
+
+/// FailedAttributesSequence (0074,1048): one item with an ErrorComment (0000,0902) per
+/// comment; an empty sequence has no `Value` (PS3.18 §F.2.5).
+fn failed_attributes_sequence(comments: &[String]) -> Value {
+    if comments.is_empty() {
+        return json!({"vr": "SQ"});
+    }
+    let items: Vec<Value> = comments
+        .iter()
+        .map(|c| json!({"00000902": {"vr": "LO", "Value": [c]}}))
+        .collect();
+    json!({"vr": "SQ", "Value": items})
 }
 
 /// The STOW response dataset and status (orig D.4).
@@ -340,12 +355,10 @@ fn response(
                     let codes: Vec<u16> = warnings.iter().map(|w| *w as u16).collect();
                     item["00081196"] = json!({"vr": "US", "Value": codes});
                 }
-                if version == ApiVersion::V2 && !failed_attributes.is_empty() {
-                    let comments: Vec<Value> = failed_attributes
-                        .iter()
-                        .map(|c| json!({"00000902": {"vr": "LO", "Value": [c]}}))
-                        .collect();
-                    item["00741048"] = json!({"vr": "SQ", "Value": comments});
+                // v2 answers every stored instance with its FailedAttributesSequence, empty
+                // when nothing was wrong (as the original's clients expect).
+                if version == ApiVersion::V2 {
+                    item["00741048"] = failed_attributes_sequence(failed_attributes);
                 }
                 referenced.push(item);
             }
@@ -354,6 +367,7 @@ fn response(
                 sop_instance_uid,
                 reason,
                 comment,
+                failed_attributes,
             } => {
                 let mut item = json!({ "00081197": {"vr": "US", "Value": [*reason as u16]} });
                 if let Some(class) = sop_class_uid {
@@ -362,8 +376,12 @@ fn response(
                 if let Some(uid) = sop_instance_uid {
                     item["00081155"] = json!({"vr": "UI", "Value": [uid]});
                 }
-                if version == ApiVersion::V2 {
-                    item["00741048"] = json!({"vr": "SQ", "Value": [{"00000902": {"vr": "LO", "Value": [comment]}}]});
+                // Both versions name the attributes that failed (the original did); v2 also
+                // explains any other failure in the same sequence.
+                if !failed_attributes.is_empty() {
+                    item["00741048"] = failed_attributes_sequence(failed_attributes);
+                } else if version == ApiVersion::V2 {
+                    item["00741048"] = failed_attributes_sequence(std::slice::from_ref(comment));
                 }
                 failed.push(item);
             }

@@ -313,3 +313,252 @@ async fn multipart_stow_bodies_are_read_as_rfc_2046_says() {
         assert_eq!(status, 409, "{version}: {response}");
     }
 }
+
+fn items<'a>(dataset: &'a Value, tag: &str) -> Vec<&'a Value> {
+    dataset[tag]["Value"]
+        .as_array()
+        .map(|items| items.iter().collect())
+        .unwrap_or_default()
+}
+
+/// The ErrorComments of an item's FailedAttributesSequence; `None` when it has none.
+fn failed_attributes(item: &Value) -> Option<Vec<String>> {
+    let sequence = item.get("00741048")?;
+    assert_eq!(sequence["vr"], "SQ", "{item}");
+    Some(
+        items(item, "00741048")
+            .iter()
+            .map(|a| a["00000902"]["Value"][0].as_str().unwrap().to_owned())
+            .collect(),
+    )
+}
+
+fn synthetic(n: u32) -> Synthetic {
+    Synthetic::new(
+        &format!("1.2.3.710.{n}"),
+        &format!("1.2.3.710.{n}.1"),
+        &format!("1.2.3.710.{n}.1.1"),
+    )
+}
+
+const MISSING_PATIENT_ID: &str =
+    "DICOM100: (0010,0020) - The required tag '(0010,0020)' is missing.";
+
+#[tokio::test]
+async fn v2_treats_nul_padding_as_padding_and_lists_failed_attributes_on_every_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+
+    // Trailing NUL padding in UIDs, PatientID and a searchable attribute: 200, no warning, an
+    // empty FailedAttributesSequence; the file and the metadata keep the bytes.
+    let mut padded = synthetic(1);
+    padded.study = "1.2.3.710.1\0".into();
+    padded.patient_id = "PID710\0".into();
+    padded.modality = "OT\0".into();
+    let bytes = padded.bytes();
+    let (status, body) = server
+        .stow("/v2/studies", std::slice::from_ref(&bytes))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let item = items(&body, "00081199")[0];
+    assert!(item.get("00081196").is_none(), "no warning: {item}");
+    assert_eq!(failed_attributes(item), Some(vec![]), "{item}");
+    let path = "/v2/studies/1.2.3.710.1/series/1.2.3.710.1.1/instances/1.2.3.710.1.1.1";
+    let file = get(&server, path, Some("application/dicom")).await;
+    assert_eq!(file.status(), 200);
+    assert!(
+        file.bytes().await.unwrap() == bytes.as_slice(),
+        "the file as sent"
+    );
+    let metadata: Value = get(&server, &format!("{path}/metadata"), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        metadata[0]["00100020"]["Value"][0], "PID710\0",
+        "the metadata keeps the padding: {}",
+        metadata[0]["00100020"]
+    );
+    for query in [
+        "/v2/studies?PatientID=PID710",
+        "/v2/studies?PatientID=PID710%00",
+        "/v2/series?Modality=OT%00",
+        "/v2/series?Modality=OT",
+    ] {
+        let found: Value = get(&server, query, None).await.json().await.unwrap();
+        assert_eq!(found.as_array().map(Vec::len), Some(1), "{query}: {found}");
+    }
+
+    // A leading NUL in PatientID fails (43264) and names the attribute.
+    let mut leading = synthetic(2);
+    leading.patient_id = "\0PID".into();
+    let (status, body) = server.stow("/v2/studies", &[leading.bytes()]).await;
+    assert_eq!(status, 409, "{body}");
+    let failed = items(&body, "00081198")[0];
+    assert_eq!(failed["00081197"]["Value"][0], 43264);
+    let comments = failed_attributes(failed).unwrap();
+    assert!(
+        comments[0].starts_with("DICOM100: (0010,0020) - "),
+        "{comments:?}"
+    );
+
+    // A NUL inside a searchable attribute's value is stored with a warning for it.
+    let mut inside = synthetic(3);
+    inside.modality = "X\0X".into();
+    let (status, body) = server.stow("/v2/studies", &[inside.bytes()]).await;
+    assert_eq!(status, 202, "{body}");
+    let item = items(&body, "00081199")[0];
+    assert_eq!(item["00081196"]["Value"][0], 1);
+    let comments = failed_attributes(item).unwrap();
+    assert_eq!(comments.len(), 1, "{comments:?}");
+    assert!(
+        comments[0].starts_with("DICOM100: (0008,0060) - ") && comments[0].contains("VR CS"),
+        "{comments:?}"
+    );
+
+    // Every stored item carries the sequence, in a mixed request too.
+    let (status, body) = server
+        .stow("/v2/studies", &[synthetic(4).bytes(), inside.bytes()])
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let stored = items(&body, "00081199");
+    assert_eq!(stored.len(), 1);
+    assert_eq!(failed_attributes(stored[0]), Some(vec![]));
+}
+
+#[tokio::test]
+async fn v2_stores_an_empty_patient_id_with_a_warning_and_keeps_the_study_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let study = "1.2.3.720";
+    let instance = |n: u32, patient: &str| {
+        let mut s = Synthetic::new(study, "1.2.3.720.1", &format!("1.2.3.720.1.{n}"));
+        s.patient_id = patient.into();
+        s
+    };
+    let study_patient = || async {
+        let found: Value = get(
+            &server,
+            &format!("/v2/studies?StudyInstanceUID={study}"),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        found[0]["00100020"]["Value"][0].clone()
+    };
+
+    for n in [1, 3] {
+        if n == 3 {
+            let (status, body) = server
+                .stow("/v2/studies", &[instance(2, "PID720").bytes()])
+                .await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(study_patient().await, "PID720");
+        }
+        let (status, body) = server.stow("/v2/studies", &[instance(n, "").bytes()]).await;
+        assert_eq!(status, 202, "{body}");
+        let item = items(&body, "00081199")[0];
+        assert_eq!(item["00081196"]["Value"][0], 1, "{item}");
+        assert_eq!(
+            failed_attributes(item),
+            Some(vec![MISSING_PATIENT_ID.to_owned()])
+        );
+    }
+    assert_eq!(
+        study_patient().await,
+        "PID720",
+        "a later instance without PatientID does not reset the study's"
+    );
+
+    // Without the element at all, the instance fails as in the original (it is required,
+    // but may be empty).
+    let mut missing = instance(4, "");
+    missing.omit_patient_id = true;
+    for version in VERSIONS {
+        let (status, body) = server
+            .stow(&format!("{version}/studies"), &[missing.bytes()])
+            .await;
+        assert_eq!(status, 409, "{version}: {body}");
+        let failed = items(&body, "00081198")[0];
+        assert_eq!(
+            failed_attributes(failed),
+            Some(vec![MISSING_PATIENT_ID.to_owned()]),
+            "{version}"
+        );
+    }
+    // v1 requires a value.
+    let (status, body) = server.stow("/v1/studies", &[instance(5, "").bytes()]).await;
+    assert_eq!(status, 409, "{body}");
+    let failed = items(&body, "00081198")[0];
+    assert_eq!(
+        failed_attributes(failed),
+        Some(vec![MISSING_PATIENT_ID.to_owned()])
+    );
+}
+
+#[tokio::test]
+async fn v1_names_each_invalid_attribute_in_the_failed_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+
+    // A NUL anywhere in PatientID, padding included.
+    for (n, patient) in [(1, "Before Null Character, \0"), (2, "PI\0D"), (3, "\0PID")] {
+        let mut nul = synthetic(100 + n);
+        nul.patient_id = patient.into();
+        let (status, body) = server.stow("/v1/studies", &[nul.bytes()]).await;
+        assert_eq!(status, 409, "{patient:?}: {body}");
+        let failed = items(&body, "00081198")[0];
+        assert_eq!(failed["00081197"]["Value"][0], 43264);
+        assert_eq!(
+            failed_attributes(failed),
+            Some(vec![
+                "DICOM100: (0010,0020) - Dicom element 'PatientID' failed validation for VR 'LO': Value contains invalid character."
+                    .to_owned()
+            ]),
+            "{patient:?}"
+        );
+    }
+    // The same trailing padding is no problem in v2.
+    let mut padded = synthetic(104);
+    padded.patient_id = "Before Null Character, \0".into();
+    let (status, body) = server.stow("/v2/studies", &[padded.bytes()]).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Invalid UIDs and values that do not fit their VR.
+    let bad_study = |uid: &str| Synthetic::new(uid, "1.2.3.730.1", "1.2.3.730.1.1");
+    let mut bad_date = synthetic(105);
+    bad_date.study_date = "NotAValidDate".into();
+    let mut bad_modality = synthetic(106);
+    bad_modality.modality = "lower case".into();
+    for (instance, tag) in [
+        (bad_study("abc.123"), "(0020,000D)"),
+        (bad_study("11|"), "(0020,000D)"),
+        (bad_date, "(0008,0020)"),
+        (bad_modality, "(0008,0060)"),
+    ] {
+        let (status, body) = server.stow("/v1/studies", &[instance.bytes()]).await;
+        assert_eq!(status, 409, "{tag}: {body}");
+        let failed = items(&body, "00081198")[0];
+        assert_eq!(failed["00081197"]["Value"][0], 43264, "{tag}");
+        let comments = failed_attributes(failed).unwrap_or_default();
+        assert_eq!(comments.len(), 1, "{tag}: {comments:?}");
+        assert!(
+            comments[0].starts_with(&format!("DICOM100: {tag} - ")),
+            "{tag}: {comments:?}"
+        );
+    }
+    // A failure that is not about an attribute has no FailedAttributesSequence in v1.
+    let duplicate = synthetic(107);
+    assert_eq!(
+        server.stow("/v1/studies", &[duplicate.bytes()]).await.0,
+        200
+    );
+    let (status, body) = server.stow("/v1/studies", &[duplicate.bytes()]).await;
+    assert_eq!(status, 409, "{body}");
+    let failed = items(&body, "00081198")[0];
+    assert_eq!(failed["00081197"]["Value"][0], 45070);
+    assert_eq!(failed_attributes(failed), None);
+}
