@@ -55,8 +55,9 @@ fn exercise(mut header: InstanceHeader, len: usize) {
     let _ = header.transfer_syntax();
     let _ = header.is_implicit_vr();
     let _ = header.identifier();
-    let _ = header.searchable_attributes(true);
-    let _ = header.searchable_attributes(false);
+    let _ = header.check_patient_id(true);
+    let _ = header.check_patient_id(false);
+    let _ = header.searchable_attributes();
     let problems = header.attribute_problems();
     let _ = header.frame_count();
     let _ = header.native_frame_size();

@@ -112,41 +112,75 @@ impl InstanceHeader {
     /// The required UIDs (orig E.1, E.2): present, single, valid.
     pub fn identifier(&self) -> Result<InstanceIdentifier, ValidationError> {
         Ok(InstanceIdentifier {
-            study: self.required_uid(tags::STUDY_INSTANCE_UID, "StudyInstanceUID")?,
-            series: self.required_uid(tags::SERIES_INSTANCE_UID, "SeriesInstanceUID")?,
-            sop: self.required_uid(tags::SOP_INSTANCE_UID, "SOPInstanceUID")?,
+            study: self.required_uid(tags::STUDY_INSTANCE_UID)?,
+            series: self.required_uid(tags::SERIES_INSTANCE_UID)?,
+            sop: self.required_uid(tags::SOP_INSTANCE_UID)?,
         })
     }
 
-    fn required_uid(&self, tag: Tag, keyword: &str) -> Result<Uid, ValidationError> {
-        let value = self.string(tag).ok_or_else(|| missing(tag, keyword))?;
+    fn required_uid(&self, tag: Tag) -> Result<Uid, ValidationError> {
+        let value = self.string(tag).ok_or_else(|| missing(tag))?;
         Uid::parse(&value).map_err(|error| ValidationError {
             tag,
-            message: format!(
-                "DICOM100: ({:04X},{:04X}) - {error}",
-                tag.group(),
-                tag.element()
-            ),
+            message: attribute_comment(tag, &error.to_string()),
         })
     }
 
-    /// Checks the other attributes a store requires and returns what the index keeps.
-    /// `patient_id_value_required` is the v1 rule (v2 only requires the element to be present).
-    pub fn searchable_attributes(
+    /// Checks PatientID as the original does (orig E.1, E.3, its v1 and v2 tests). Both versions
+    /// fail an instance without the element, or with a value that is not a valid LO once its
+    /// trailing padding is set aside. v1 (`full_validation`) also fails an empty value and a NUL
+    /// anywhere, padding included; v2 stores an empty value with the warning returned here.
+    pub fn check_patient_id(
         &self,
-        patient_id_value_required: bool,
-    ) -> Result<SearchableAttributes, ValidationError> {
-        let sop_class = self.required_uid(tags::SOP_CLASS_UID, "SOPClassUID")?;
-        let patient_present = self
+        full_validation: bool,
+    ) -> Result<Option<ValidationError>, ValidationError> {
+        let tag = tags::PATIENT_ID;
+        let element = self
             .dataset
-            .element_opt(tags::PATIENT_ID)
+            .element_opt(tag)
             .ok()
             .flatten()
-            .is_some();
-        let patient_id = self.string(tags::PATIENT_ID);
-        if !patient_present || (patient_id_value_required && patient_id.is_none()) {
-            return Err(missing(tags::PATIENT_ID, "PatientID"));
+            .ok_or_else(|| missing(tag))?;
+        let raw = element.to_raw_str().unwrap_or_default();
+        let value = raw.trim_end_matches([' ', '\0']);
+        if value.trim().is_empty() {
+            return if full_validation {
+                Err(missing(tag))
+            } else {
+                Ok(Some(missing(tag)))
+            };
         }
+        let invalid_character = || ValidationError {
+            tag,
+            message: attribute_comment(
+                tag,
+                "Dicom element 'PatientID' failed validation for VR 'LO': Value contains invalid character.",
+            ),
+        };
+        if full_validation && raw.contains('\0') {
+            return Err(invalid_character());
+        }
+        if value.contains('\0') {
+            return Err(invalid_character());
+        }
+        crate::validation::check(VR::LO, value).map_err(|reason| ValidationError {
+            tag,
+            message: attribute_comment(
+                tag,
+                &format!(
+                    "Content \"{}\" does not validate VR LO: {reason}",
+                    value.chars().take(80).collect::<String>()
+                ),
+            ),
+        })?;
+        Ok(None)
+    }
+
+    /// The attributes the index keeps, once [`Self::identifier`] and
+    /// [`Self::check_patient_id`] have passed.
+    pub fn searchable_attributes(&self) -> Result<SearchableAttributes, ValidationError> {
+        let sop_class = self.required_uid(tags::SOP_CLASS_UID)?;
+        let patient_id = self.string(tags::PATIENT_ID);
         Ok(SearchableAttributes {
             sop_class_uid: sop_class.as_str().to_owned(),
             patient_id,
@@ -163,23 +197,28 @@ impl InstanceHeader {
         })
     }
 
-    /// Checks the searchable attributes against their VRs (orig E.3): each problem names the
-    /// attribute. v1 fails the instance on the first; v2 drops the attributes and warns.
+    /// Checks the searchable attributes but PatientID (see [`Self::check_patient_id`]) against
+    /// their VRs (orig E.3): each problem names the attribute. v1 fails the instance; v2 drops
+    /// the attributes and warns.
     pub fn attribute_problems(&self) -> Vec<ValidationError> {
         crate::validation::SEARCHABLE
             .iter()
+            .filter(|&&(tag, _)| tag != tags::PATIENT_ID)
             .filter_map(|&(tag, vr)| {
                 let element = self.dataset.element_opt(tag).ok()??;
                 let text = element.to_str().ok()?;
-                crate::validation::check(vr, &text).err().map(|reason| ValidationError {
-                    tag,
-                    message: format!(
-                        "DICOM100: ({:04X},{:04X}) - Content \"{}\" does not validate VR {vr}: {reason}",
-                        tag.group(),
-                        tag.element(),
-                        text.chars().take(80).collect::<String>()
-                    ),
-                })
+                crate::validation::check(vr, &text)
+                    .err()
+                    .map(|reason| ValidationError {
+                        tag,
+                        message: attribute_comment(
+                            tag,
+                            &format!(
+                                "Content \"{}\" does not validate VR {vr}: {reason}",
+                                text.chars().take(80).collect::<String>()
+                            ),
+                        ),
+                    })
             })
             .collect()
     }
@@ -197,9 +236,10 @@ impl InstanceHeader {
     /// OW, UN), recursively.
     pub fn metadata_json(&self) -> Result<Vec<u8>, DicomError> {
         let filtered = without_bulk_data(&self.dataset);
-        dicom_json::to_string(&filtered)
-            .map(String::into_bytes)
-            .map_err(|e| DicomError::Malformed(e.to_string()))
+        let mut json =
+            dicom_json::to_value(&filtered).map_err(|e| DicomError::Malformed(e.to_string()))?;
+        restore_nul_padding(&filtered, &mut json);
+        serde_json::to_vec(&json).map_err(|e| DicomError::Malformed(e.to_string()))
     }
 
     /// Number of frames (Number of Frames, default 1).
@@ -251,10 +291,70 @@ impl InstanceHeader {
     }
 }
 
-fn missing(tag: Tag, keyword: &str) -> ValidationError {
+/// A comment about one attribute in the original's form, `DICOM100: (gggg,eeee) - message`
+/// (its `ErrorMessageFormat`, with `ErrorNumbers.ValidationFailure` 100): what clients parse
+/// out of FailedAttributesSequence.
+pub fn attribute_comment(tag: Tag, message: &str) -> String {
+    format!(
+        "DICOM100: ({:04X},{:04X}) - {message}",
+        tag.group(),
+        tag.element()
+    )
+}
+
+/// The original's `MissingRequiredTag`, which names the tag as `(gggg,eeee)`.
+fn missing(tag: Tag) -> ValidationError {
     ValidationError {
         tag,
-        message: format!("The required tag '{keyword}' is missing."),
+        message: attribute_comment(
+            tag,
+            &format!(
+                "The required tag '({:04X},{:04X})' is missing.",
+                tag.group(),
+                tag.element()
+            ),
+        ),
+    }
+}
+
+/// Puts back the trailing NUL padding of string values other than UIDs, which dicom-json
+/// trims: the original kept values "as is in dicom+json metadata" (its v2 conformance statement), and its clients
+/// compare them so.
+fn restore_nul_padding(object: &InMemDicomObject, json: &mut serde_json::Value) {
+    for element in object.iter() {
+        let tag = element.tag();
+        let key = format!("{:04X}{:04X}", tag.group(), tag.element());
+        let Some(values) = json
+            .get_mut(&key)
+            .and_then(|entry| entry.get_mut("Value"))
+            .and_then(serde_json::Value::as_array_mut)
+        else {
+            continue;
+        };
+        match element.value() {
+            Value::Sequence(sequence) => {
+                for (item, item_json) in sequence.items().iter().zip(values.iter_mut()) {
+                    restore_nul_padding(item, item_json);
+                }
+            }
+            // A UID's NUL is its VR's own padding (PS3.5 §6.2), which the original trimmed too.
+            Value::Primitive(_) if element.vr() == VR::UI => {}
+            Value::Primitive(primitive) => {
+                let Ok(raw) = primitive.strings() else {
+                    continue;
+                };
+                if raw.len() != values.len() {
+                    continue;
+                }
+                for (value, raw) in values.iter_mut().zip(raw) {
+                    let kept = raw.trim_end_matches(' ');
+                    if kept.ends_with('\0') && value.is_string() {
+                        *value = serde_json::Value::String(kept.to_owned());
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 }
 

@@ -49,6 +49,14 @@ pub enum DicomError {
     Truncated(String),
 }
 
+/// Whether `uid` names a transfer syntax dicom-rs knows (one an instance may be stored in).
+pub fn is_known_transfer_syntax(uid: &str) -> bool {
+    use dicom_encoding::TransferSyntaxIndex;
+    dicom_transfer_syntax_registry::TransferSyntaxRegistry
+        .get(uid)
+        .is_some()
+}
+
 /// The tag of a DICOM keyword (`StudyTime` → `00080030`), from the standard dictionary, as the
 /// 8 hex digits DICOM JSON keys use.
 pub fn tag_of_keyword(keyword: &str) -> Option<String> {

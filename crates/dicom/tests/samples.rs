@@ -49,7 +49,7 @@ fn every_sample_has_a_header_with_its_uids() {
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(!id.sop.as_str().is_empty());
         header
-            .searchable_attributes(false)
+            .searchable_attributes()
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let json: serde_json::Value =
             serde_json::from_slice(&header.metadata_json().unwrap()).unwrap();

@@ -19,7 +19,26 @@ pub struct FeedQuery {
     limit: Option<i64>,
     start_time: Option<String>,
     end_time: Option<String>,
+    #[serde(default, deserialize_with = "dotnet_bool")]
     include_metadata: Option<bool>,
+}
+
+/// A boolean as .NET's `bool.Parse` reads it, which the original's clients rely on
+/// (`includeMetadata=True`): `true` or `false` in any case, surrounding white space ignored.
+/// serde's own `bool` takes only lower case.
+fn dotnet_bool<'de, D>(deserializer: D) -> Result<Option<bool>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let text = String::deserialize(deserializer)?;
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(Some(true)),
+        "false" => Ok(Some(false)),
+        _ => Err(serde::de::Error::custom(format!(
+            "'{}' is not a boolean (true or false)",
+            text.chars().take(40).collect::<String>()
+        ))),
+    }
 }
 
 /// `GET /changefeed`.
@@ -42,6 +61,13 @@ pub async fn feed(
             let limit = bounded(query.limit, 100, 200)?;
             let start = query.start_time.as_deref().map(parse_time).transpose()?;
             let end = query.end_time.as_deref().map(parse_time).transpose()?;
+            if let (Some(start), Some(end)) = (start, end)
+                && start >= end
+            {
+                return Err(ApiError::BadRequest(
+                    "startTime must be before endTime".into(),
+                ));
+            }
             index.change_feed_by_time(start, end, offset, limit).await
         }
     }

@@ -189,6 +189,9 @@ fn matcher(
     fuzzy: bool,
     limits: &Limits,
 ) -> Result<Matcher, String> {
+    // Null-padded values match with or without the padding (orig D.5): stored values are
+    // indexed without it, so a query's padding is set aside too.
+    let value = value.trim_end_matches('\0');
     match attribute.vr() {
         "UI" if value.contains([',', '\\']) => {
             let max = limits.max_uid_list_length as usize;

@@ -172,12 +172,39 @@ where
         let max = self.limits.max_part_header_bytes as usize;
         loop {
             if self.buffer.starts_with(b"--") {
+                // The close delimiter: what follows is the epilogue, which is ignored.
                 self.state = State::Done;
                 return Ok(None);
             }
-            // The boundary line ends with optional padding and CRLF; then headers up to an
-            // empty line (or none at all: the empty line follows at once).
+            // The boundary line ends with optional transport padding (white space) and CRLF;
+            // then headers up to an empty line (or none at all: the empty line follows at
+            // once).
             if let Some(line_end) = find(&self.buffer, b"\r\n") {
+                if !self.buffer[..line_end]
+                    .iter()
+                    .all(|&b| b == b' ' || b == b'\t')
+                {
+                    return self.fail(RelatedError::Malformed(
+                        "a boundary is followed by more than white space on its line",
+                    ));
+                }
+                // A delimiter right after the boundary line: a body part with neither headers
+                // nor content (what .NET's MultipartContent sends when it has no parts). It
+                // holds no instance, so it is not a part.
+                let rest = &self.buffer[line_end + 2..];
+                if rest.len() < self.delimiter.len()
+                    && self.delimiter.starts_with(rest)
+                    && !self.body_ended
+                {
+                    self.fill().await?;
+                    continue;
+                }
+                if rest.starts_with(&self.delimiter) {
+                    self.buffer.advance(line_end + 2 + self.delimiter.len());
+                    // Counted all the same, so that a body of empty parts stays bounded.
+                    self.count_part()?;
+                    continue;
+                }
                 let headers_start = line_end + 2;
                 let block = &self.buffer[headers_start..];
                 let end = if block.starts_with(b"\r\n") {
@@ -198,13 +225,7 @@ where
                         Ok(headers) => headers,
                         Err(error) => return self.fail(error),
                     };
-                    self.parts += 1;
-                    if self.parts > self.limits.max_parts {
-                        return self.fail(RelatedError::Limit {
-                            key: "Tessera:Limits:MaxParts",
-                            limit: self.limits.max_parts.into(),
-                        });
-                    }
+                    self.count_part()?;
                     self.state = State::Body;
                     return Ok(Some(headers));
                 }
@@ -219,6 +240,18 @@ where
                 return self.fail(RelatedError::Malformed("the body ends in a part's headers"));
             }
         }
+    }
+
+    /// Counts one more body part against `Tessera:Limits:MaxParts`.
+    fn count_part(&mut self) -> Result<(), RelatedError> {
+        self.parts += 1;
+        if self.parts > self.limits.max_parts {
+            return self.fail(RelatedError::Limit {
+                key: "Tessera:Limits:MaxParts",
+                limit: self.limits.max_parts.into(),
+            });
+        }
+        Ok(())
     }
 
     /// The next bytes of the current part's body; `None` at its end.
@@ -327,6 +360,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn rfc_2046_preamble_padding_epilogue_and_empty_parts() {
+        // Preamble, transport padding after each boundary (spaces and tabs), an epilogue.
+        let body = b"This is the preamble.\r\n--b0und \t \r\n\r\none\r\n--b0und\t\r\nContent-Type: application/dicom\r\n\r\ntwo\r\n--b0und--  \r\nepilogue --b0und\r\n";
+        for chunk in [1, 3, 1000] {
+            let parts = read_all(body, chunk).await.unwrap();
+            assert_eq!(
+                parts,
+                vec![
+                    (None, b"one".to_vec()),
+                    (Some("application/dicom".into()), b"two".to_vec()),
+                ],
+                "chunk {chunk}"
+            );
+        }
+        // No parts at all: only the close delimiter, or .NET's empty MultipartContent (a body
+        // part with neither headers nor content), which the original answered with 204.
+        for body in [
+            &b"--b0und--\r\n"[..],
+            b"--b0und\r\n\r\n--b0und--\r\n",
+            b"--b0und--",
+        ] {
+            for chunk in [1, 2, 1000] {
+                assert_eq!(read_all(body, chunk).await.unwrap(), vec![], "{body:?}");
+            }
+        }
+        // A part with headers and no content is still a part.
+        let empty_with_type = b"--b0und\r\nContent-Type: application/dicom\r\n\r\n\r\n--b0und--";
+        assert_eq!(
+            read_all(empty_with_type, 4).await.unwrap(),
+            vec![(Some("application/dicom".into()), Vec::new())]
+        );
+        // Text after a boundary on its line is not padding.
+        assert!(matches!(
+            read_all(b"--b0und x\r\n\r\none\r\n--b0und--", 100).await,
+            Err(RelatedError::Malformed(_))
+        ));
+    }
+
+    #[tokio::test]
     async fn limits_are_named() {
         let long_preamble = [vec![b'x'; 1000], b"\r\n--b0und--".to_vec()].concat();
         let huge_header = [
@@ -336,10 +408,12 @@ mod tests {
         ]
         .concat();
         let many = b"--b0und\r\n\r\na\r\n--b0und\r\n\r\nb\r\n--b0und\r\n\r\nc\r\n--b0und\r\n\r\nd\r\n--b0und--";
+        let many_empty = b"--b0und\r\n\r\n--b0und\r\n\r\n--b0und\r\n\r\n--b0und\r\n\r\n--b0und--";
         for (body, key) in [
             (&long_preamble[..], "Tessera:Limits:MaxPreambleBytes"),
             (&huge_header[..], "Tessera:Limits:MaxPartHeaderBytes"),
             (&many[..], "Tessera:Limits:MaxParts"),
+            (&many_empty[..], "Tessera:Limits:MaxParts"),
         ] {
             match read_all(body, 100).await {
                 Err(RelatedError::Limit { key: k, .. }) => assert_eq!(k, key),

@@ -55,7 +55,7 @@ async fn store_request(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let acceptable = media::accepted(&headers)
+    let acceptable = media::accepted(&headers, None)
         .into_iter()
         .any(|requested| match requested {
             None => true,
@@ -75,7 +75,7 @@ async fn store_request(
     let content_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<mime::Mime>().ok())
+        .and_then(media::lenient_media_type)
         .ok_or_else(|| ApiError::UnsupportedMediaType("a Content-Type is required".into()))?;
     let body_kind = match (
         content_type.type_().as_str(),
@@ -102,7 +102,10 @@ async fn store_request(
                     "the multipart boundary must be 1 to 70 characters".into(),
                 ));
             }
-            BodyKind::Multipart(boundary.as_str().to_owned())
+            BodyKind::Multipart {
+                boundary: boundary.as_str().to_owned(),
+                part_type: part_type.unwrap_or_else(|| "application/dicom".into()),
+            }
         }
         _ => {
             return Err(ApiError::UnsupportedMediaType(
@@ -128,7 +131,7 @@ async fn store_request(
             limits.max_concurrent_uploads
         ))
     })?;
-    let (body, guard) = body::guarded(
+    let (stream, guard) = body::guarded(
         body,
         limits.max_request_body_bytes,
         limits.body_read_timeout,
@@ -142,11 +145,18 @@ async fn store_request(
         let _permit = permit;
         match body_kind {
             BodyKind::Single => {
-                let outcome = service.store(body, study.as_ref(), version).await;
+                let outcome = service.store(stream, study.as_ref(), version).await;
                 (vec![outcome], None)
             }
-            BodyKind::Multipart(boundary) => {
-                store_parts(&service, body, &boundary, &limits, study.as_ref(), version).await
+            BodyKind::Multipart {
+                boundary,
+                part_type,
+            } => {
+                let body = RelatedBody {
+                    boundary: &boundary,
+                    part_type: &part_type,
+                };
+                store_parts(&service, body, stream, &limits, study.as_ref(), version).await
             }
         }
     });
@@ -180,6 +190,7 @@ async fn store_request(
         sop_instance_uid: None,
         reason: FailureReason::ProcessingFailure,
         comment: failure.message().to_owned(),
+        failed_attributes: Vec::new(),
     });
     Ok(response(
         &base,
@@ -193,7 +204,18 @@ async fn store_request(
 /// What a STOW body is.
 enum BodyKind {
     Single,
-    Multipart(String),
+    Multipart {
+        boundary: String,
+        /// The request's `type` parameter: the media type of a part that names none (RFC 2387
+        /// §3.1 says so of the root part; the original applied it to every such part).
+        part_type: String,
+    },
+}
+
+/// How a multipart/related request body is framed.
+struct RelatedBody<'a> {
+    boundary: &'a str,
+    part_type: &'a str,
 }
 
 /// Why the rest of a request could not be read (its parts before stand).
@@ -243,8 +265,8 @@ const PARTS_IN_FLIGHT: usize = 4;
 /// their outcomes; stops at the first problem with the body itself.
 async fn store_parts(
     service: &DicomService,
+    framing: RelatedBody<'_>,
     body: BoxStream<'static, Result<Bytes, axum::Error>>,
-    boundary: &str,
     limits: &Limits,
     study: Option<&Uid>,
     version: ApiVersion,
@@ -254,7 +276,7 @@ async fn store_parts(
         max_part_header_bytes: limits.max_part_header_bytes,
         max_preamble_bytes: limits.max_preamble_bytes,
     };
-    let mut reader = RelatedReader::new(body, boundary, related_limits);
+    let mut reader = RelatedReader::new(body, framing.boundary, related_limits);
     let mut outcomes = Vec::new();
     let mut in_flight = FuturesOrdered::new();
     let failure = loop {
@@ -268,10 +290,9 @@ async fn store_parts(
             Ok(None) => break None,
             Err(error) => break Some(RequestFailure::BadRequest(error.to_string())),
         };
-        let is_dicom = headers.content_type.as_deref().is_none_or(|t| {
-            t.parse::<mime::Mime>()
-                .is_ok_and(|m| m.essence_str().eq_ignore_ascii_case("application/dicom"))
-        });
+        let part_type = headers.content_type.as_deref().unwrap_or(framing.part_type);
+        let is_dicom = media::lenient_media_type(part_type)
+            .is_some_and(|m| m.essence_str().eq_ignore_ascii_case("application/dicom"));
         if !is_dicom {
             in_flight.push_back(
                 future::ready(StoreOutcome::Failed {
@@ -279,6 +300,7 @@ async fn store_parts(
                     sop_instance_uid: None,
                     reason: FailureReason::ValidationFailure,
                     comment: "The part is not application/dicom.".into(),
+                    failed_attributes: Vec::new(),
                 })
                 .boxed(),
             );
@@ -329,6 +351,19 @@ async fn store_parts(
     (outcomes, failure)
 }
 
+/// FailedAttributesSequence (0074,1048): one item with an ErrorComment (0000,0902) per
+/// comment; an empty sequence has no `Value` (PS3.18 §F.2.5).
+fn failed_attributes_sequence(comments: &[String]) -> Value {
+    if comments.is_empty() {
+        return json!({"vr": "SQ"});
+    }
+    let items: Vec<Value> = comments
+        .iter()
+        .map(|c| json!({"00000902": {"vr": "LO", "Value": [c]}}))
+        .collect();
+    json!({"vr": "SQ", "Value": items})
+}
+
 /// The STOW response dataset and status (orig D.4).
 fn response(
     base: &str,
@@ -363,12 +398,10 @@ fn response(
                     let codes: Vec<u16> = warnings.iter().map(|w| *w as u16).collect();
                     item["00081196"] = json!({"vr": "US", "Value": codes});
                 }
-                if version == ApiVersion::V2 && !failed_attributes.is_empty() {
-                    let comments: Vec<Value> = failed_attributes
-                        .iter()
-                        .map(|c| json!({"00000902": {"vr": "LO", "Value": [c]}}))
-                        .collect();
-                    item["00741048"] = json!({"vr": "SQ", "Value": comments});
+                // v2 answers every stored instance with its FailedAttributesSequence, empty
+                // when nothing was wrong (as the original's clients expect).
+                if version == ApiVersion::V2 {
+                    item["00741048"] = failed_attributes_sequence(failed_attributes);
                 }
                 referenced.push(item);
             }
@@ -377,6 +410,7 @@ fn response(
                 sop_instance_uid,
                 reason,
                 comment,
+                failed_attributes,
             } => {
                 let mut item = json!({ "00081197": {"vr": "US", "Value": [*reason as u16]} });
                 if let Some(class) = sop_class_uid {
@@ -385,8 +419,12 @@ fn response(
                 if let Some(uid) = sop_instance_uid {
                     item["00081155"] = json!({"vr": "UI", "Value": [uid]});
                 }
-                if version == ApiVersion::V2 {
-                    item["00741048"] = json!({"vr": "SQ", "Value": [{"00000902": {"vr": "LO", "Value": [comment]}}]});
+                // Both versions name the attributes that failed (the original did); v2 also
+                // explains any other failure in the same sequence.
+                if !failed_attributes.is_empty() {
+                    item["00741048"] = failed_attributes_sequence(failed_attributes);
+                } else if version == ApiVersion::V2 {
+                    item["00741048"] = failed_attributes_sequence(std::slice::from_ref(comment));
                 }
                 failed.push(item);
             }

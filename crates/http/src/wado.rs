@@ -1,7 +1,7 @@
 //! WADO-RS: instances, metadata and frames (PS3.18 §10.4, orig D.2–D.3).
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -43,100 +43,197 @@ fn instance_scope(
 pub async fn study(
     State(s): State<AppState>,
     Path(p): StudyPath,
+    RawQuery(q): RawQuery,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    retrieve(&s.service, study_scope(&p)?, &h, false).await
+    let scope = study_scope(&p)?;
+    retrieve(&s.service, scope, &h, q.as_deref(), Resource::Collection).await
 }
 
 /// `GET /studies/{study}/series/{series}`.
 pub async fn series(
     State(s): State<AppState>,
     Path(p): SeriesPath,
+    RawQuery(q): RawQuery,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    retrieve(&s.service, series_scope(&p)?, &h, false).await
+    let scope = series_scope(&p)?;
+    retrieve(&s.service, scope, &h, q.as_deref(), Resource::Collection).await
 }
 
 /// `GET /studies/{study}/series/{series}/instances/{instance}`.
 pub async fn instance(
     State(s): State<AppState>,
     Path(p): InstancePath,
+    RawQuery(q): RawQuery,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    retrieve(&s.service, instance_scope(&p)?, &h, true).await
+    let scope = instance_scope(&p)?;
+    retrieve(&s.service, scope, &h, q.as_deref(), Resource::Instance).await
 }
 
 /// `GET /studies/{study}/metadata`.
 pub async fn study_metadata(
     State(s): State<AppState>,
     Path(p): StudyPath,
+    RawQuery(q): RawQuery,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    metadata(&s.service, study_scope(&p)?, &h).await
+    metadata(&s.service, study_scope(&p)?, &h, q.as_deref()).await
 }
 
 /// `GET /studies/{study}/series/{series}/metadata`.
 pub async fn series_metadata(
     State(s): State<AppState>,
     Path(p): SeriesPath,
+    RawQuery(q): RawQuery,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    metadata(&s.service, series_scope(&p)?, &h).await
+    metadata(&s.service, series_scope(&p)?, &h, q.as_deref()).await
 }
 
 /// `GET /studies/{study}/series/{series}/instances/{instance}/metadata`.
 pub async fn instance_metadata(
     State(s): State<AppState>,
     Path(p): InstancePath,
+    RawQuery(q): RawQuery,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    metadata(&s.service, instance_scope(&p)?, &h).await
+    metadata(&s.service, instance_scope(&p)?, &h, q.as_deref()).await
 }
 
-/// Picks the first acceptable representation for instances of `stored_syntaxes`: a multipart of
-/// `application/dicom`, or (for one instance) a bare `application/dicom`. Tessera does not
-/// transcode, so a transfer syntax other than the stored one is not acceptable; a request that
-/// names none gets the stored one.
-fn negotiate(
-    headers: &HeaderMap,
-    single: bool,
-    stored_syntaxes: &[&str],
-    part_type: &str,
-) -> Result<bool, ApiError> {
-    for requested in media::accepted(headers) {
-        let Some(requested) = requested else {
-            return Ok(!single);
-        };
-        let type_fits = if requested.multipart {
-            requested.part_type == part_type
-        } else {
-            single && (requested.part_type == part_type || requested.part_type == "application/*")
-        };
-        let syntax_fits = requested
-            .transfer_syntax
-            .as_deref()
-            .is_none_or(|ts| stored_syntaxes.iter().all(|stored| *stored == ts));
-        if type_fits && syntax_fits {
-            return Ok(requested.multipart);
+/// What a WADO request retrieves, which decides the representations it may have (orig D.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resource {
+    /// A study or a series: `multipart/related; type="application/dicom"` only.
+    Collection,
+    /// One instance: multipart, or a bare `application/dicom`.
+    Instance,
+    /// Frames of an instance: `multipart/related; type="application/octet-stream"`, or a bare
+    /// `application/octet-stream` when one frame is asked for.
+    Frames {
+        /// Exactly one frame.
+        single: bool,
+    },
+}
+
+impl Resource {
+    /// The media type of the body or of each part.
+    fn part_type(self) -> &'static str {
+        match self {
+            Self::Collection | Self::Instance => "application/dicom",
+            Self::Frames { .. } => "application/octet-stream",
         }
     }
-    Err(ApiError::NotAcceptable(format!(
-        "the instances are available as {part_type} in their stored transfer syntax only"
-    )))
+
+    /// Whether a bare (single-part) body is possible.
+    fn allows_single_part(self) -> bool {
+        matches!(self, Self::Instance | Self::Frames { single: true })
+    }
+
+    /// The shape `*/*` gets: single part where possible (what Tessera has always answered).
+    fn multipart_for_any(self) -> bool {
+        !self.allows_single_part()
+    }
+}
+
+/// A representation the client takes and Tessera could produce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Candidate {
+    multipart: bool,
+    /// `None`: as stored.
+    transfer_syntax: Option<String>,
+}
+
+/// The representations of `resource` the request accepts, most preferred first, decided before
+/// the resource is looked up (so an unsupported `Accept` is 406 whether or not it exists).
+fn candidates(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    resource: Resource,
+) -> Result<Vec<Candidate>, ApiError> {
+    let part_type = resource.part_type();
+    let found: Vec<Candidate> = media::accepted(headers, query)
+        .into_iter()
+        .filter_map(|preference| {
+            let Some(requested) = preference else {
+                return Some(Candidate {
+                    multipart: resource.multipart_for_any(),
+                    transfer_syntax: None,
+                });
+            };
+            let multipart = if requested.part_type == "*/*" {
+                resource.multipart_for_any()
+            } else if requested.multipart {
+                if requested.part_type != part_type {
+                    return None;
+                }
+                true
+            } else {
+                let fits =
+                    requested.part_type == part_type || requested.part_type == "application/*";
+                if !(fits && resource.allows_single_part()) {
+                    return None;
+                }
+                false
+            };
+            media::producible(requested.transfer_syntax.as_deref()).then_some(Candidate {
+                multipart,
+                transfer_syntax: requested.transfer_syntax,
+            })
+        })
+        .collect();
+    if found.is_empty() {
+        return Err(not_acceptable(resource));
+    }
+    Ok(found)
+}
+
+/// The first candidate Tessera can serve for instances stored in `stored_syntaxes`. Tessera
+/// does not transcode, so a transfer syntax other than the stored one is not acceptable.
+fn pick(
+    candidates: Vec<Candidate>,
+    stored_syntaxes: &[&str],
+    resource: Resource,
+) -> Result<Candidate, ApiError> {
+    candidates
+        .into_iter()
+        .find(|candidate| {
+            candidate
+                .transfer_syntax
+                .as_deref()
+                .is_none_or(|ts| stored_syntaxes.iter().all(|stored| *stored == ts))
+        })
+        .ok_or_else(|| not_acceptable(resource))
+}
+
+fn not_acceptable(resource: Resource) -> ApiError {
+    let shape = match resource {
+        Resource::Collection => "multipart/related",
+        Resource::Instance => "multipart/related or a single part",
+        Resource::Frames { single: true } => "multipart/related or a single part",
+        Resource::Frames { single: false } => "multipart/related",
+    };
+    ApiError::NotAcceptable(format!(
+        "available as {shape} of {} in the stored transfer syntax only",
+        resource.part_type()
+    ))
 }
 
 async fn retrieve(
     service: &DicomService,
     scope: RetrieveScope,
     headers: &HeaderMap,
-    single: bool,
+    query: Option<&str>,
+    resource: Resource,
 ) -> Result<Response, ApiError> {
+    let candidates = candidates(headers, query, resource)?;
     let instances = service.instances(&scope).await?;
     let syntaxes: Vec<&str> = instances
         .iter()
         .map(|i| i.transfer_syntax.as_str())
         .collect();
-    let multipart = negotiate(headers, single, &syntaxes, "application/dicom")?;
+    let multipart = pick(candidates, &syntaxes, resource)?.multipart;
     if !multipart {
         let instance = instances.into_iter().next().ok_or(ApiError::Service(
             tessera_service::ServiceError::NotFound("instance"),
@@ -198,17 +295,20 @@ async fn metadata(
     service: &DicomService,
     scope: RetrieveScope,
     headers: &HeaderMap,
+    query: Option<&str>,
 ) -> Result<Response, ApiError> {
-    let accepted = media::accepted(headers).into_iter().any(|r| match r {
-        None => true,
-        Some(r) => {
-            !r.multipart
-                && matches!(
-                    r.part_type.as_str(),
-                    "application/dicom+json" | "application/json" | "application/*"
-                )
-        }
-    });
+    let accepted = media::accepted(headers, query)
+        .into_iter()
+        .any(|r| match r {
+            None => true,
+            Some(r) => {
+                !r.multipart
+                    && matches!(
+                        r.part_type.as_str(),
+                        "application/dicom+json" | "application/json" | "application/*" | "*/*"
+                    )
+            }
+        });
     if !accepted {
         return Err(ApiError::NotAcceptable(
             "metadata is application/dicom+json".into(),
@@ -297,17 +397,17 @@ fn frame_numbers(list: &str, max: u32) -> Result<Vec<u32>, ApiError> {
 pub async fn frames(
     State(state): State<AppState>,
     Path((study, series, sop, list)): Path<(String, String, String, String)>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let scope = instance_scope(&(study, series, sop))?;
     let numbers = frame_numbers(&list, state.limits.max_frames_per_request)?;
+    let resource = Resource::Frames {
+        single: numbers.len() == 1,
+    };
+    let candidates = candidates(&headers, query.as_deref(), resource)?;
     let instance = state.service.instances(&scope).await?.remove(0);
-    let multipart = negotiate(
-        &headers,
-        numbers.len() == 1,
-        &[instance.transfer_syntax.as_str()],
-        "application/octet-stream",
-    )?;
+    let multipart = pick(candidates, &[instance.transfer_syntax.as_str()], resource)?.multipart;
     let (instance, ranges) = state.service.frame_ranges(&scope, &numbers).await?;
     let part_type = format!(
         "application/octet-stream; transfer-syntax={}",

@@ -533,7 +533,8 @@ pub(crate) const CHANGE_FEED_SELECT: &str =
     "SELECT sequence, timestamp, action, study_uid, series_uid, sop_uid,
     original_watermark, current_watermark FROM change_feed";
 
-/// Creates or updates the study and series rows of an instance (latest wins, orig A.5).
+/// Creates or updates the study and series rows of an instance (latest wins, orig A.5; an
+/// instance without a PatientID leaves the study's as it is, as the original's v2 does).
 pub(crate) async fn upsert_parents(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     instance: &NewInstance,
@@ -551,7 +552,7 @@ pub(crate) async fn upsert_parents(
                  referring_physician_name, study_date, study_description, updated_at, patient_name_folded,
                  patient_name_words, referring_physician_name_folded, referring_physician_name_words)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-             ON CONFLICT (study_uid) DO UPDATE SET patient_id = excluded.patient_id,
+             ON CONFLICT (study_uid) DO UPDATE SET patient_id = COALESCE(excluded.patient_id, studies.patient_id),
                  patient_name = excluded.patient_name, patient_birth_date = excluded.patient_birth_date,
                  accession_number = excluded.accession_number,
                  referring_physician_name = excluded.referring_physician_name,

@@ -491,7 +491,7 @@ async fn adopt_one(
     let has_frame_ranges = ensure_side_blobs(blobs, &instance, &read, report).await?;
     let attributes = read
         .header
-        .searchable_attributes(false)
+        .searchable_attributes()
         .unwrap_or_else(|_| SearchableAttributes {
             sop_class_uid: read
                 .header

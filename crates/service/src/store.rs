@@ -11,6 +11,7 @@ use tessera_core::{
 };
 use tessera_dicom::{
     DataSetWalker, DicomError, FrameRanges, HeaderReader, InstanceHeader, PixelData,
+    ValidationError,
 };
 use tessera_index::{IndexError, NewInstance};
 
@@ -73,6 +74,10 @@ pub enum StoreOutcome {
         reason: FailureReason,
         /// A message for the client.
         comment: String,
+        /// The attributes that caused the failure, one comment each in the original's
+        /// `DICOM100: (gggg,eeee) - …` form (its FailedAttributesSequence); empty when the
+        /// failure is not about attributes.
+        failed_attributes: Vec<String>,
     },
 }
 
@@ -331,7 +336,8 @@ fn invalid(error: DicomError) -> BodyError {
 }
 
 /// Checks what a store requires (orig E): v1 fails on any invalid searchable attribute; v2
-/// removes such attributes from metadata and index and reports them.
+/// removes such attributes from metadata and index and reports them. Required attributes
+/// (the UIDs, PatientID) fail the instance in both, naming the attribute.
 fn validate(
     header: &mut InstanceHeader,
     expected_study: Option<&Uid>,
@@ -339,17 +345,23 @@ fn validate(
 ) -> Result<(InstanceIdentifier, SearchableAttributes, Vec<String>), Box<StoreOutcome>> {
     let sop_class = header.string(tessera_dicom_tags::SOP_CLASS_UID);
     let sop_uid = header.string(tessera_dicom_tags::SOP_INSTANCE_UID);
-    let fail = |reason, comment: String| {
+    let fail = |reason, comment: String, failed_attributes: Vec<String>| {
         Box::new(StoreOutcome::Failed {
             sop_class_uid: sop_class.clone(),
             sop_instance_uid: sop_uid.clone(),
             reason,
             comment,
+            failed_attributes,
         })
     };
-    let id = header
-        .identifier()
-        .map_err(|e| fail(FailureReason::ValidationFailure, e.message))?;
+    let fail_on = |problem: ValidationError| {
+        fail(
+            FailureReason::ValidationFailure,
+            problem.message.clone(),
+            vec![problem.message],
+        )
+    };
+    let id = header.identifier().map_err(fail_on)?;
     if expected_study
         .is_some_and(|expected| !expected.as_str().eq_ignore_ascii_case(id.study.as_str()))
     {
@@ -357,17 +369,22 @@ fn validate(
             FailureReason::StudyUidMismatch,
             "The StudyInstanceUid in the payload does not match the specified StudyInstanceUid."
                 .into(),
+            Vec::new(),
         ));
     }
     if let Some(problem) = header.pixel_data_problem() {
-        return Err(fail(FailureReason::ValidationFailure, problem));
+        return Err(fail(FailureReason::ValidationFailure, problem, Vec::new()));
     }
+    let patient_warning = header
+        .check_patient_id(version == ApiVersion::V1)
+        .map_err(fail_on)?;
     let problems = header.attribute_problems();
-    let failed_attributes = match (version, problems.first()) {
-        (ApiVersion::V1, Some(problem)) => {
+    let mut failed_attributes = match (version, problems.first()) {
+        (ApiVersion::V1, Some(first)) => {
             return Err(fail(
                 FailureReason::ValidationFailure,
-                problem.message.clone(),
+                first.message.clone(),
+                problems.into_iter().map(|p| p.message).collect(),
             ));
         }
         (ApiVersion::V2, Some(_)) => {
@@ -377,9 +394,8 @@ fn validate(
         }
         (_, None) => Vec::new(),
     };
-    let attributes = header
-        .searchable_attributes(version == ApiVersion::V1)
-        .map_err(|e| fail(FailureReason::ValidationFailure, e.message))?;
+    failed_attributes.extend(patient_warning.map(|w| w.message));
+    let attributes = header.searchable_attributes().map_err(fail_on)?;
     Ok((id, attributes, failed_attributes))
 }
 
@@ -393,6 +409,7 @@ fn failed(
         sop_instance_uid: known.map(|(_, id)| id.sop.to_string()),
         reason,
         comment,
+        failed_attributes: Vec::new(),
     }
 }
 

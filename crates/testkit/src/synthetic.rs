@@ -30,6 +30,8 @@ pub struct Synthetic {
     pub columns: u16,
     /// Number of frames.
     pub frames: u32,
+    /// Leave PatientID out altogether (tests of the required-attribute rules).
+    pub omit_patient_id: bool,
 }
 
 impl Synthetic {
@@ -46,6 +48,7 @@ impl Synthetic {
             rows: 4,
             columns: 5,
             frames: 3,
+            omit_patient_id: false,
         }
     }
 
@@ -71,7 +74,7 @@ impl Synthetic {
         let ts = TransferSyntaxRegistry
             .get(uids::EXPLICIT_VR_LITTLE_ENDIAN)
             .expect("explicit VR LE");
-        let dataset = InMemDicomObject::from_element_iter([
+        let mut dataset = InMemDicomObject::from_element_iter([
             DataElement::new(
                 tags::SOP_CLASS_UID,
                 VR::UI,
@@ -134,6 +137,9 @@ impl Synthetic {
                 PrimitiveValue::from(0_u16),
             ),
         ]);
+        if self.omit_patient_id {
+            dataset.remove_element(tags::PATIENT_ID);
+        }
         let meta = FileMetaTableBuilder::new()
             .media_storage_sop_class_uid(uids::SECONDARY_CAPTURE_IMAGE_STORAGE)
             .media_storage_sop_instance_uid(self.sop.as_str())
