@@ -105,3 +105,5 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked "$@"
+echo "== end-to-end DICOMweb and migration suites on PostgreSQL"
+TESSERA_TEST_SERVER_INDEX=postgres cargo test --locked -p tessera-server --test dicomweb --test migration "$@"

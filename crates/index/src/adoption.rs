@@ -106,7 +106,7 @@ impl InstanceIndex {
         .bind(i16::from(found.has_frame_ranges))
         .execute(&mut *tx)
         .await?;
-        append_change(&mut tx, now, ChangeAction::Create, &uids, w).await?;
+        append_change(self.engine, &mut tx, now, ChangeAction::Create, &uids, w).await?;
         tx.commit().await?;
         Ok(outcome)
     }

@@ -93,6 +93,15 @@ impl Engine {
         }
     }
 
+    /// Orders this transaction's change-feed rows after those of every transaction that
+    /// commits before it (SQLite's single writer does already).
+    async fn lock_change_feed(self, tx: &mut Tx<'_>) -> Result<()> {
+        match self {
+            Self::Sqlite => Ok(()),
+            Self::Postgres => postgres::lock_change_feed(tx).await,
+        }
+    }
+
     /// How a write transaction begins: on SQLite `BEGIN IMMEDIATE`, so that it holds the write
     /// lock from the start and never fails upgrading a read (busy snapshot) halfway.
     fn begin_sql(self) -> &'static str {
@@ -160,10 +169,18 @@ impl IndexError {
                 ) || error
                     .as_database_error()
                     .and_then(|e| e.code())
-                    // SQLITE_BUSY, SQLITE_LOCKED; PostgreSQL's class 53 (insufficient resources)
-                    // and 57P03 (cannot connect now).
+                    // SQLITE_BUSY, SQLITE_LOCKED; PostgreSQL's classes 08 (connection
+                    // exception) and 53 (insufficient resources), 57P01-57P03 (shutting down,
+                    // cannot connect now), and 40001/40P01 (serialization failure, deadlock:
+                    // the transaction was rolled back and may be retried).
                     .is_some_and(|code| {
-                        code == "5" || code == "6" || code.starts_with("53") || code == "57P03"
+                        code == "5"
+                            || code == "6"
+                            || code.starts_with("08")
+                            || code.starts_with("53")
+                            || code.starts_with("57P0")
+                            || code == "40001"
+                            || code == "40P01"
                     })
             }
             _ => false,
@@ -344,7 +361,7 @@ impl InstanceIndex {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or(IndexError::NotFound)?;
-        append_change(&mut tx, now, ChangeAction::Create, &row, w).await?;
+        append_change(self.engine, &mut tx, now, ChangeAction::Create, &row, w).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -398,7 +415,15 @@ impl InstanceIndex {
         for row in &removed {
             queue_blob_removal(&mut tx, row.watermark, &row.uids, now, cleanup_after).await?;
             if row.status == CREATED {
-                append_change(&mut tx, now, ChangeAction::Delete, &row.uids, row.watermark).await?;
+                append_change(
+                    self.engine,
+                    &mut tx,
+                    now,
+                    ChangeAction::Delete,
+                    &row.uids,
+                    row.watermark,
+                )
+                .await?;
             } else {
                 mark_feed_deleted(&mut tx, &row.uids).await?;
             }
@@ -563,6 +588,7 @@ pub(crate) async fn lock_study(tx: &mut Tx<'_>, study: &str) -> Result<()> {
 /// Appends a change-feed row for `uids` and points the instance's earlier rows at its current
 /// watermark (`Create`) or at none (`Delete`).
 pub(crate) async fn append_change(
+    engine: Engine,
     tx: &mut Tx<'_>,
     now: i64,
     action: ChangeAction,
@@ -570,6 +596,7 @@ pub(crate) async fn append_change(
     watermark: i64,
 ) -> Result<()> {
     let current = (action == ChangeAction::Create).then_some(watermark);
+    engine.lock_change_feed(tx).await?;
     sqlx::query(
         "INSERT INTO change_feed (timestamp, action, study_uid, series_uid, sop_uid, original_watermark,
              current_watermark) VALUES ($1, $2, $3, $4, $5, $6, $7)",

@@ -5,7 +5,9 @@
 //! watermarks of adopted blobs (`setval`) is not atomic with a concurrent `nextval`, so every
 //! reservation holds a shared advisory lock while it draws its value and a raise holds the
 //! exclusive one. Work queues are claimed with `FOR UPDATE SKIP LOCKED`, so two processes never
-//! take the same row and never wait for each other. Migrations run under sqlx's advisory lock.
+//! take the same row and never wait for each other. Change-feed appends are serialized from the
+//! append to the commit, so sequence order is commit order. Migrations run under sqlx's
+//! advisory lock.
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Connection};
@@ -15,6 +17,9 @@ use crate::{Result, Tx};
 /// The advisory lock that orders watermark raises after reservations in flight ("tessera" in
 /// ASCII followed by 1; sqlx's migration lock is derived from the database name).
 const WATERMARK_LOCK: i64 = 0x7465_7373_6572_6101;
+
+/// The advisory lock that makes change-feed sequences follow commit order ("tessera" and 2).
+const CHANGE_FEED_LOCK: i64 = 0x7465_7373_6572_6102;
 
 /// Claims due removals (binds as in `Engine::claim_removals_sql`).
 pub(crate) const CLAIM_REMOVALS: &str =
@@ -72,6 +77,17 @@ pub(crate) async fn raise_watermarks_above(tx: &mut Tx<'_>, watermark: i64) -> R
     .bind(watermark)
     .fetch_one(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// Taken before a transaction appends to the change feed and held until it commits: an
+/// identity value is drawn at insert but visible at commit, so without it a reader paging by
+/// sequence could pass a row that commits later under a lower number, and never see it.
+pub(crate) async fn lock_change_feed(tx: &mut Tx<'_>) -> Result<()> {
+    sqlx::query("SELECT 1 FROM pg_advisory_xact_lock($1)")
+        .bind(CHANGE_FEED_LOCK)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
