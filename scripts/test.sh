@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or a developer's: installs and starts the services the
-# tests talk to (Azurite for the Azure backend), checks formatting and lints, runs every test,
-# and stops only what it started. CI runs exactly this (.ci/run).
+# tests talk to (Azurite for the Azure backend, PostgreSQL for the index), checks formatting and
+# lints, runs every test, and stops only what it started. CI runs exactly this (.ci/run).
+#
+# PostgreSQL: TESSERA_TEST_POSTGRES_URL (a role that may create databases, on its maintenance
+# database) is used when set; otherwise a server already listening on 127.0.0.1:5432 is used as
+# postgres://postgres@127.0.0.1:5432/postgres; otherwise PostgreSQL is installed from Debian's
+# packages if needed and a private cluster is started on a free port (and stopped at the end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 AZURITE_VERSION=3.35.0   # the last release that runs on Node 20
 workdir=$(mktemp -d -t tessera-test.XXXXXX)
 started=()
+pg_started=""
 cleanup() {
   for pid in "${started[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  if [ -n "$pg_started" ]; then
+    as_pg_user "$pg_bin/pg_ctl" -D "$pg_started" -m fast -w stop >/dev/null 2>&1 || true
+  fi
   rm -rf "$workdir"
 }
 trap cleanup EXIT
@@ -45,6 +54,40 @@ started+=($!)
 wait_for_http "http://127.0.0.1:$azurite_port/devstoreaccount1?comp=list" Azurite "$workdir/azurite.log"
 echo "== Azurite on 127.0.0.1:$azurite_port"
 
+# PostgreSQL for the index suites (see the top of this file).
+as_pg_user() { # postgres refuses to run as root: as root, run it as the `postgres` user
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+if [ -z "${TESSERA_TEST_POSTGRES_URL:-}" ]; then
+  if (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
+    export TESSERA_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:5432/postgres"
+    echo "== PostgreSQL already listening on 127.0.0.1:5432"
+  else
+    pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+    if [ -z "$pg_bin" ]; then
+      echo "== installing postgresql from Debian's packages"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+      pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    fi
+    if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
+      useradd --system --home-dir /nonexistent --shell /usr/sbin/nologin postgres
+    fi
+    pg_dir="$workdir/postgres"
+    mkdir -p "$pg_dir"
+    chmod 755 "$workdir"
+    [ "$(id -u)" = 0 ] && chown postgres "$pg_dir"
+    as_pg_user "$pg_bin/initdb" -D "$pg_dir/data" -U postgres --auth=trust >"$workdir/initdb.log" 2>&1 \
+      || { cat "$workdir/initdb.log" >&2; exit 1; }
+    pg_port=$(free_port)
+    as_pg_user "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w -t 60 start \
+      -o "-h 127.0.0.1 -p $pg_port -k $pg_dir -c fsync=off -c max_connections=200" >/dev/null \
+      || { cat "$pg_dir/log" >&2; exit 1; }
+    pg_started="$pg_dir/data"
+    export TESSERA_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
+    echo "== PostgreSQL on 127.0.0.1:$pg_port"
+  fi
+fi
+
 # Python's dicomweb-client for the interoperability test, in a virtual environment under .tools/.
 if [ ! -x .tools/venv/bin/python ] || ! .tools/venv/bin/python -c 'import dicomweb_client' 2>/dev/null; then
   echo "== installing dicomweb-client from PyPI"
@@ -62,3 +105,5 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked "$@"
+echo "== end-to-end DICOMweb and migration suites on PostgreSQL"
+TESSERA_TEST_SERVER_INDEX=postgres cargo test --locked -p tessera-server --test dicomweb --test migration "$@"

@@ -1,8 +1,10 @@
 //! Benchmark (not a test): QIDO search latency on a large embedded index.
 //!
 //! `cargo run --release -p tessera-index --example qido_bench -- [INSTANCES]` loads INSTANCES
-//! instances (default 100,000: studies of 2 series × 5 instances) into a fresh SQLite index and
-//! prints p50 and p95 latency per query kind.
+//! instances (default 100,000: studies of 2 series × 5 instances) into a fresh index and prints
+//! p50 and p95 latency per query kind. The index is a SQLite file in a temporary directory
+//! (`QIDO_BENCH_DB` names another file), or the empty database at `QIDO_BENCH_INDEX`
+//! (`postgres://…`; `bench/qido.sh --postgres` creates one).
 
 use std::time::Instant;
 
@@ -28,12 +30,44 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .and_then(|a| a.parse().ok())
         .unwrap_or(100_000);
     let dir = tempfile::tempdir()?;
-    let path = std::env::var("QIDO_BENCH_DB")
-        .unwrap_or_else(|_| format!("{}/index.db", dir.path().display()));
-    let index = InstanceIndex::open(&format!("sqlite://{path}")).await?;
+    let url = match std::env::var("QIDO_BENCH_INDEX") {
+        Ok(url) => url,
+        Err(_) => {
+            let path = std::env::var("QIDO_BENCH_DB")
+                .unwrap_or_else(|_| format!("{}/index.db", dir.path().display()));
+            format!("sqlite://{path}")
+        }
+    };
+    let index = InstanceIndex::open(&url).await?;
+    println!("engine: {:?}", index.engine());
     let started = Instant::now();
     let studies = count / 10;
-    for study in 0..studies {
+    // Four loaders at once (a server's concurrent stores); each takes every fourth study.
+    let loaders: Vec<_> = (0..4)
+        .map(|loader| {
+            let index = index.clone();
+            tokio::spawn(async move { load(&index, studies, loader, 4).await })
+        })
+        .collect();
+    for loader in loaders {
+        loader.await?.map_err(|e| e as Box<dyn std::error::Error>)?;
+    }
+    println!(
+        "loaded {} instances in {:.0}s",
+        studies * 10,
+        started.elapsed().as_secs_f64()
+    );
+    search(&index, studies).await
+}
+
+/// Stores the studies `first, first + step, …` below `studies`.
+async fn load(
+    index: &InstanceIndex,
+    studies: u32,
+    first: u32,
+    step: usize,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    for study in (first..studies).step_by(step) {
         let patient = format!("P{:06}", study % (studies / 2).max(1));
         for i in 0..10 {
             let series = i / 5;
@@ -71,12 +105,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             index.end_create(watermark, 1, "xxh3-128:0", false).await?;
         }
     }
-    println!(
-        "loaded {} instances in {:.0}s",
-        studies * 10,
-        started.elapsed().as_secs_f64()
-    );
+    Ok(())
+}
 
+/// Runs each query kind 30 times and prints its p50 and p95.
+async fn search(index: &InstanceIndex, studies: u32) -> Result<(), Box<dyn std::error::Error>> {
     let query = |level, filters: Vec<(QueryAttribute, Matcher)>| QidoQuery {
         level,
         study: None,

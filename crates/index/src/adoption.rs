@@ -1,10 +1,13 @@
 //! Recording instances found in a blob store the original server wrote (`tessera adopt`).
 
 use chrono::Utc;
-use sqlx::Row;
 use tessera_core::Watermark;
 
-use crate::{CREATED, ChangeAction, InstanceIndex, NewInstance, Result, micros, upsert_parents};
+use crate::rows::{self, UidsRow};
+use crate::{
+    CREATED, ChangeAction, IndexError, InstanceIndex, NewInstance, Result, append_change,
+    db_watermark, lock_study, micros, upsert_parents,
+};
 
 /// What recording a found instance did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,33 +43,40 @@ impl InstanceIndex {
     /// every watermark found.
     pub async fn adopt(&self, found: &FoundInstance) -> Result<Adoption> {
         let now = micros(Utc::now());
-        let w = found.watermark.get() as i64;
-        let mut tx = self.pool.begin().await?;
+        let w = db_watermark(found.watermark);
+        let length = i64::try_from(found.content_length)
+            .map_err(|_| IndexError::Corrupt(format!("content length {}", found.content_length)))?;
+        let mut tx = self.begin().await?;
         // The write comes first (SQLite write lock); the sequence continues above what was found.
-        sqlx::query("UPDATE watermark_sequence SET next_value = CASE WHEN next_value > $1 THEN next_value ELSE $1 END WHERE id = 1")
-            .bind(w + 1)
-            .execute(&mut *tx)
-            .await?;
-        let known = sqlx::query("SELECT 1 FROM instances WHERE watermark = $1")
-            .bind(w)
-            .fetch_optional(&mut *tx)
-            .await?;
+        self.engine.raise_watermarks_above(&mut tx, w).await?;
+        let id = &found.instance.id;
+        let uids = UidsRow {
+            study_uid: id.study.to_string(),
+            series_uid: id.series.to_string(),
+            sop_uid: id.sop.to_string(),
+        };
+        // The study first, as every transaction that adds or removes its instances does.
+        lock_study(&mut tx, &uids.study_uid).await?;
+        let known: Option<i64> =
+            sqlx::query_scalar("SELECT watermark FROM instances WHERE watermark = $1")
+                .bind(w)
+                .fetch_optional(&mut *tx)
+                .await?;
         if known.is_some() {
             tx.commit().await?;
             return Ok(Adoption::AlreadyIndexed);
         }
-        let id = &found.instance.id;
-        let existing = sqlx::query("SELECT watermark FROM instances WHERE study_uid = $1 AND series_uid = $2 AND sop_uid = $3")
-            .bind(id.study.as_str())
-            .bind(id.series.as_str())
-            .bind(id.sop.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
+        let existing: Option<i64> = sqlx::query_scalar(
+            "SELECT watermark FROM instances WHERE study_uid = $1 AND series_uid = $2 AND sop_uid = $3",
+        )
+        .bind(uids.study_uid.clone())
+        .bind(uids.series_uid.clone())
+        .bind(uids.sop_uid.clone())
+        .fetch_optional(&mut *tx)
+        .await?;
         let mut outcome = Adoption::Adopted;
-        if let Some(row) = existing {
-            let other: i64 = row.try_get(0)?;
-            let other_watermark = Watermark::new(other as u64)
-                .map_err(|e| crate::IndexError::Corrupt(e.to_string()))?;
+        if let Some(other) = existing {
+            let other_watermark = rows::watermark(other)?;
             if other > w {
                 tx.commit().await?;
                 return Ok(Adoption::Leftover(other_watermark));
@@ -84,37 +94,19 @@ impl InstanceIndex {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $11)",
         )
         .bind(w)
-        .bind(id.study.as_str())
-        .bind(id.series.as_str())
-        .bind(id.sop.as_str())
+        .bind(uids.study_uid.clone())
+        .bind(uids.series_uid.clone())
+        .bind(uids.sop_uid.clone())
         .bind(found.instance.attributes.sop_class_uid.clone())
         .bind(found.instance.transfer_syntax.clone())
         .bind(CREATED)
         .bind(now)
-        .bind(found.content_length as i64)
+        .bind(length)
         .bind(found.checksum.clone())
         .bind(i16::from(found.has_frame_ranges))
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO change_feed (timestamp, action, study_uid, series_uid, sop_uid, original_watermark, current_watermark)
-             VALUES ($1, $2, $3, $4, $5, $6, $6)",
-        )
-        .bind(now)
-        .bind(ChangeAction::Create as i16)
-        .bind(id.study.as_str())
-        .bind(id.series.as_str())
-        .bind(id.sop.as_str())
-        .bind(w)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE change_feed SET current_watermark = $1 WHERE study_uid = $2 AND series_uid = $3 AND sop_uid = $4")
-            .bind(w)
-            .bind(id.study.as_str())
-            .bind(id.series.as_str())
-            .bind(id.sop.as_str())
-            .execute(&mut *tx)
-            .await?;
+        append_change(self.engine, &mut tx, now, ChangeAction::Create, &uids, w).await?;
         tx.commit().await?;
         Ok(outcome)
     }

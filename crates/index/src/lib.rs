@@ -1,31 +1,39 @@
 //! Tessera's index: which instances exist, under which watermark, in which state; the change
-//! feed; and the queue of deleted instances whose blobs are still to be removed.
+//! feed; the queue of deleted instances whose blobs are still to be removed; durable
+//! operations; the processes serving from it. This crate is the only one with SQL.
 //!
-//! One SQL schema and one set of queries run on SQLite (the embedded default) and PostgreSQL,
-//! through `sqlx`'s `Any` driver. This crate is the only one with SQL.
+//! One interface, [`InstanceIndex`], over two engines, each in its own module with its own
+//! migrations: [`sqlite`](Engine::Sqlite) (embedded, the default) and
+//! [`postgres`](Engine::Postgres) (several processes on one database). The statements both
+//! engines understand verbatim run through sqlx's `Any` driver, so they are written once;
+//! what differs (connecting, migrating without racing another process, handing out
+//! watermarks, claiming work) is in the engine's module. Rows are read by column name into
+//! typed structs (`rows.rs`), and every value reaches the database as a bind.
 //!
 //! Guarantees callers rely on:
 //! - a watermark is handed out once, ever ([`InstanceIndex::begin_create`]);
 //! - an instance is visible (`Created`) only after [`InstanceIndex::end_create`], which also
 //!   appends its change-feed row in the same transaction;
 //! - [`InstanceIndex::delete`] removes rows and appends change-feed rows in one transaction and
-//!   queues the blobs for removal; no blob is touched by the index.
+//!   queues the blobs for removal; no blob is touched by the index;
+//! - a queued removal, an operation and a dead process are each claimed by one caller at a
+//!   time, in this process or another.
 
 mod adoption;
 mod migration;
 mod model;
 mod operations;
+mod postgres;
 mod processes;
+mod rows;
 mod search;
+mod sqlite;
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, AssertSqlSafe, Row};
-use tessera_core::{
-    InstanceIdentifier, Uid, VersionedInstance, Watermark, person_name_search_forms,
-};
+use sqlx::{AnyPool, AssertSqlSafe};
+use tessera_core::{Watermark, person_name_search_forms};
 
 pub use adoption::{Adoption, FoundInstance};
 pub use model::{
@@ -35,6 +43,85 @@ pub use model::{
 pub use operations::{Acquisition, OperationRecord, OperationResults, OperationStatus};
 pub use processes::{GoneProbe, ProcessId, ProcessInfo, RegisteredProcess};
 pub use search::QidoRow;
+
+use rows::{ChangeFeedRow, InstanceRow, RemovalRow, UidsRow};
+
+/// The SQL engine behind an index, chosen by the URL's scheme.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// SQLite (`sqlite://PATH`): one writer at a time, which serializes every claim. Migrations
+    /// retry when another process applied one meanwhile.
+    Sqlite,
+    /// PostgreSQL (`postgres://…`): watermarks from a `SEQUENCE`, work claimed with
+    /// `FOR UPDATE SKIP LOCKED`, migrations under an advisory lock.
+    Postgres,
+}
+
+impl Engine {
+    /// The engine a URL names, if any.
+    pub fn of(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Self::Postgres)
+        } else {
+            None
+        }
+    }
+
+    /// Hands out the next watermark inside `tx` (first statement of the transaction).
+    async fn next_watermark(self, tx: &mut Tx<'_>) -> Result<i64> {
+        match self {
+            Self::Sqlite => sqlite::next_watermark(tx).await,
+            Self::Postgres => postgres::next_watermark(tx).await,
+        }
+    }
+
+    /// Makes every later watermark greater than `watermark` (adoption of found blobs).
+    async fn raise_watermarks_above(self, tx: &mut Tx<'_>, watermark: i64) -> Result<()> {
+        match self {
+            Self::Sqlite => sqlite::raise_watermarks_above(tx, watermark).await,
+            Self::Postgres => postgres::raise_watermarks_above(tx, watermark).await,
+        }
+    }
+
+    /// The watermark the next reservation will get at the earliest.
+    async fn peek_next_watermark(self, pool: &AnyPool) -> Result<i64> {
+        match self {
+            Self::Sqlite => sqlite::peek_next_watermark(pool).await,
+            Self::Postgres => postgres::peek_next_watermark(pool).await,
+        }
+    }
+
+    /// Orders this transaction's change-feed rows after those of every transaction that
+    /// commits before it (SQLite's single writer does already).
+    async fn lock_change_feed(self, tx: &mut Tx<'_>) -> Result<()> {
+        match self {
+            Self::Sqlite => Ok(()),
+            Self::Postgres => postgres::lock_change_feed(tx).await,
+        }
+    }
+
+    /// How a write transaction begins: on SQLite `BEGIN IMMEDIATE`, so that it holds the write
+    /// lock from the start and never fails upgrading a read (busy snapshot) halfway.
+    fn begin_sql(self) -> &'static str {
+        match self {
+            Self::Sqlite => "BEGIN IMMEDIATE",
+            Self::Postgres => "BEGIN",
+        }
+    }
+
+    /// Claims due removals: binds `$1` new `cleanup_after`, `$2` now, `$3` max retries,
+    /// `$4` limit, `$5` claimer; returns the claimed rows.
+    fn claim_removals_sql(self) -> &'static str {
+        match self {
+            Self::Sqlite => sqlite::CLAIM_REMOVALS,
+            Self::Postgres => postgres::CLAIM_REMOVALS,
+        }
+    }
+}
+
+pub(crate) type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
 
 /// What can go wrong in the index.
 #[derive(Debug, thiserror::Error)]
@@ -82,10 +169,18 @@ impl IndexError {
                 ) || error
                     .as_database_error()
                     .and_then(|e| e.code())
-                    // SQLITE_BUSY, SQLITE_LOCKED; PostgreSQL's class 53 (insufficient resources)
-                    // and 57P03 (cannot connect now).
+                    // SQLITE_BUSY, SQLITE_LOCKED; PostgreSQL's classes 08 (connection
+                    // exception) and 53 (insufficient resources), 57P01-57P03 (shutting down,
+                    // cannot connect now), and 40001/40P01 (serialization failure, deadlock:
+                    // the transaction was rolled back and may be retried).
                     .is_some_and(|code| {
-                        code == "5" || code == "6" || code.starts_with("53") || code == "57P03"
+                        code == "5"
+                            || code == "6"
+                            || code.starts_with("08")
+                            || code.starts_with("53")
+                            || code.starts_with("57P0")
+                            || code == "40001"
+                            || code == "40P01"
                     })
             }
             _ => false,
@@ -102,6 +197,7 @@ pub(crate) const CREATED: i16 = 1;
 #[derive(Clone, Debug)]
 pub struct InstanceIndex {
     pub(crate) pool: AnyPool,
+    pub(crate) engine: Engine,
     /// The process recorded as the owner of reservations made through this handle.
     pub(crate) owner: Option<ProcessId>,
     /// Tells whether a registered owner is gone (see [`GoneProbe`]).
@@ -112,60 +208,54 @@ pub(crate) fn micros(time: DateTime<Utc>) -> i64 {
     time.timestamp_micros()
 }
 
-pub(crate) fn from_micros(value: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(value).unwrap_or_default()
+pub(crate) fn from_micros(value: i64) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(value)
+        .ok_or_else(|| IndexError::Corrupt(format!("timestamp {value}")))
+}
+
+/// `now + duration` in microseconds, saturating far in the future.
+pub(crate) fn micros_after(duration: Duration) -> i64 {
+    let now = Utc::now();
+    chrono::Duration::from_std(duration)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .map_or(i64::MAX, micros)
 }
 
 impl InstanceIndex {
     /// Opens (creating if needed) the database at `url` (`sqlite://PATH`, `sqlite::memory:`,
-    /// `postgres://…`) and brings its schema up to date.
+    /// `postgres://…`) and brings its schema up to date. Several processes may open one new
+    /// database at once: each engine serializes its migrations (see [`Engine`]).
     pub async fn open(url: &str) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let open_error = |reason: String| IndexError::Open {
             url: mask(url),
             reason,
         };
-        let is_sqlite = url.starts_with("sqlite:");
-        let url = if is_sqlite {
-            sqlite_url(url).map_err(&open_error)?
-        } else {
-            url.to_owned()
-        };
-        let pool = AnyPoolOptions::new()
-            .max_connections(if is_sqlite { 4 } else { 16 })
-            .after_connect(move |connection, _| {
-                Box::pin(async move {
-                    if is_sqlite {
-                        sqlx::query("PRAGMA busy_timeout = 10000")
-                            .execute(&mut *connection)
-                            .await?;
-                        sqlx::query("PRAGMA foreign_keys = ON")
-                            .execute(&mut *connection)
-                            .await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect(&url)
-            .await
-            .map_err(|e| open_error(e.to_string()))?;
-        if is_sqlite {
-            sqlx::query("PRAGMA journal_mode = WAL")
-                .execute(&pool)
-                .await
-                .map_err(|e| open_error(e.to_string()))?;
-            sqlx::migrate!("./migrations/sqlite")
-                .run(&pool)
-                .await
-                .map_err(|e| open_error(e.to_string()))?;
-        } else {
-            return Err(open_error("PostgreSQL support is not built yet".into()));
+        let engine = Engine::of(url).ok_or_else(|| {
+            open_error("expected sqlite://PATH or postgres://USER@HOST/DB".into())
+        })?;
+        let pool = match engine {
+            Engine::Sqlite => sqlite::open(url).await,
+            Engine::Postgres => postgres::open(url).await,
         }
+        .map_err(open_error)?;
         Ok(Self {
             pool,
+            engine,
             owner: None,
             gone: None,
         })
+    }
+
+    /// A write transaction (see `Engine::begin_sql`).
+    pub(crate) async fn begin(&self) -> Result<Tx<'static>> {
+        Ok(self.pool.begin_with(self.engine.begin_sql()).await?)
+    }
+
+    /// The engine behind this index.
+    pub fn engine(&self) -> Engine {
+        self.engine
     }
 
     /// Reserves a watermark and a `Creating` row for an instance about to be stored, owned by
@@ -175,18 +265,19 @@ impl InstanceIndex {
     /// queued for removal) and replaced in the same transaction.
     pub async fn begin_create(&self, instance: &NewInstance) -> Result<Watermark> {
         let now = micros(Utc::now());
-        let mut tx = self.pool.begin().await?;
-        // The write comes first so that SQLite takes its write lock at once (no upgrade deadlock).
-        let next: i64 = sqlx::query(
-            "UPDATE watermark_sequence SET next_value = next_value + 1 WHERE id = 1 RETURNING next_value - 1",
-        )
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get(0)?;
+        let mut tx = self.begin().await?;
+        // The write comes first so that SQLite takes its write lock at once (no upgrade
+        // deadlock). The study row is locked next (the upsert), before any instance row, the
+        // same order every transaction that removes instances follows.
+        let next = self.engine.next_watermark(&mut tx).await?;
+        let watermark =
+            Watermark::new(next as u64).map_err(|e| IndexError::Corrupt(e.to_string()))?;
+        upsert_parents(&mut tx, instance, now).await?;
         let id = &instance.id;
-        let existing = sqlx::query(
-            "SELECT i.status, i.watermark, i.owner_id, p.owner_id, p.host, p.local_key, p.pid, p.start_ticks,
-                 p.started_at, p.lease_expires FROM instances i LEFT JOIN processes p ON p.owner_id = i.owner_id
+        let existing: Option<rows::ReservationRow> = sqlx::query_as(
+            "SELECT i.status, i.watermark, i.owner_id, p.owner_id AS registered_id, p.host, p.local_key,
+                 p.pid, p.start_ticks, p.started_at, p.lease_expires
+             FROM instances i LEFT JOIN processes p ON p.owner_id = i.owner_id
              WHERE i.study_uid = $1 AND i.series_uid = $2 AND i.sop_uid = $3",
         )
         .bind(id.study.as_str())
@@ -195,32 +286,27 @@ impl InstanceIndex {
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = existing {
-            let status: i16 = row.try_get(0)?;
-            let owner: Option<String> = row.try_get(2)?;
-            let registered: Option<String> = row.try_get(3)?;
-            // A registered owner is gone when its lease expired or the probe knows it is.
-            let gone = || -> Result<bool> {
-                let process = processes::registered_at(&row, 3)?;
-                Ok(micros(process.lease_expires) < now
-                    || self.gone.as_ref().is_some_and(|p| p.is_gone(&process.info)))
-            };
-            let dead = status == CREATING && owner.is_some() && (registered.is_none() || gone()?);
+            let creating = row.status == CREATING;
+            let dead = creating
+                && row.owner_id.is_some()
+                && match row.registered()? {
+                    None => true,
+                    // A registered owner is gone when its lease expired or the probe knows it is.
+                    Some(process) => {
+                        micros(process.lease_expires) < now
+                            || self.gone.as_ref().is_some_and(|p| p.is_gone(&process.info))
+                    }
+                };
             if !dead {
-                return Err(IndexError::AlreadyExists {
-                    creating: status == CREATING,
-                });
+                return Err(IndexError::AlreadyExists { creating });
             }
-            let stale: i64 = row.try_get(1)?;
             tracing::warn!(
-                watermark = stale,
-                owner = owner.as_deref().unwrap_or_default(),
+                watermark = row.watermark,
+                owner = row.owner_id.as_deref().unwrap_or_default(),
                 "taking over a reservation whose owner is gone"
             );
-            abandon_in(&mut tx, stale, now).await?;
+            abandon_in(&mut tx, row.watermark, now).await?;
         }
-        let watermark =
-            Watermark::new(next as u64).map_err(|e| IndexError::Corrupt(e.to_string()))?;
-        upsert_parents(&mut tx, instance, now).await?;
         let inserted = sqlx::query(
             "INSERT INTO instances (watermark, study_uid, series_uid, sop_uid, sop_class_uid, transfer_syntax,
                  status, created_at, updated_at, owner_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
@@ -256,15 +342,17 @@ impl InstanceIndex {
         has_frame_ranges: bool,
     ) -> Result<()> {
         let now = micros(Utc::now());
-        let w = watermark.get() as i64;
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
+        let w = db_watermark(watermark);
+        let length = i64::try_from(content_length)
+            .map_err(|_| IndexError::Corrupt(format!("content length {content_length}")))?;
+        let mut tx = self.begin().await?;
+        let row: UidsRow = sqlx::query_as(
             "UPDATE instances SET status = $1, content_length = $2, checksum = $3, has_frame_ranges = $4,
                  updated_at = $5 WHERE watermark = $6 AND status = $7
              RETURNING study_uid, series_uid, sop_uid",
         )
         .bind(CREATED)
-        .bind(content_length as i64)
+        .bind(length)
         .bind(checksum.to_owned())
         .bind(i16::from(has_frame_ranges))
         .bind(now)
@@ -273,29 +361,7 @@ impl InstanceIndex {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or(IndexError::NotFound)?;
-        let (study, series, sop): (String, String, String) =
-            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        sqlx::query(
-            "INSERT INTO change_feed (timestamp, action, study_uid, series_uid, sop_uid, original_watermark,
-                 current_watermark) VALUES ($1, $2, $3, $4, $5, $6, $6)",
-        )
-        .bind(now)
-        .bind(ChangeAction::Create as i16)
-        .bind(&study)
-        .bind(&series)
-        .bind(&sop)
-        .bind(w)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE change_feed SET current_watermark = $1 WHERE study_uid = $2 AND series_uid = $3 AND sop_uid = $4",
-        )
-        .bind(w)
-        .bind(&study)
-        .bind(&series)
-        .bind(&sop)
-        .execute(&mut *tx)
-        .await?;
+        append_change(self.engine, &mut tx, now, ChangeAction::Create, &row, w).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -304,80 +370,65 @@ impl InstanceIndex {
     /// for immediate blob removal (whatever was written). No change-feed row: it never existed.
     pub async fn abandon_create(&self, watermark: Watermark) -> Result<()> {
         let now = micros(Utc::now());
-        let mut tx = self.pool.begin().await?;
-        abandon_in(&mut tx, watermark.get() as i64, now).await?;
-        remove_empty_parents(&mut tx).await?;
+        let mut tx = self.begin().await?;
+        if let Some(study) = abandon_in(&mut tx, db_watermark(watermark), now).await? {
+            remove_empty_parents(&mut tx, &study).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
 
     /// `Created` instances in `scope`, oldest first.
     pub async fn instances(&self, scope: &RetrieveScope) -> Result<Vec<StoredInstance>> {
-        let (clause, binds) = scope.clause(1);
-        let sql = format!(
-            "SELECT watermark, study_uid, series_uid, sop_uid, sop_class_uid, transfer_syntax, content_length,
-                 checksum, has_frame_ranges FROM instances WHERE status = {CREATED} AND {clause} ORDER BY watermark"
-        );
+        let (clause, uids) = scope.clause(2);
+        let sql = format!("{INSTANCE_SELECT} WHERE status = $1 AND {clause} ORDER BY watermark");
         // Safe: the SQL is built from constant fragments and numbered placeholders; values are bound.
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for bind in binds {
-            query = query.bind(bind);
+        let mut query = sqlx::query_as::<_, InstanceRow>(AssertSqlSafe(sql)).bind(CREATED);
+        for uid in uids {
+            query = query.bind(uid);
         }
         let rows = query.fetch_all(&self.pool).await?;
-        rows.iter().map(stored_instance).collect()
+        rows.into_iter().map(InstanceRow::into_stored).collect()
     }
 
     /// Deletes every instance in `scope`: rows and change-feed rows in one transaction, blobs
     /// queued for removal after `delete_delay`. [`IndexError::NotFound`] when nothing matched.
     pub async fn delete(&self, scope: &RetrieveScope, delete_delay: Duration) -> Result<usize> {
-        let now = Utc::now();
-        let cleanup_after =
-            micros(now + chrono::Duration::from_std(delete_delay).unwrap_or(chrono::Duration::MAX));
-        let now = micros(now);
-        let (clause, binds) = scope.clause(1);
+        let now = micros(Utc::now());
+        let cleanup_after = micros_after(delete_delay);
+        let (clause, uids) = scope.clause(1);
+        let study = scope.study().to_string();
         let sql = format!(
             "DELETE FROM instances WHERE {clause} RETURNING study_uid, series_uid, sop_uid, watermark, status"
         );
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
+        lock_study(&mut tx, &study).await?;
         // Safe: the SQL is built from constant fragments and numbered placeholders; values are bound.
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for bind in binds {
-            query = query.bind(bind);
+        let mut query = sqlx::query_as::<_, rows::DeletedRow>(AssertSqlSafe(sql));
+        for uid in uids {
+            query = query.bind(uid);
         }
         let removed = query.fetch_all(&mut *tx).await?;
         if removed.is_empty() {
             return Err(IndexError::NotFound);
         }
         for row in &removed {
-            let watermark: i64 = row.try_get(3)?;
-            let status: i16 = row.try_get(4)?;
-            queue_blob_removal(&mut tx, watermark, row, now, cleanup_after).await?;
-            let (study, series, sop): (String, String, String) =
-                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-            if status == CREATED {
-                sqlx::query(
-                    "INSERT INTO change_feed (timestamp, action, study_uid, series_uid, sop_uid, original_watermark,
-                         current_watermark) VALUES ($1, $2, $3, $4, $5, $6, NULL)",
+            queue_blob_removal(&mut tx, row.watermark, &row.uids, now, cleanup_after).await?;
+            if row.status == CREATED {
+                append_change(
+                    self.engine,
+                    &mut tx,
+                    now,
+                    ChangeAction::Delete,
+                    &row.uids,
+                    row.watermark,
                 )
-                .bind(now)
-                .bind(ChangeAction::Delete as i16)
-                .bind(&study)
-                .bind(&series)
-                .bind(&sop)
-                .bind(watermark)
-                .execute(&mut *tx)
                 .await?;
+            } else {
+                mark_feed_deleted(&mut tx, &row.uids).await?;
             }
-            sqlx::query(
-                "UPDATE change_feed SET current_watermark = NULL WHERE study_uid = $1 AND series_uid = $2 AND sop_uid = $3",
-            )
-            .bind(&study)
-            .bind(&series)
-            .bind(&sop)
-            .execute(&mut *tx)
-            .await?;
         }
-        remove_empty_parents(&mut tx).await?;
+        remove_empty_parents(&mut tx, &study).await?;
         tx.commit().await?;
         Ok(removed.len())
     }
@@ -391,37 +442,21 @@ impl InstanceIndex {
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<DeletedInstance>> {
-        let now = Utc::now();
-        let until =
-            micros(now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX));
-        let rows = sqlx::query(
-            "UPDATE deleted_instances SET cleanup_after = $1, claimed_by = $5
-             WHERE watermark IN (SELECT watermark FROM deleted_instances
-                 WHERE cleanup_after <= $2 AND retry_count <= $3 ORDER BY cleanup_after LIMIT $4)
-               AND cleanup_after <= $2
-             RETURNING watermark, study_uid, series_uid, sop_uid, retry_count",
-        )
-        .bind(until)
-        .bind(micros(now))
-        .bind(i64::from(max_retries))
-        .bind(i64::from(limit))
-        .bind(self.owner.map(|o| o.to_string()))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(DeletedInstance {
-                    instance: versioned(row, 0, 1)?,
-                    retry_count: row.try_get::<i64, _>(4)? as u32,
-                })
-            })
-            .collect()
+        let rows: Vec<RemovalRow> = sqlx::query_as(self.engine.claim_removals_sql())
+            .bind(micros_after(lease))
+            .bind(micros(Utc::now()))
+            .bind(i64::from(max_retries))
+            .bind(i64::from(limit))
+            .bind(self.owner.map(|o| o.to_string()))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(RemovalRow::into_deleted).collect()
     }
 
     /// The blobs of a queued removal are gone: forget it.
     pub async fn finish_removal(&self, watermark: Watermark) -> Result<()> {
         sqlx::query("DELETE FROM deleted_instances WHERE watermark = $1")
-            .bind(watermark.get() as i64)
+            .bind(db_watermark(watermark))
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -429,26 +464,23 @@ impl InstanceIndex {
 
     /// A removal failed: count it and retry after `back_off`. Returns the new retry count.
     pub async fn fail_removal(&self, watermark: Watermark, back_off: Duration) -> Result<u32> {
-        let after = micros(
-            Utc::now() + chrono::Duration::from_std(back_off).unwrap_or(chrono::Duration::MAX),
-        );
-        let row = sqlx::query(
+        let retries: i64 = sqlx::query_scalar(
             "UPDATE deleted_instances SET retry_count = retry_count + 1, cleanup_after = $1, claimed_by = NULL
              WHERE watermark = $2
              RETURNING retry_count",
         )
-        .bind(after)
-        .bind(watermark.get() as i64)
+        .bind(micros_after(back_off))
+        .bind(db_watermark(watermark))
         .fetch_one(&self.pool)
         .await?;
-        Ok(row.try_get::<i64, _>(0)? as u32)
+        u32::try_from(retries).map_err(|_| IndexError::Corrupt(format!("retry count {retries}")))
     }
 
     /// Watermarks of rows still `Creating` that were reserved before `older_than` by no
     /// registered process (no owner recorded, or one that is gone): a store that crashed or
     /// hung. The sweeper abandons them. A registered process's reservations are never stale.
     pub async fn stale_creating(&self, older_than: DateTime<Utc>) -> Result<Vec<Watermark>> {
-        let rows = sqlx::query(
+        let rows: Vec<i64> = sqlx::query_scalar(
             "SELECT watermark FROM instances WHERE status = $1 AND created_at < $2
                  AND (owner_id IS NULL OR owner_id NOT IN (SELECT owner_id FROM processes))",
         )
@@ -456,28 +488,27 @@ impl InstanceIndex {
         .bind(micros(older_than))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(|row| watermark(row, 0)).collect()
+        rows.into_iter().map(rows::watermark).collect()
     }
 
     /// Whether any row (instance or queued removal) refers to `watermark`: a blob whose
     /// watermark has none is an orphan.
     pub async fn is_referenced(&self, watermark: Watermark) -> Result<bool> {
-        let w = watermark.get() as i64;
-        let row = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM instances WHERE watermark = $1) + (SELECT COUNT(*) FROM deleted_instances WHERE watermark = $1)",
+        let count: i64 = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM instances WHERE watermark = $1)
+                 + (SELECT COUNT(*) FROM deleted_instances WHERE watermark = $1)",
         )
-        .bind(w)
+        .bind(db_watermark(watermark))
         .fetch_one(&self.pool)
         .await?;
-        Ok(row.try_get::<i64, _>(0)? > 0)
+        Ok(count > 0)
     }
 
-    /// The next watermark the index will hand out.
+    /// The next watermark the index will hand out (at the earliest: on PostgreSQL, concurrent
+    /// reservations may take it first; watermarks have gaps but never repeat).
     pub async fn next_watermark(&self) -> Result<u64> {
-        let row = sqlx::query("SELECT next_value FROM watermark_sequence WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get::<i64, _>(0)? as u64)
+        let next = self.engine.peek_next_watermark(&self.pool).await?;
+        u64::try_from(next).map_err(|_| IndexError::Corrupt(format!("next watermark {next}")))
     }
 
     /// Change-feed rows with `after < sequence <= after + window` (v1), by sequence.
@@ -486,14 +517,14 @@ impl InstanceIndex {
         after: i64,
         window: i64,
     ) -> Result<Vec<ChangeFeedEntry>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
+        let rows: Vec<ChangeFeedRow> = sqlx::query_as(AssertSqlSafe(format!(
             "{CHANGE_FEED_SELECT} WHERE sequence > $1 AND sequence <= $2 ORDER BY sequence"
         )))
         .bind(after)
         .bind(after.saturating_add(window))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(change_feed_entry).collect()
+        rows.into_iter().map(ChangeFeedRow::into_entry).collect()
     }
 
     /// Change-feed rows with `start <= timestamp < end`, skipping `offset` rows, at most
@@ -505,8 +536,9 @@ impl InstanceIndex {
         offset: i64,
         limit: i64,
     ) -> Result<Vec<ChangeFeedEntry>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "{CHANGE_FEED_SELECT} WHERE timestamp >= $1 AND timestamp < $2 ORDER BY timestamp, sequence LIMIT $3 OFFSET $4"
+        let rows: Vec<ChangeFeedRow> = sqlx::query_as(AssertSqlSafe(format!(
+            "{CHANGE_FEED_SELECT} WHERE timestamp >= $1 AND timestamp < $2
+             ORDER BY timestamp, sequence LIMIT $3 OFFSET $4"
         )))
         .bind(start.map(micros).unwrap_or(i64::MIN))
         .bind(end.map(micros).unwrap_or(i64::MAX))
@@ -514,18 +546,18 @@ impl InstanceIndex {
         .bind(offset)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(change_feed_entry).collect()
+        rows.into_iter().map(ChangeFeedRow::into_entry).collect()
     }
 
     /// The newest change-feed row (by sequence; v2 orders by time, which agrees here because
     /// rows are appended with the current time).
     pub async fn change_feed_latest(&self) -> Result<Option<ChangeFeedEntry>> {
-        let row = sqlx::query(AssertSqlSafe(format!(
+        let row: Option<ChangeFeedRow> = sqlx::query_as(AssertSqlSafe(format!(
             "{CHANGE_FEED_SELECT} ORDER BY sequence DESC LIMIT 1"
         )))
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(change_feed_entry).transpose()
+        row.map(ChangeFeedRow::into_entry).transpose()
     }
 }
 
@@ -533,10 +565,81 @@ pub(crate) const CHANGE_FEED_SELECT: &str =
     "SELECT sequence, timestamp, action, study_uid, series_uid, sop_uid,
     original_watermark, current_watermark FROM change_feed";
 
+pub(crate) const INSTANCE_SELECT: &str =
+    "SELECT watermark, study_uid, series_uid, sop_uid, sop_class_uid, transfer_syntax,
+    content_length, checksum, has_frame_ranges FROM instances";
+
+/// A watermark as the index stores it (`Watermark` is at most `i64::MAX`).
+pub(crate) fn db_watermark(watermark: Watermark) -> i64 {
+    i64::try_from(watermark.get()).unwrap_or(i64::MAX)
+}
+
+/// Locks a study's row for the rest of the transaction (a no-op write: SQLite's single writer
+/// has it already; on PostgreSQL it orders removals after a concurrent store into the study,
+/// which upserts the same row first, so neither deadlocks nor sees the study empty wrongly).
+pub(crate) async fn lock_study(tx: &mut Tx<'_>, study: &str) -> Result<()> {
+    sqlx::query("UPDATE studies SET study_uid = study_uid WHERE study_uid = $1")
+        .bind(study.to_owned())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Appends a change-feed row for `uids` and points the instance's earlier rows at its current
+/// watermark (`Create`) or at none (`Delete`).
+pub(crate) async fn append_change(
+    engine: Engine,
+    tx: &mut Tx<'_>,
+    now: i64,
+    action: ChangeAction,
+    uids: &UidsRow,
+    watermark: i64,
+) -> Result<()> {
+    let current = (action == ChangeAction::Create).then_some(watermark);
+    engine.lock_change_feed(tx).await?;
+    sqlx::query(
+        "INSERT INTO change_feed (timestamp, action, study_uid, series_uid, sop_uid, original_watermark,
+             current_watermark) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(now)
+    .bind(action as i16)
+    .bind(uids.study_uid.clone())
+    .bind(uids.series_uid.clone())
+    .bind(uids.sop_uid.clone())
+    .bind(watermark)
+    .bind(current)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE change_feed SET current_watermark = $1 WHERE study_uid = $2 AND series_uid = $3 AND sop_uid = $4",
+    )
+    .bind(current)
+    .bind(uids.study_uid.clone())
+    .bind(uids.series_uid.clone())
+    .bind(uids.sop_uid.clone())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Marks every change-feed row of an instance deleted (it is gone without a delete row of its
+/// own: a reservation that never became visible).
+async fn mark_feed_deleted(tx: &mut Tx<'_>, uids: &UidsRow) -> Result<()> {
+    sqlx::query(
+        "UPDATE change_feed SET current_watermark = NULL WHERE study_uid = $1 AND series_uid = $2 AND sop_uid = $3",
+    )
+    .bind(uids.study_uid.clone())
+    .bind(uids.series_uid.clone())
+    .bind(uids.sop_uid.clone())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Creates or updates the study and series rows of an instance (latest wins, orig A.5; an
 /// instance without a PatientID leaves the study's as it is, as the original's v2 does).
 pub(crate) async fn upsert_parents(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut Tx<'_>,
     instance: &NewInstance,
     now: i64,
 ) -> Result<()> {
@@ -595,29 +698,30 @@ pub(crate) async fn upsert_parents(
     Ok(())
 }
 
-/// Removes the `Creating` row with this watermark, if any, and queues its blobs for removal now.
-async fn abandon_in(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    watermark: i64,
-    now: i64,
-) -> Result<()> {
-    let removed = sqlx::query(
+/// Removes the `Creating` row with this watermark, if any, and queues its blobs for removal
+/// now. Returns its study when there was one. The caller holds the study's lock already or
+/// takes no other lock after this (a store replacing a dead reservation of its own instance).
+async fn abandon_in(tx: &mut Tx<'_>, watermark: i64, now: i64) -> Result<Option<String>> {
+    let removed: Option<UidsRow> = sqlx::query_as(
         "DELETE FROM instances WHERE watermark = $1 AND status = $2 RETURNING study_uid, series_uid, sop_uid",
     )
     .bind(watermark)
     .bind(CREATING)
-    .fetch_all(&mut **tx)
+    .fetch_optional(&mut **tx)
     .await?;
-    for row in &removed {
-        queue_blob_removal(tx, watermark, row, now, now).await?;
+    match removed {
+        Some(uids) => {
+            queue_blob_removal(tx, watermark, &uids, now, now).await?;
+            Ok(Some(uids.study_uid))
+        }
+        None => Ok(None),
     }
-    Ok(())
 }
 
 pub(crate) async fn queue_blob_removal(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut Tx<'_>,
     watermark: i64,
-    row: &AnyRow,
+    uids: &UidsRow,
     now: i64,
     cleanup_after: i64,
 ) -> Result<()> {
@@ -626,9 +730,9 @@ pub(crate) async fn queue_blob_removal(
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(watermark)
-    .bind(row.try_get::<String, _>(0)?)
-    .bind(row.try_get::<String, _>(1)?)
-    .bind(row.try_get::<String, _>(2)?)
+    .bind(uids.study_uid.clone())
+    .bind(uids.series_uid.clone())
+    .bind(uids.sop_uid.clone())
     .bind(now)
     .bind(cleanup_after)
     .execute(&mut **tx)
@@ -636,91 +740,23 @@ pub(crate) async fn queue_blob_removal(
     Ok(())
 }
 
-pub(crate) async fn remove_empty_parents(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<()> {
+/// Removes the series of `study` left without instances, then the study if it has none left.
+pub(crate) async fn remove_empty_parents(tx: &mut Tx<'_>, study: &str) -> Result<()> {
     sqlx::query(
-        "DELETE FROM series WHERE NOT EXISTS (SELECT 1 FROM instances i
+        "DELETE FROM series WHERE study_uid = $1 AND NOT EXISTS (SELECT 1 FROM instances i
              WHERE i.study_uid = series.study_uid AND i.series_uid = series.series_uid)",
     )
+    .bind(study.to_owned())
     .execute(&mut **tx)
     .await?;
-    sqlx::query("DELETE FROM studies WHERE NOT EXISTS (SELECT 1 FROM series s WHERE s.study_uid = studies.study_uid)")
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "DELETE FROM studies WHERE study_uid = $1
+             AND NOT EXISTS (SELECT 1 FROM series s WHERE s.study_uid = studies.study_uid)",
+    )
+    .bind(study.to_owned())
+    .execute(&mut **tx)
+    .await?;
     Ok(())
-}
-
-fn watermark(row: &AnyRow, column: usize) -> Result<Watermark> {
-    let value: i64 = row.try_get(column)?;
-    Watermark::new(value as u64).map_err(|e| IndexError::Corrupt(e.to_string()))
-}
-
-fn uid(row: &AnyRow, column: usize) -> Result<Uid> {
-    let value: String = row.try_get(column)?;
-    Uid::parse(&value).map_err(|e| IndexError::Corrupt(e.to_string()))
-}
-
-fn versioned(row: &AnyRow, watermark_column: usize, first_uid: usize) -> Result<VersionedInstance> {
-    let id = InstanceIdentifier {
-        study: uid(row, first_uid)?,
-        series: uid(row, first_uid + 1)?,
-        sop: uid(row, first_uid + 2)?,
-    };
-    Ok(VersionedInstance::new(
-        id,
-        watermark(row, watermark_column)?,
-    ))
-}
-
-pub(crate) fn stored_instance(row: &AnyRow) -> Result<StoredInstance> {
-    Ok(StoredInstance {
-        instance: versioned(row, 0, 1)?,
-        sop_class_uid: row.try_get(4)?,
-        transfer_syntax: row.try_get(5)?,
-        content_length: row.try_get::<Option<i64>, _>(6)?.map(|v| v as u64),
-        checksum: row.try_get(7)?,
-        has_frame_ranges: row.try_get::<i16, _>(8)? != 0,
-    })
-}
-
-pub(crate) fn change_feed_entry(row: &AnyRow) -> Result<ChangeFeedEntry> {
-    let action: i16 = row.try_get(2)?;
-    let original: i64 = row.try_get(6)?;
-    let current: Option<i64> = row.try_get(7)?;
-    Ok(ChangeFeedEntry {
-        sequence: row.try_get(0)?,
-        timestamp: from_micros(row.try_get(1)?),
-        action: if action == ChangeAction::Delete as i16 {
-            ChangeAction::Delete
-        } else {
-            ChangeAction::Create
-        },
-        instance: versioned(row, 6, 3)?,
-        state: match current {
-            None => ChangeState::Deleted,
-            Some(current) if current == original => ChangeState::Current,
-            Some(_) => ChangeState::Replaced,
-        },
-        current_watermark: current.and_then(|w| Watermark::new(w as u64).ok()),
-    })
-}
-
-/// `sqlite://./data/index.db` → a URL sqlx opens, creating the file and its folder.
-fn sqlite_url(url: &str) -> Result<String, String> {
-    let path = url
-        .trim_start_matches("sqlite://")
-        .trim_start_matches("sqlite:");
-    if path == ":memory:" || path.is_empty() {
-        return Ok("sqlite::memory:".into());
-    }
-    let path = path.split('?').next().unwrap_or(path);
-    if let Some(parent) = std::path::Path::new(path)
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-    {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-    }
-    Ok(format!("sqlite://{path}?mode=rwc"))
 }
 
 fn mask(url: &str) -> String {

@@ -1,16 +1,12 @@
 //! Queries the blob migration walks the index with.
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 
+use crate::rows::{ChangeFeedRow, InstanceRow, unsigned};
 use crate::{
-    CHANGE_FEED_SELECT, CREATED, ChangeAction, ChangeFeedEntry, InstanceIndex, Result,
-    StoredInstance, change_feed_entry, micros, stored_instance,
+    CHANGE_FEED_SELECT, CREATED, ChangeAction, ChangeFeedEntry, INSTANCE_SELECT, InstanceIndex,
+    Result, StoredInstance, micros,
 };
-
-const INSTANCE_SELECT: &str =
-    "SELECT watermark, study_uid, series_uid, sop_uid, sop_class_uid, transfer_syntax,
-    content_length, checksum, has_frame_ranges FROM instances";
 
 impl InstanceIndex {
     /// Up to `limit` `Created` instances with a watermark below `before` (all when `None`),
@@ -20,14 +16,15 @@ impl InstanceIndex {
         before: Option<u64>,
         limit: u32,
     ) -> Result<Vec<StoredInstance>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{INSTANCE_SELECT} WHERE status = {CREATED} AND watermark < $1 ORDER BY watermark DESC LIMIT $2"
+        let rows: Vec<InstanceRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{INSTANCE_SELECT} WHERE status = $1 AND watermark < $2 ORDER BY watermark DESC LIMIT $3"
         )))
-        .bind(before.map(|b| b as i64).unwrap_or(i64::MAX))
+        .bind(CREATED)
+        .bind(before.map(crate::rows::to_db).transpose()?.unwrap_or(i64::MAX))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(stored_instance).collect()
+        rows.into_iter().map(InstanceRow::into_stored).collect()
     }
 
     /// Up to `limit` `Created` instances above watermark `after` that a walk started at
@@ -40,48 +37,49 @@ impl InstanceIndex {
         started: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<StoredInstance>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{INSTANCE_SELECT} WHERE status = {CREATED} AND watermark > $1 AND (watermark > $2 OR updated_at >= $3)
-             ORDER BY watermark LIMIT $4"
+        let rows: Vec<InstanceRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{INSTANCE_SELECT} WHERE status = $1 AND watermark > $2 AND (watermark > $3 OR updated_at >= $4)
+             ORDER BY watermark LIMIT $5"
         )))
-        .bind(after as i64)
-        .bind(upper as i64)
+        .bind(CREATED)
+        .bind(crate::rows::to_db(after)?)
+        .bind(crate::rows::to_db(upper)?)
         .bind(micros(started))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(stored_instance).collect()
+        rows.into_iter().map(InstanceRow::into_stored).collect()
     }
 
     /// The `Created` instance with this watermark, if any.
     pub async fn instance_by_watermark(&self, watermark: u64) -> Result<Option<StoredInstance>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{INSTANCE_SELECT} WHERE status = {CREATED} AND watermark = $1"
+        let row: Option<InstanceRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{INSTANCE_SELECT} WHERE status = $1 AND watermark = $2"
         )))
-        .bind(watermark as i64)
+        .bind(CREATED)
+        .bind(crate::rows::to_db(watermark)?)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(stored_instance).transpose()
+        row.map(InstanceRow::into_stored).transpose()
     }
 
     /// How many instances are `Created`.
     pub async fn count_created(&self) -> Result<u64> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT COUNT(*) FROM instances WHERE status = {CREATED}"
-        )))
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get::<i64, _>(0)? as u64)
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM instances WHERE status = $1")
+            .bind(CREATED)
+            .fetch_one(&self.pool)
+            .await?;
+        unsigned(count, "count")
     }
 
     /// The highest watermark of a `Created` instance, if any.
     pub async fn max_created_watermark(&self) -> Result<Option<u64>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT MAX(watermark) FROM instances WHERE status = {CREATED}"
-        )))
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get::<Option<i64>, _>(0)?.map(|w| w as u64))
+        let max: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(watermark) FROM instances WHERE status = $1")
+                .bind(CREATED)
+                .fetch_one(&self.pool)
+                .await?;
+        max.map(|w| unsigned(w, "watermark")).transpose()
     }
 
     /// Records the length and checksum of an instance's file where the index has none (an
@@ -90,9 +88,9 @@ impl InstanceIndex {
         sqlx::query(
             "UPDATE instances SET content_length = $1, checksum = $2 WHERE watermark = $3 AND (content_length IS NULL OR checksum IS NULL)",
         )
-        .bind(length as i64)
+        .bind(crate::rows::to_db(length)?)
         .bind(checksum.to_owned())
-        .bind(watermark as i64)
+        .bind(crate::rows::to_db(watermark)?)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -106,7 +104,7 @@ impl InstanceIndex {
         after: i64,
         limit: u32,
     ) -> Result<Vec<ChangeFeedEntry>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows: Vec<ChangeFeedRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "{CHANGE_FEED_SELECT} WHERE action = $1 AND timestamp >= $2 AND sequence > $3 ORDER BY sequence LIMIT $4"
         )))
         .bind(ChangeAction::Delete as i16)
@@ -115,17 +113,18 @@ impl InstanceIndex {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(change_feed_entry).collect()
+        rows.into_iter().map(ChangeFeedRow::into_entry).collect()
     }
 
     /// How many delete rows of the change feed are at or after `since`.
     pub async fn count_deletes_since(&self, since: DateTime<Utc>) -> Result<u64> {
-        let row =
-            sqlx::query("SELECT COUNT(*) FROM change_feed WHERE action = $1 AND timestamp >= $2")
-                .bind(ChangeAction::Delete as i16)
-                .bind(micros(since))
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(row.try_get::<i64, _>(0)? as u64)
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM change_feed WHERE action = $1 AND timestamp >= $2",
+        )
+        .bind(ChangeAction::Delete as i16)
+        .bind(micros(since))
+        .fetch_one(&self.pool)
+        .await?;
+        unsigned(count, "count")
     }
 }

@@ -43,6 +43,14 @@ pub enum RetrieveScope {
 }
 
 impl RetrieveScope {
+    /// The study the scope lies in.
+    pub fn study(&self) -> &Uid {
+        match self {
+            Self::Study(study) | Self::Series(study, _) => study,
+            Self::Instance(id) => &id.study,
+        }
+    }
+
     /// The SQL condition and its values, with placeholders numbered from `first`.
     pub(crate) fn clause(&self, first: usize) -> (String, Vec<String>) {
         let uids: Vec<String> = match self {

@@ -3,10 +3,8 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
-use crate::{IndexError, InstanceIndex, Result, from_micros, micros};
+use crate::{IndexError, InstanceIndex, Result, from_micros, micros, micros_after};
 
 /// Where an operation stands (the original's runtime statuses, orig C).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,32 +140,49 @@ pub enum Acquisition {
 
 const SELECT: &str = "SELECT id, kind, status, checkpoint, results, created_at, updated_at, lease_owner, lease_expires FROM operations";
 
-fn record(row: &AnyRow) -> Result<OperationRecord> {
-    Ok(OperationRecord {
-        id: row.try_get(0)?,
-        kind: row.try_get(1)?,
-        status: OperationStatus::parse(&row.try_get::<String, _>(2)?)?,
-        checkpoint: row.try_get(3)?,
-        results: row.try_get(4)?,
-        created_at: from_micros(row.try_get(5)?),
-        updated_at: from_micros(row.try_get(6)?),
-        lease_owner: row.try_get(7)?,
-        lease_expires: row.try_get::<Option<i64>, _>(8)?.map(from_micros),
-    })
+/// `SELECT`.
+#[derive(Debug, sqlx::FromRow)]
+struct OperationRow {
+    id: String,
+    kind: String,
+    status: String,
+    checkpoint: String,
+    results: String,
+    created_at: i64,
+    updated_at: i64,
+    lease_owner: Option<String>,
+    lease_expires: Option<i64>,
+}
+
+impl OperationRow {
+    fn into_record(self) -> Result<OperationRecord> {
+        Ok(OperationRecord {
+            id: self.id,
+            kind: self.kind,
+            status: OperationStatus::parse(&self.status)?,
+            checkpoint: self.checkpoint,
+            results: self.results,
+            created_at: from_micros(self.created_at)?,
+            updated_at: from_micros(self.updated_at)?,
+            lease_owner: self.lease_owner,
+            lease_expires: self.lease_expires.map(from_micros).transpose()?,
+        })
+    }
 }
 
 fn until(lease: Duration) -> i64 {
-    micros(Utc::now() + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX))
+    micros_after(lease)
 }
 
 impl InstanceIndex {
     /// The operation with this id, if it exists.
     pub async fn operation(&self, id: &str) -> Result<Option<OperationRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT} WHERE id = $1")))
-            .bind(id.to_owned())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(record).transpose()
+        let row: Option<OperationRow> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} WHERE id = $1")))
+                .bind(id.to_owned())
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(OperationRow::into_record).transpose()
     }
 
     /// Takes operation `id` for `owner` for `lease`: creates it (with `checkpoint` and
@@ -184,57 +199,60 @@ impl InstanceIndex {
         results: &str,
     ) -> Result<Acquisition> {
         let now = micros(Utc::now());
-        let mut tx = self.pool.begin().await?;
-        // A write first, so SQLite takes its write lock before the read (no upgrade deadlock).
-        sqlx::query("UPDATE operations SET id = id WHERE id = $1")
-            .bind(id.to_owned())
-            .execute(&mut *tx)
-            .await?;
-        let existing = sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT} WHERE id = $1")))
-            .bind(id.to_owned())
-            .fetch_optional(&mut *tx)
-            .await?;
-        let existing = existing.as_ref().map(record).transpose()?;
-        let outcome = match existing {
-            None => {
-                sqlx::query(
-                    "INSERT INTO operations (id, kind, status, checkpoint, results, created_at, updated_at, lease_owner, lease_expires)
-                     VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8)",
-                )
-                .bind(id.to_owned())
-                .bind(kind.to_owned())
-                .bind(OperationStatus::Running.as_str())
-                .bind(checkpoint.to_owned())
-                .bind(results.to_owned())
-                .bind(now)
-                .bind(owner.to_owned())
-                .bind(until(lease))
-                .execute(&mut *tx)
-                .await?;
-                None
-            }
-            Some(record) if record.status == OperationStatus::Succeeded => {
-                Some(Acquisition::AlreadySucceeded(record))
-            }
-            Some(record)
-                if record.status == OperationStatus::Running
-                    && record.lease_owner.as_deref() != Some(owner)
-                    && record.lease_expires.is_some_and(|t| micros(t) > now) =>
-            {
-                Some(Acquisition::HeldElsewhere(record))
-            }
-            Some(_) => {
-                sqlx::query(
-                    "UPDATE operations SET status = $1, lease_owner = $2, lease_expires = $3, updated_at = $4 WHERE id = $5",
-                )
-                .bind(OperationStatus::Running.as_str())
-                .bind(owner.to_owned())
-                .bind(until(lease))
-                .bind(now)
+        let mut tx = self.begin().await?;
+        // Created when absent (a write first, so SQLite takes its write lock before the read);
+        // when present, locked before it is read, so two processes never both take it.
+        let created: Option<String> = sqlx::query_scalar(
+            "INSERT INTO operations (id, kind, status, checkpoint, results, created_at, updated_at, lease_owner, lease_expires)
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8)
+             ON CONFLICT (id) DO NOTHING RETURNING id",
+        )
+        .bind(id.to_owned())
+        .bind(kind.to_owned())
+        .bind(OperationStatus::Running.as_str())
+        .bind(checkpoint.to_owned())
+        .bind(results.to_owned())
+        .bind(now)
+        .bind(owner.to_owned())
+        .bind(until(lease))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let outcome = if created.is_some() {
+            None
+        } else {
+            sqlx::query("UPDATE operations SET id = id WHERE id = $1")
                 .bind(id.to_owned())
                 .execute(&mut *tx)
                 .await?;
-                None
+            let existing: OperationRow =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} WHERE id = $1")))
+                    .bind(id.to_owned())
+                    .fetch_one(&mut *tx)
+                    .await?;
+            match existing.into_record()? {
+                record if record.status == OperationStatus::Succeeded => {
+                    Some(Acquisition::AlreadySucceeded(record))
+                }
+                record
+                    if record.status == OperationStatus::Running
+                        && record.lease_owner.as_deref() != Some(owner)
+                        && record.lease_expires.is_some_and(|t| micros(t) > now) =>
+                {
+                    Some(Acquisition::HeldElsewhere(record))
+                }
+                _ => {
+                    sqlx::query(
+                        "UPDATE operations SET status = $1, lease_owner = $2, lease_expires = $3, updated_at = $4 WHERE id = $5",
+                    )
+                    .bind(OperationStatus::Running.as_str())
+                    .bind(owner.to_owned())
+                    .bind(until(lease))
+                    .bind(now)
+                    .bind(id.to_owned())
+                    .execute(&mut *tx)
+                    .await?;
+                    None
+                }
             }
         };
         tx.commit().await?;
@@ -345,7 +363,7 @@ impl InstanceIndex {
              ON CONFLICT (operation_id, watermark) DO UPDATE SET error = excluded.error",
         )
         .bind(id.to_owned())
-        .bind(watermark as i64)
+        .bind(crate::rows::to_db(watermark)?)
         .bind(error.to_owned())
         .execute(&self.pool)
         .await?;
@@ -356,7 +374,7 @@ impl InstanceIndex {
     pub async fn clear_operation_failure(&self, id: &str, watermark: u64) -> Result<()> {
         sqlx::query("DELETE FROM operation_failures WHERE operation_id = $1 AND watermark = $2")
             .bind(id.to_owned())
-            .bind(watermark as i64)
+            .bind(crate::rows::to_db(watermark)?)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -388,17 +406,27 @@ impl InstanceIndex {
         after: u64,
         limit: u32,
     ) -> Result<Vec<(u64, String)>> {
-        let rows = sqlx::query(
+        #[derive(sqlx::FromRow)]
+        struct FailureRow {
+            watermark: i64,
+            error: String,
+        }
+        let rows: Vec<FailureRow> = sqlx::query_as(
             "SELECT watermark, error FROM operation_failures WHERE operation_id = $1 AND watermark > $2
              ORDER BY watermark LIMIT $3",
         )
         .bind(id.to_owned())
-        .bind(after as i64)
+        .bind(crate::rows::to_db(after)?)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get::<i64, _>(0)? as u64, r.try_get(1)?)))
+        rows.into_iter()
+            .map(|row| {
+                Ok((
+                    crate::rows::unsigned(row.watermark, "watermark")?,
+                    row.error,
+                ))
+            })
             .collect()
     }
 }

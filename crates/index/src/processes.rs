@@ -12,10 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
-use crate::{CREATING, IndexError, InstanceIndex, Result, from_micros, micros};
+use crate::rows::{DeletedRow, ProcessRow};
+use crate::{CREATING, IndexError, InstanceIndex, Result, Tx, micros, micros_after};
 
 /// A process's identity as a reservation owner: a random id, fresh for every start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -93,31 +92,7 @@ pub struct RegisteredProcess {
 }
 
 fn until(lease: Duration) -> i64 {
-    micros(Utc::now() + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX))
-}
-
-fn registered(row: &AnyRow) -> Result<RegisteredProcess> {
-    registered_at(row, 0)
-}
-
-/// A process from the columns `owner_id, host, local_key, pid, start_ticks, started_at,
-/// lease_expires`, starting at column `base`.
-pub(crate) fn registered_at(row: &AnyRow, base: usize) -> Result<RegisteredProcess> {
-    let pid: i64 = row.try_get(base + 3)?;
-    let start_ticks: Option<i64> = row.try_get(base + 4)?;
-    Ok(RegisteredProcess {
-        info: ProcessInfo {
-            id: ProcessId::parse(&row.try_get::<String, _>(base)?)?,
-            host: row.try_get(base + 1)?,
-            local_key: row.try_get(base + 2)?,
-            pid: u32::try_from(pid).map_err(|_| IndexError::Corrupt(format!("pid {pid}")))?,
-            start_ticks: start_ticks
-                .map(|t| u64::try_from(t).map_err(|_| IndexError::Corrupt(format!("ticks {t}"))))
-                .transpose()?,
-        },
-        started_at: from_micros(row.try_get(base + 5)?),
-        lease_expires: from_micros(row.try_get(base + 6)?),
-    })
+    micros_after(lease)
 }
 
 impl InstanceIndex {
@@ -149,7 +124,7 @@ impl InstanceIndex {
         .bind(info.host.clone())
         .bind(info.local_key.clone())
         .bind(i64::from(info.pid))
-        .bind(info.start_ticks.map(|t| t as i64))
+        .bind(info.start_ticks.map(crate::rows::to_db).transpose()?)
         .bind(micros(Utc::now()))
         .bind(until(lease))
         .execute(&self.pool)
@@ -170,13 +145,13 @@ impl InstanceIndex {
 
     /// Every registered process.
     pub async fn processes(&self) -> Result<Vec<RegisteredProcess>> {
-        let rows = sqlx::query(
+        let rows: Vec<ProcessRow> = sqlx::query_as(
             "SELECT owner_id, host, local_key, pid, start_ticks, started_at, lease_expires FROM processes
              ORDER BY started_at",
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(registered).collect()
+        rows.into_iter().map(ProcessRow::into_registered).collect()
     }
 
     /// Forgets a process (it shut down, or is known to be dead) and abandons its reservations
@@ -184,47 +159,44 @@ impl InstanceIndex {
     /// removals it had claimed are due again at once. Returns how many reservations were
     /// abandoned.
     pub async fn unregister_process(&self, id: ProcessId) -> Result<usize> {
-        let now = micros(Utc::now());
-        let mut tx = self.pool.begin().await?;
-        let removed = sqlx::query(
-            "DELETE FROM instances WHERE owner_id = $1 AND status = $2
-             RETURNING study_uid, series_uid, sop_uid, watermark",
-        )
-        .bind(id.to_string())
-        .bind(CREATING)
-        .fetch_all(&mut *tx)
-        .await?;
-        for row in &removed {
-            let watermark: i64 = row.try_get(3)?;
-            crate::queue_blob_removal(&mut tx, watermark, row, now, now).await?;
-        }
-        sqlx::query(
-            "UPDATE deleted_instances SET cleanup_after = $1, claimed_by = NULL WHERE claimed_by = $2",
-        )
-        .bind(now)
-        .bind(id.to_string())
-        .execute(&mut *tx)
-        .await?;
+        let mut tx = self.begin().await?;
         sqlx::query("DELETE FROM processes WHERE owner_id = $1")
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
-        crate::remove_empty_parents(&mut tx).await?;
+        let abandoned = abandon_reservations_of(&mut tx, id).await?;
         tx.commit().await?;
-        Ok(removed.len())
+        Ok(abandoned)
     }
 
     /// Unregisters every process whose lease expired before `now` (see
-    /// [`Self::unregister_process`]). Returns the ids it forgot.
+    /// [`Self::unregister_process`]). Returns the ids it forgot: each expired process is
+    /// forgotten by one caller, whichever process takes its row first.
     pub async fn reap_expired_processes(&self, now: DateTime<Utc>) -> Result<Vec<ProcessId>> {
-        let rows = sqlx::query("SELECT owner_id FROM processes WHERE lease_expires < $1")
+        let expired: Vec<String> =
+            sqlx::query_scalar("SELECT owner_id FROM processes WHERE lease_expires < $1")
+                .bind(micros(now))
+                .fetch_all(&self.pool)
+                .await?;
+        let mut reaped = Vec::with_capacity(expired.len());
+        for owner in expired {
+            let id = ProcessId::parse(&owner)?;
+            let mut tx = self.begin().await?;
+            // Taken only if it is still there and still expired (not renewed meanwhile, not
+            // reaped by another process).
+            let taken: Option<String> = sqlx::query_scalar(
+                "DELETE FROM processes WHERE owner_id = $1 AND lease_expires < $2 RETURNING owner_id",
+            )
+            .bind(owner)
             .bind(micros(now))
-            .fetch_all(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?;
-        let mut reaped = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let id = ProcessId::parse(&row.try_get::<String, _>(0)?)?;
-            let abandoned = self.unregister_process(id).await?;
+            if taken.is_none() {
+                tx.rollback().await?;
+                continue;
+            }
+            let abandoned = abandon_reservations_of(&mut tx, id).await?;
+            tx.commit().await?;
             tracing::warn!(owner = %id, abandoned, "a process's lease expired; its reservations were abandoned");
             reaped.push(id);
         }
@@ -236,18 +208,17 @@ impl InstanceIndex {
     /// the blob removals such processes had claimed due again. Returns how many reservations.
     pub async fn abandon_orphaned_reservations(&self) -> Result<usize> {
         let now = micros(Utc::now());
-        let mut tx = self.pool.begin().await?;
-        let removed = sqlx::query(
-            "DELETE FROM instances WHERE status = $1 AND owner_id IS NOT NULL
-                 AND owner_id NOT IN (SELECT owner_id FROM processes)
-             RETURNING study_uid, series_uid, sop_uid, watermark",
-        )
+        let mut tx = self.begin().await?;
+        let orphaned = "status = $1 AND owner_id IS NOT NULL AND owner_id NOT IN (SELECT owner_id FROM processes)";
+        let studies = lock_studies_where(&mut tx, orphaned, None).await?;
+        let removed: Vec<DeletedRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM instances WHERE {orphaned} RETURNING study_uid, series_uid, sop_uid, watermark, status"
+        )))
         .bind(CREATING)
         .fetch_all(&mut *tx)
         .await?;
         for row in &removed {
-            let watermark: i64 = row.try_get(3)?;
-            crate::queue_blob_removal(&mut tx, watermark, row, now, now).await?;
+            crate::queue_blob_removal(&mut tx, row.watermark, &row.uids, now, now).await?;
         }
         sqlx::query(
             "UPDATE deleted_instances SET cleanup_after = $1, claimed_by = NULL
@@ -256,8 +227,61 @@ impl InstanceIndex {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        crate::remove_empty_parents(&mut tx).await?;
+        for study in &studies {
+            crate::remove_empty_parents(&mut tx, study).await?;
+        }
         tx.commit().await?;
         Ok(removed.len())
     }
+}
+
+/// Locks (in UID order) the studies of the `Creating` rows matching `condition` (binds: `$1`
+/// `CREATING`, `$2` `owner` when given) and returns them: the study before its instances, as
+/// every transaction that adds or removes instances does.
+async fn lock_studies_where(
+    tx: &mut Tx<'_>,
+    condition: &str,
+    owner: Option<ProcessId>,
+) -> Result<Vec<String>> {
+    let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!(
+        "SELECT DISTINCT study_uid FROM instances WHERE {condition} ORDER BY study_uid"
+    )))
+    .bind(CREATING);
+    if let Some(owner) = owner {
+        query = query.bind(owner.to_string());
+    }
+    let studies = query.fetch_all(&mut **tx).await?;
+    for study in &studies {
+        crate::lock_study(tx, study).await?;
+    }
+    Ok(studies)
+}
+
+/// Abandons the reservations of process `id` (rows removed, blobs queued now) and makes the
+/// removals it had claimed due again. Returns how many reservations.
+async fn abandon_reservations_of(tx: &mut Tx<'_>, id: ProcessId) -> Result<usize> {
+    let now = micros(Utc::now());
+    let owned = "status = $1 AND owner_id = $2";
+    let studies = lock_studies_where(tx, owned, Some(id)).await?;
+    let removed: Vec<DeletedRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM instances WHERE {owned} RETURNING study_uid, series_uid, sop_uid, watermark, status"
+    )))
+    .bind(CREATING)
+    .bind(id.to_string())
+    .fetch_all(&mut **tx)
+    .await?;
+    for row in &removed {
+        crate::queue_blob_removal(tx, row.watermark, &row.uids, now, now).await?;
+    }
+    sqlx::query(
+        "UPDATE deleted_instances SET cleanup_after = $1, claimed_by = NULL WHERE claimed_by = $2",
+    )
+    .bind(now)
+    .bind(id.to_string())
+    .execute(&mut **tx)
+    .await?;
+    for study in &studies {
+        crate::remove_empty_parents(tx, study).await?;
+    }
+    Ok(removed.len())
 }

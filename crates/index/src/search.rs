@@ -1,10 +1,45 @@
 //! QIDO-RS searches over studies, series and instances.
 
-use sqlx::Row;
-use sqlx::any::AnyRow;
 use tessera_core::{Matcher, QidoQuery, QueryAttribute, QueryLevel, fold_person_name};
 
+use crate::rows::unsigned;
 use crate::{CREATED, InstanceIndex, Result};
+
+/// A value bound to a search's numbered placeholder.
+enum Bind {
+    Text(String),
+    Integer(i64),
+}
+
+/// Binds `value` as the next placeholder and returns its name (`$N`).
+fn placeholder(binds: &mut Vec<Bind>, value: Bind) -> String {
+    binds.push(value);
+    format!("${}", binds.len())
+}
+
+/// One search result row, by column name (the study columns, then series and instance columns,
+/// which are NULL at the levels that have none).
+#[derive(Debug, sqlx::FromRow)]
+struct SearchRow {
+    study_uid: Option<String>,
+    patient_name: Option<String>,
+    patient_id: Option<String>,
+    patient_birth_date: Option<String>,
+    accession_number: Option<String>,
+    referring_physician_name: Option<String>,
+    study_date: Option<String>,
+    study_description: Option<String>,
+    series_uid: Option<String>,
+    modality: Option<String>,
+    performed_procedure_step_start_date: Option<String>,
+    manufacturer_model_name: Option<String>,
+    sop_uid: Option<String>,
+    sop_class_uid: Option<String>,
+    series_instances: Option<i64>,
+    representative: Option<i64>,
+    study_series: i64,
+    study_instances: i64,
+}
 
 /// One search result: the attributes the index keeps for it and its higher levels, counts, and
 /// its newest instance (for attributes only the metadata has).
@@ -83,11 +118,8 @@ fn escape_like(value: &str) -> String {
 }
 
 /// Builds SQL conditions and their values, numbering placeholders from `binds.len() + 1`.
-fn condition(attribute: QueryAttribute, matcher: &Matcher, binds: &mut Vec<String>) -> String {
-    let mut bind = |value: String| {
-        binds.push(value);
-        format!("${}", binds.len())
-    };
+fn condition(attribute: QueryAttribute, matcher: &Matcher, binds: &mut Vec<Bind>) -> String {
+    let mut bind = |value: String| placeholder(binds, Bind::Text(value));
     let is_name = matches!(
         attribute,
         QueryAttribute::PatientName | QueryAttribute::ReferringPhysicianName
@@ -159,19 +191,23 @@ impl InstanceIndex {
     /// Runs a QIDO search: `Created` instances only, newest first, paged.
     pub async fn search(&self, query: &QidoQuery) -> Result<Vec<QidoRow>> {
         let mut binds = Vec::new();
+        let created = placeholder(&mut binds, Bind::Integer(CREATED.into()));
         let mut conditions = Vec::new();
         let visible_in = |scope: &str| {
-            format!("EXISTS (SELECT 1 FROM instances v WHERE {scope} AND v.status = {CREATED})")
+            format!("EXISTS (SELECT 1 FROM instances v WHERE {scope} AND v.status = {created})")
         };
         let (from, order, extra_columns) = match query.level {
             QueryLevel::Study => {
                 conditions.push(visible_in("v.study_uid = s.study_uid"));
                 (
-                    "studies s".to_owned(),
+                    "studies s",
                     "s.updated_at DESC, s.study_uid",
                     format!(
-                        "NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                         (SELECT MAX(watermark) FROM instances v WHERE v.study_uid = s.study_uid AND v.status = {CREATED})"
+                        "NULL AS series_uid, NULL AS modality, NULL AS performed_procedure_step_start_date,
+                         NULL AS manufacturer_model_name, NULL AS sop_uid, NULL AS sop_class_uid,
+                         CAST(NULL AS BIGINT) AS series_instances,
+                         (SELECT MAX(watermark) FROM instances v WHERE v.study_uid = s.study_uid AND v.status = {created})
+                             AS representative"
                     ),
                 )
             }
@@ -180,63 +216,72 @@ impl InstanceIndex {
                     "v.study_uid = se.study_uid AND v.series_uid = se.series_uid",
                 ));
                 (
-                    "series se JOIN studies s ON s.study_uid = se.study_uid".to_owned(),
+                    "series se JOIN studies s ON s.study_uid = se.study_uid",
                     "se.updated_at DESC, se.series_uid",
                     format!(
-                        "se.series_uid, se.modality, se.performed_procedure_step_start_date, se.manufacturer_model_name, NULL, NULL,
-                         (SELECT COUNT(*) FROM instances v WHERE v.study_uid = se.study_uid AND v.series_uid = se.series_uid AND v.status = {CREATED}),
-                         (SELECT MAX(watermark) FROM instances v WHERE v.study_uid = se.study_uid AND v.series_uid = se.series_uid AND v.status = {CREATED})"
+                        "se.series_uid, se.modality, se.performed_procedure_step_start_date, se.manufacturer_model_name,
+                         NULL AS sop_uid, NULL AS sop_class_uid,
+                         (SELECT COUNT(*) FROM instances v WHERE v.study_uid = se.study_uid AND v.series_uid = se.series_uid
+                             AND v.status = {created}) AS series_instances,
+                         (SELECT MAX(watermark) FROM instances v WHERE v.study_uid = se.study_uid AND v.series_uid = se.series_uid
+                             AND v.status = {created}) AS representative"
                     ),
                 )
             }
             QueryLevel::Instance => {
-                conditions.push(format!("i.status = {CREATED}"));
+                conditions.push(format!("i.status = {created}"));
                 (
                     "instances i JOIN series se ON se.study_uid = i.study_uid AND se.series_uid = i.series_uid
-                     JOIN studies s ON s.study_uid = i.study_uid"
-                        .to_owned(),
+                     JOIN studies s ON s.study_uid = i.study_uid",
                     "i.watermark DESC",
                     format!(
-                        "se.series_uid, se.modality, se.performed_procedure_step_start_date, se.manufacturer_model_name, i.sop_uid, i.sop_class_uid,
-                         (SELECT COUNT(*) FROM instances v WHERE v.study_uid = i.study_uid AND v.series_uid = i.series_uid AND v.status = {CREATED}),
-                         i.watermark"
+                        "se.series_uid, se.modality, se.performed_procedure_step_start_date, se.manufacturer_model_name,
+                         i.sop_uid, i.sop_class_uid,
+                         (SELECT COUNT(*) FROM instances v WHERE v.study_uid = i.study_uid AND v.series_uid = i.series_uid
+                             AND v.status = {created}) AS series_instances,
+                         i.watermark AS representative"
                     ),
                 )
             }
         };
         if let Some(study) = &query.study {
-            binds.push(study.to_string());
-            conditions.push(format!("s.study_uid = ${}", binds.len()));
+            let p = placeholder(&mut binds, Bind::Text(study.to_string()));
+            conditions.push(format!("s.study_uid = {p}"));
         }
         if let Some(series) = &query.series {
-            binds.push(series.to_string());
-            conditions.push(format!("se.series_uid = ${}", binds.len()));
+            let p = placeholder(&mut binds, Bind::Text(series.to_string()));
+            conditions.push(format!("se.series_uid = {p}"));
         }
         for (attribute, matcher) in &query.filters {
             conditions.push(condition(*attribute, matcher, &mut binds));
         }
-        binds.push(query.limit.to_string());
-        let limit = binds.len();
-        binds.push(query.offset.to_string());
-        let offset = binds.len();
-        let study_columns: Vec<&str> = STUDY_COLUMNS.iter().map(|(_, c)| *c).collect();
+        let limit = placeholder(&mut binds, Bind::Integer(i64::from(query.limit)));
+        let offset = placeholder(&mut binds, Bind::Integer(i64::from(query.offset)));
+        let study_columns: Vec<String> = STUDY_COLUMNS
+            .iter()
+            .map(|(_, c)| format!("{c} AS {}", c.trim_start_matches("s.")))
+            .collect();
         let sql = format!(
             "SELECT {}, {extra_columns},
-                 (SELECT COUNT(*) FROM series x WHERE x.study_uid = s.study_uid),
-                 (SELECT COUNT(*) FROM instances v WHERE v.study_uid = s.study_uid AND v.status = {CREATED})
-             FROM {from} WHERE {} ORDER BY {order} LIMIT CAST(${limit} AS INTEGER) OFFSET CAST(${offset} AS INTEGER)",
+                 (SELECT COUNT(*) FROM series x WHERE x.study_uid = s.study_uid) AS study_series,
+                 (SELECT COUNT(*) FROM instances v WHERE v.study_uid = s.study_uid AND v.status = {created})
+                     AS study_instances
+             FROM {from} WHERE {} ORDER BY {order} LIMIT {limit} OFFSET {offset}",
             study_columns.join(", "),
             conditions.join(" AND "),
         );
         // Safe: the SQL is built from constant fragments and numbered placeholders; values are bound.
-        let mut statement = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut statement = sqlx::query_as::<_, SearchRow>(sqlx::AssertSqlSafe(sql));
         for value in binds {
-            statement = statement.bind(value);
+            statement = match value {
+                Bind::Text(text) => statement.bind(text),
+                Bind::Integer(number) => statement.bind(number),
+            };
         }
         let rows = statement.fetch_all(&self.pool).await?;
         let mut results = rows
-            .iter()
-            .map(|row| self.qido_row(row, query.level))
+            .into_iter()
+            .map(|row| qido_row(row, query.level))
             .collect::<Result<Vec<_>>>()?;
         self.add_modalities(&mut results).await?;
         Ok(results)
@@ -255,64 +300,90 @@ impl InstanceIndex {
         }
         let placeholders: Vec<String> = (1..=studies.len()).map(|n| format!("${n}")).collect();
         let sql = format!(
-            "SELECT DISTINCT study_uid, modality FROM series WHERE modality IS NOT NULL AND study_uid IN ({}) ORDER BY modality",
+            "SELECT DISTINCT study_uid, modality FROM series WHERE modality IS NOT NULL AND study_uid IN ({})
+             ORDER BY modality",
             placeholders.join(", ")
         );
+        #[derive(sqlx::FromRow)]
+        struct ModalityRow {
+            study_uid: String,
+            modality: String,
+        }
         // Safe: numbered placeholders only; values are bound.
-        let mut statement = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut statement = sqlx::query_as::<_, ModalityRow>(sqlx::AssertSqlSafe(sql));
         for study in &studies {
             statement = statement.bind(study.clone());
         }
         for row in statement.fetch_all(&self.pool).await? {
-            let (study, modality): (String, String) = (row.try_get(0)?, row.try_get(1)?);
-            for result in results
-                .iter_mut()
-                .filter(|r| r.value(QueryAttribute::StudyInstanceUid) == Some(study.as_str()))
-            {
-                result.modalities_in_study.push(modality.clone());
+            for result in results.iter_mut().filter(|r| {
+                r.value(QueryAttribute::StudyInstanceUid) == Some(row.study_uid.as_str())
+            }) {
+                result.modalities_in_study.push(row.modality.clone());
             }
         }
         Ok(())
     }
+}
 
-    fn qido_row(&self, row: &AnyRow, level: QueryLevel) -> Result<QidoRow> {
-        let mut values = Vec::new();
-        for (i, (attribute, _)) in STUDY_COLUMNS.iter().enumerate() {
-            if let Some(value) = row.try_get::<Option<String>, _>(i)? {
-                values.push((*attribute, value));
-            }
-        }
-        if level != QueryLevel::Study {
-            for (i, (attribute, _)) in SERIES_COLUMNS.iter().enumerate() {
-                if let Some(value) = row.try_get::<Option<String>, _>(8 + i)? {
-                    values.push((*attribute, value));
-                }
-            }
-        }
-        if let Some(sop) = row
-            .try_get::<Option<String>, _>(12)?
-            .filter(|_| level == QueryLevel::Instance)
-        {
-            values.push((QueryAttribute::SopInstanceUid, sop));
-        }
-        Ok(QidoRow {
-            values,
-            sop_class_uid: if level == QueryLevel::Instance {
-                row.try_get(13)?
-            } else {
-                None
-            },
-            series_instances: if level == QueryLevel::Study {
-                None
-            } else {
-                row.try_get::<Option<i64>, _>(14)?.map(|n| n as u64)
-            },
-            representative: row.try_get::<Option<i64>, _>(15)?.map(|w| w as u64),
-            study_series: row.try_get::<i64, _>(16)? as u64,
-            study_instances: row.try_get::<i64, _>(17)? as u64,
-            modalities_in_study: Vec::new(),
-        })
+fn qido_row(row: SearchRow, level: QueryLevel) -> Result<QidoRow> {
+    let study_values = [
+        (QueryAttribute::StudyInstanceUid, row.study_uid),
+        (QueryAttribute::PatientName, row.patient_name),
+        (QueryAttribute::PatientId, row.patient_id),
+        (QueryAttribute::PatientBirthDate, row.patient_birth_date),
+        (QueryAttribute::AccessionNumber, row.accession_number),
+        (
+            QueryAttribute::ReferringPhysicianName,
+            row.referring_physician_name,
+        ),
+        (QueryAttribute::StudyDate, row.study_date),
+        (QueryAttribute::StudyDescription, row.study_description),
+    ];
+    let series_values = [
+        (QueryAttribute::SeriesInstanceUid, row.series_uid),
+        (QueryAttribute::Modality, row.modality),
+        (
+            QueryAttribute::PerformedProcedureStepStartDate,
+            row.performed_procedure_step_start_date,
+        ),
+        (
+            QueryAttribute::ManufacturerModelName,
+            row.manufacturer_model_name,
+        ),
+    ];
+    let mut values: Vec<(QueryAttribute, Option<String>)> = study_values.into();
+    if level != QueryLevel::Study {
+        values.extend(series_values);
     }
+    if level == QueryLevel::Instance {
+        values.push((QueryAttribute::SopInstanceUid, row.sop_uid));
+    }
+    let values = values
+        .into_iter()
+        .filter_map(|(attribute, value)| value.map(|v| (attribute, v)))
+        .collect();
+    Ok(QidoRow {
+        values,
+        sop_class_uid: if level == QueryLevel::Instance {
+            row.sop_class_uid
+        } else {
+            None
+        },
+        series_instances: match level {
+            QueryLevel::Study => None,
+            _ => row
+                .series_instances
+                .map(|n| unsigned(n, "count"))
+                .transpose()?,
+        },
+        representative: row
+            .representative
+            .map(|w| unsigned(w, "watermark"))
+            .transpose()?,
+        study_series: unsigned(row.study_series, "count")?,
+        study_instances: unsigned(row.study_instances, "count")?,
+        modalities_in_study: Vec::new(),
+    })
 }
 
 impl QidoRow {

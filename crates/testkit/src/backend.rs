@@ -69,7 +69,7 @@ impl Backend {
     }
 }
 
-fn service_missing(service: &str, variable: &str) {
+pub(crate) fn service_missing(service: &str, variable: &str) {
     if std::env::var(REQUIRE_SERVICES_ENV).as_deref() == Ok("1") {
         panic!("{service} is required ({REQUIRE_SERVICES_ENV}=1) but {variable} is not set");
     }

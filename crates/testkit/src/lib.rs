@@ -8,9 +8,12 @@
 
 pub mod backend;
 pub mod blob_suite;
+pub mod index;
+pub mod index_suite;
 pub mod memory;
 pub mod oidc;
 pub mod server;
 pub mod synthetic;
 
 pub use backend::{Backend, TestContainers};
+pub use index::{IndexEngine, TestIndex};

@@ -16,7 +16,8 @@ pub struct TestServer {
 }
 
 /// `tessera ARGS` in `dir`, with only the given configuration variables (inherited `A__B`
-/// variables are removed so a developer's environment cannot change a test).
+/// variables are removed so a developer's environment cannot change a test), and the index of
+/// [`SERVER_INDEX_ENV`] when that asks for one and the test names none.
 pub fn command(binary: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(binary);
     command.current_dir(dir).args(args);
@@ -24,7 +25,51 @@ pub fn command(binary: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -
         command.env_remove(name);
     }
     command.envs(env.iter().copied());
+    if !env.iter().any(|(name, _)| *name == "Tessera__Index")
+        && let Some(index) = server_index(dir)
+    {
+        command.env("Tessera__Index", index);
+    }
     command
+}
+
+/// Set to `postgres` to run every server a test starts on PostgreSQL instead of its default
+/// SQLite file, unless the test names an index itself: a database per server directory (kept
+/// for the servers restarted in it) on the server of [`crate::index::POSTGRES_URL_ENV`]. The
+/// test command runs the main end-to-end suites once this way.
+pub const SERVER_INDEX_ENV: &str = "TESSERA_TEST_SERVER_INDEX";
+
+/// The index URL for servers in `dir` when [`SERVER_INDEX_ENV`] asks for PostgreSQL.
+fn server_index(dir: &Path) -> Option<String> {
+    if std::env::var(SERVER_INDEX_ENV).as_deref() != Ok("postgres") {
+        return None;
+    }
+    static DATABASES: Mutex<Vec<(PathBuf, crate::index::FreshDatabase)>> = Mutex::new(Vec::new());
+    let mut databases = DATABASES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, database)) = databases.iter().find(|(d, _)| d == dir) {
+        return Some(database.url.clone());
+    }
+    // Called from tests' runtimes, which cannot be blocked on: a runtime on a thread of its own.
+    let database = std::thread::spawn(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(crate::IndexEngine::Postgres.fresh_database())
+    })
+    .join()
+    .expect("creating a PostgreSQL database")
+    .unwrap_or_else(|| {
+        panic!(
+            "{SERVER_INDEX_ENV}=postgres needs {}",
+            crate::index::POSTGRES_URL_ENV
+        )
+    });
+    let url = database.url.clone();
+    // Kept for the rest of the test process (a restarted server finds its index again) and
+    // never dropped: the test command's private PostgreSQL goes with its data at the end.
+    databases.push((dir.to_owned(), database));
+    Some(url)
 }
 
 impl TestServer {
