@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use object_store::ObjectStore;
-use object_store::aws::{AmazonS3Builder, S3CopyIfNotExists};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3CopyIfNotExists};
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
@@ -197,11 +197,19 @@ impl BlobStoreLocation {
                 Arc::new(store)
             }
             Self::S3 { bucket, prefix } => {
-                let store = AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    .with_copy_if_not_exists(S3CopyIfNotExists::Multipart)
-                    .build()
-                    .map_err(|e| open_error(e.to_string()))?;
+                // Writes are create-only: puts send `If-None-Match: *` (object_store's default
+                // conditional put), and copies, which S3 cannot make conditional, are a
+                // one-part multipart upload copying the source and completed with
+                // `If-None-Match: *`, unless `AWS_COPY_IF_NOT_EXISTS` names another way
+                // (a header some S3-compatible stores take instead).
+                let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+                if builder
+                    .get_config_value(&AmazonS3ConfigKey::CopyIfNotExists)
+                    .is_none()
+                {
+                    builder = builder.with_copy_if_not_exists(S3CopyIfNotExists::Multipart);
+                }
+                let store = builder.build().map_err(|e| open_error(e.to_string()))?;
                 let scope = match prefix {
                     Some(prefix) => format!("{prefix}/{container}"),
                     None => container.to_owned(),

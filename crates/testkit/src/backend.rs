@@ -4,6 +4,10 @@ use tessera_blob::{BlobStoreLocation, ContainerNames, Containers};
 
 /// Environment variable with the Azure connection string of the Azurite the test command started.
 pub const AZURE_CONNECTION_ENV: &str = "TESSERA_TEST_AZURE_CONNECTION_STRING";
+/// Environment variable with the S3 bucket of the S3 server the test command started; the
+/// endpoint and credentials are in the usual `AWS_*` variables, which the server processes
+/// inherit.
+pub const S3_BUCKET_ENV: &str = "TESSERA_TEST_S3_BUCKET";
 /// Set to `1` to make a missing test service a failure rather than a skip.
 pub const REQUIRE_SERVICES_ENV: &str = "TESSERA_TEST_REQUIRE_SERVICES";
 
@@ -16,6 +20,8 @@ pub enum Backend {
     Memory,
     /// Azure Blob Storage API served by Azurite.
     Azurite,
+    /// The S3 API served by moto's server mode; each test gets its own key prefix.
+    S3,
 }
 
 /// Containers for one test, and what must live as long as they do.
@@ -51,6 +57,16 @@ impl Backend {
                 Ok(connection) => (BlobStoreLocation::Azure, Some(connection), None),
                 Err(_) => {
                     service_missing("Azurite", AZURE_CONNECTION_ENV);
+                    return None;
+                }
+            },
+            Self::S3 => match std::env::var(S3_BUCKET_ENV) {
+                Ok(bucket) => {
+                    let prefix = Some(format!("test-{suffix}"));
+                    (BlobStoreLocation::S3 { bucket, prefix }, None, None)
+                }
+                Err(_) => {
+                    service_missing("S3", S3_BUCKET_ENV);
                     return None;
                 }
             },
