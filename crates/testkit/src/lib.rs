@@ -13,4 +13,4 @@ pub mod oidc;
 pub mod server;
 pub mod synthetic;
 
-pub use backend::{Backend, TestContainers};
+pub use backend::{Backend, Container, ServerBlobs, TestContainers, eventually_async};
