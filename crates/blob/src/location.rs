@@ -14,6 +14,7 @@ use object_store::prefix::PrefixStore;
 
 use crate::azure::AzureConnection;
 use crate::faults::{FaultInjection, FaultInjector};
+use crate::metered::MeteredStore;
 use crate::{BlobError, BlobStore};
 
 /// A blob store backend, as named by a URL: `file://./data/blobs`, `memory://`, `az://`
@@ -175,7 +176,8 @@ impl BlobStoreLocation {
                     .map_err(|e| open_error(e.to_string()))?
                     .with_automatic_cleanup(true)
                     .with_fsync(true);
-                return Ok(BlobStore::new(Arc::new(store), container).with_local_folder(folder));
+                let metered = MeteredStore::new(Arc::new(store), self.backend_label());
+                return Ok(BlobStore::new(Arc::new(metered), container).with_local_folder(folder));
             }
             Self::Azure => {
                 let connection_string = connection_string
@@ -217,7 +219,18 @@ impl BlobStoreLocation {
                 Arc::new(PrefixStore::new(store, scope))
             }
         };
-        Ok(BlobStore::new(inner, container))
+        let metered = MeteredStore::new(inner, self.backend_label());
+        Ok(BlobStore::new(Arc::new(metered), container))
+    }
+
+    /// The `backend` label of this store's metrics.
+    pub fn backend_label(&self) -> &'static str {
+        match self {
+            Self::FileSystem { .. } => "filesystem",
+            Self::Memory => "memory",
+            Self::Azure => "azure",
+            Self::S3 { .. } => "s3",
+        }
     }
 }
 

@@ -1,4 +1,8 @@
-//! `GET /health/check`: whether the server can reach its index and blob store.
+//! Health: `GET /health/check` (the original's: whether the index and blob store answer),
+//! `GET /health/live` (liveness: the process serves requests; no dependency is asked, so an
+//! orchestrator never restarts a process because a store is down) and `GET /health/ready`
+//! (readiness: the stores answer and the process is not shutting down, so a load balancer sends
+//! it traffic).
 
 use axum::Json;
 use axum::extract::State;
@@ -9,6 +13,40 @@ use crate::AppState;
 
 /// 200 with `{"status":"Healthy"}` when the stores answer, 503 otherwise.
 pub async fn check(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    if stores_answer(&state).await {
+        (StatusCode::OK, Json(json!({ "status": "Healthy" })))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "Unhealthy" })),
+        )
+    }
+}
+
+/// Always 200 while the process answers HTTP.
+pub async fn live() -> (StatusCode, Json<serde_json::Value>) {
+    (StatusCode::OK, Json(json!({ "status": "Alive" })))
+}
+
+/// 200 when the stores answer and no shutdown has begun; 503 otherwise.
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    if state.shutting_down.is_cancelled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "ShuttingDown" })),
+        );
+    }
+    if stores_answer(&state).await {
+        (StatusCode::OK, Json(json!({ "status": "Ready" })))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "Unavailable" })),
+        )
+    }
+}
+
+async fn stores_answer(state: &AppState) -> bool {
     let probe = "tessera-health-probe".into();
     let blobs = state
         .service
@@ -19,13 +57,10 @@ pub async fn check(State(state): State<AppState>) -> (StatusCode, Json<serde_jso
         .await;
     let index = state.service.index().next_watermark().await;
     match (blobs, index) {
-        (Ok(_), Ok(_)) => (StatusCode::OK, Json(json!({ "status": "Healthy" }))),
+        (Ok(_), Ok(_)) => true,
         (blobs, index) => {
             tracing::warn!(blobs = ?blobs.err(), index = ?index.err(), "health check failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "Unhealthy" })),
-            )
+            false
         }
     }
 }
