@@ -4,6 +4,8 @@
 //! (readiness: the stores answer and the process is not shutting down, so a load balancer sends
 //! it traffic).
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -46,20 +48,22 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_jso
     }
 }
 
+/// How long the stores get to answer a health probe. A store that cannot be reached is retried
+/// by its client for minutes; a probe must answer within a load balancer's timeout.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
 async fn stores_answer(state: &AppState) -> bool {
     let probe = "tessera-health-probe".into();
-    let blobs = state
-        .service
-        .blobs()
-        .containers()
-        .files
-        .exists(&probe)
-        .await;
-    let index = state.service.index().next_watermark().await;
-    match (blobs, index) {
-        (Ok(_), Ok(_)) => true,
-        (blobs, index) => {
+    let blobs = state.service.blobs().containers().files.exists(&probe);
+    let index = state.service.index().next_watermark();
+    match tokio::time::timeout(PROBE_TIMEOUT, futures::future::join(blobs, index)).await {
+        Ok((Ok(_), Ok(_))) => true,
+        Ok((blobs, index)) => {
             tracing::warn!(blobs = ?blobs.err(), index = ?index.err(), "health check failed");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?PROBE_TIMEOUT, "health check failed: the stores did not answer in time");
             false
         }
     }

@@ -179,3 +179,64 @@ async fn readiness_fails_while_the_blob_store_does_not_answer() {
     let check = reqwest::get(server.url("/health/check")).await.unwrap();
     assert_eq!(check.status(), 503);
 }
+
+/// A TCP relay on a loopback port to `upstream`; dropping it closes the port and every
+/// connection through it, as when the network to a store goes down.
+struct Relay {
+    port: u16,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Relay {
+    async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                connections.spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Self { port, tasks }
+    }
+
+    fn stop(mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_when_the_s3_store_becomes_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(blobs) =
+        tessera_testkit::ServerBlobs::new(tessera_testkit::Backend::S3, dir.path()).await
+    else {
+        return;
+    };
+    let endpoint = std::env::var("AWS_ENDPOINT").expect("the test command sets AWS_ENDPOINT");
+    let upstream = endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let relay = Relay::start(upstream).await;
+    let through_relay = format!("http://127.0.0.1:{}", relay.port);
+    let server = TestServer::start(
+        tessera(),
+        dir.path(),
+        &blobs.env_with(&[("AWS_ENDPOINT", &through_relay)]),
+    );
+    let ready = reqwest::get(server.url("/health/ready")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    relay.stop();
+    let ready = reqwest::get(server.url("/health/ready")).await.unwrap();
+    assert_eq!(ready.status(), 503, "the blob store is unreachable");
+    let live = reqwest::get(server.url("/health/live")).await.unwrap();
+    assert_eq!(live.status(), 200);
+}
