@@ -81,6 +81,7 @@ impl Metrics {
             .map_err(|e| MetricsError(e.to_string()))?
             .install_recorder()
             .map_err(|e| MetricsError(e.to_string()))?;
+        describe();
         Ok(Self { handle, operations })
     }
 
@@ -89,6 +90,77 @@ impl Metrics {
     pub fn run_upkeep(&self) {
         self.handle.run_upkeep();
     }
+}
+
+/// The `# HELP` lines of every metric Tessera records.
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    use tessera_blob::metered;
+    use tessera_service::metrics as service;
+    describe_counter!(
+        REQUESTS,
+        "HTTP requests answered, by method, route template and status"
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Time to answer an HTTP request, until its response headers"
+    );
+    describe_gauge!(UPLOADS_IN_FLIGHT, "STOW requests being stored now");
+    describe_gauge!(UPLOADS_LIMIT, "Tessera:Limits:MaxConcurrentUploads");
+    describe_gauge!(INDEX_POOL_CONNECTIONS, "Connections the index pool holds");
+    describe_gauge!(INDEX_POOL_IDLE, "Idle connections of the index pool");
+    describe_gauge!(INDEX_POOL_MAX, "The most connections the index pool opens");
+    describe_counter!(
+        FALLBACK_READS,
+        "Reads served from an Old blob name because the New one was missing"
+    );
+    describe_gauge!(
+        OPERATION_PROCESSED,
+        "Instances a background operation processed"
+    );
+    describe_gauge!(
+        OPERATION_TOTAL,
+        "Instances a background operation has to process"
+    );
+    describe_gauge!(
+        OPERATION_FAILED,
+        "Instances a background operation failed on"
+    );
+    describe_gauge!(OPERATION_RUNNING, "1 while a background operation runs");
+    describe_counter!(
+        metered::CALLS,
+        "Calls to the blob store, by backend and operation"
+    );
+    describe_counter!(
+        metered::ERRORS,
+        "Failed calls to the blob store (not counting not-found and already-exists answers)"
+    );
+    describe_counter!(
+        metered::BYTES_WRITTEN,
+        Unit::Bytes,
+        "Bytes written to the blob store"
+    );
+    describe_counter!(
+        metered::BYTES_READ,
+        Unit::Bytes,
+        "Bytes read from the blob store"
+    );
+    describe_counter!(service::INSTANCES_STORED, "Instances stored");
+    describe_counter!(
+        service::BYTES_STORED,
+        Unit::Bytes,
+        "Bytes of the instances stored"
+    );
+    describe_counter!(
+        service::BYTES_SERVED,
+        Unit::Bytes,
+        "Bytes handed to WADO responses, by kind"
+    );
+    describe_counter!(
+        service::CLEANUP_REMOVALS,
+        "Blob removals of deleted instances, by outcome"
+    );
 }
 
 /// Route layer: counts each request by method, matched route and status, and times it.

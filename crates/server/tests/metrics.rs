@@ -109,6 +109,8 @@ async fn a_stow_and_a_wado_move_the_counters() {
         after.contains("tessera_http_request_duration_seconds_bucket{"),
         "latency is a histogram"
     );
+    assert!(after.contains("# HELP tessera_http_requests_total "));
+    assert!(after.contains("# TYPE tessera_http_request_duration_seconds histogram"));
     for uid in [&synthetic.study, &synthetic.sop, &"1.2.3.404".to_owned()] {
         assert!(!after.contains(uid.as_str()), "a UID in a label: {uid}");
     }
