@@ -171,6 +171,7 @@ fn install_metrics(
         ("copy".into(), ids.copy_id),
         ("migrationDeletion".into(), ids.delete_id),
         ("cleanupDeleted".into(), ids.cleanup_id),
+        ("adopt".into(), tessera_ops::ADOPTION_OPERATION_ID.into()),
     ])?;
     let upkeep = metrics.clone();
     tokio::spawn(async move {

@@ -242,3 +242,37 @@ async fn readiness_fails_when_the_s3_store_becomes_unreachable() {
     let live = reqwest::get(server.url("/health/live")).await.unwrap();
     assert_eq!(live.status(), 200);
 }
+
+#[tokio::test]
+async fn background_operations_report_their_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let blue = std::fs::read(testdata().join("blue-circle.dcm")).unwrap();
+    let server = TestServer::start(tessera(), dir.path(), &[]);
+    assert_eq!(server.stow("/v1/studies", &[blue]).await.0, 200);
+    server.kill();
+    // Adoption of the store's own blobs: one instance, already indexed.
+    let adopt = tessera_testkit::server::command(tessera(), dir.path(), &["adopt"], &[])
+        .output()
+        .unwrap();
+    assert!(adopt.status.success(), "{adopt:?}");
+
+    let server = TestServer::start(tessera(), dir.path(), &[]);
+    let text = scrape(&server).await;
+    assert_eq!(
+        value(&text, r#"tessera_operation_running{operation="adopt"}"#),
+        0.0
+    );
+    assert_eq!(
+        value(&text, r#"tessera_operation_processed{operation="adopt"}"#),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, r#"tessera_operation_failed{operation="adopt"}"#),
+        0.0
+    );
+    assert!(
+        !text.contains(r#"operation="copy""#),
+        "an operation that never ran has no series"
+    );
+}
