@@ -68,3 +68,62 @@ async fn stores_answer(state: &AppState) -> bool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tessera_blob::{BlobStoreLocation, ContainerNames, FormatPolicy, InstanceBlobStore};
+    use tessera_core::{FormatType, Limits};
+    use tessera_service::{DicomService, ServiceSettings};
+    use tower::ServiceExt;
+
+    use crate::{AppState, PublicUrl, router};
+
+    async fn status(app: &axum::Router, path: &str) -> StatusCode {
+        let request = Request::get(path).body(Body::empty()).unwrap();
+        app.clone().oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn readiness_fails_once_shutdown_begins_and_liveness_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("index.db").display());
+        let index = tessera_index::InstanceIndex::open(&url).await.unwrap();
+        let containers = BlobStoreLocation::Memory
+            .open(None, &ContainerNames::default())
+            .await
+            .unwrap();
+        let blobs = InstanceBlobStore::new(containers, FormatPolicy::new(FormatType::New));
+        let service = DicomService::new(
+            index,
+            Arc::new(blobs),
+            ServiceSettings {
+                delete_delay: Duration::ZERO,
+                limits: Limits::default(),
+            },
+        );
+        let shutting_down = tokio_util::sync::CancellationToken::new();
+        let state = AppState::new(service, Limits::default(), PublicUrl::default())
+            .with_shutdown(shutting_down.clone());
+        let app = router(state);
+        assert_eq!(status(&app, "/health/ready").await, StatusCode::OK);
+        assert_eq!(status(&app, "/health/live").await, StatusCode::OK);
+        assert_eq!(
+            status(&app, "/metrics").await,
+            StatusCode::NOT_FOUND,
+            "no recorder installed"
+        );
+
+        shutting_down.cancel();
+        assert_eq!(
+            status(&app, "/health/ready").await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(status(&app, "/health/live").await, StatusCode::OK);
+        assert_eq!(status(&app, "/health/check").await, StatusCode::OK);
+    }
+}
