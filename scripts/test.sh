@@ -51,10 +51,11 @@ echo "== Azurite on 127.0.0.1:$azurite_port"
 # Tessera's create-only puts and copies rely on. The conformance suite lowers the multipart part
 # size to 64 KiB to exercise the staged path with small bodies, so moto's minimum part size
 # (5 MiB, as on AWS) is lowered to match; Tessera's own part size (8 MiB) is above AWS's minimum.
+# Only S3's dependencies and the server's (Flask): `moto[server]` would bring every AWS service's.
 if [ ! -x .tools/moto/bin/moto_server ]; then
-  echo "== installing moto[server]==$MOTO_VERSION from PyPI"
+  echo "== installing moto[s3]==$MOTO_VERSION and its server from PyPI"
   python3 -m venv .tools/moto
-  .tools/moto/bin/pip install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+  .tools/moto/bin/pip install --quiet --disable-pip-version-check "moto[s3]==$MOTO_VERSION" flask flask-cors
 fi
 moto_port=$(free_port)
 S3_UPLOAD_PART_MIN_SIZE=65536 .tools/moto/bin/moto_server -H 127.0.0.1 -p "$moto_port" \
