@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or a developer's: installs and starts the services the
-# tests talk to (Azurite for the Azure backend, PostgreSQL for the index), checks formatting and
-# lints, runs every test, and stops only what it started. CI runs exactly this (.ci/run).
+# tests talk to (Azurite for the Azure backend, moto's S3 server for the S3 backend, PostgreSQL
+# for the index), checks formatting and lints, runs every test, and stops only what it started.
+# CI runs exactly this (.ci/run).
 #
 # PostgreSQL: TESSERA_TEST_POSTGRES_URL (a role that may create databases, on its maintenance
 # database) is used when set; otherwise a server already listening on 127.0.0.1:5432 is used as
@@ -11,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 AZURITE_VERSION=3.35.0   # the last release that runs on Node 20
+MOTO_VERSION=5.2.5
 workdir=$(mktemp -d -t tessera-test.XXXXXX)
 started=()
 pg_started=""
@@ -49,7 +51,7 @@ if [ -z "$azurite_bin" ]; then
 fi
 azurite_port=$(free_port)
 "$azurite_bin" --blobHost 127.0.0.1 --blobPort "$azurite_port" --location "$workdir/azurite" \
-  --skipApiVersionCheck --loose --silent >"$workdir/azurite.log" 2>&1 &
+  --skipApiVersionCheck --loose --silent --disableTelemetry >"$workdir/azurite.log" 2>&1 &
 started+=($!)
 wait_for_http "http://127.0.0.1:$azurite_port/devstoreaccount1?comp=list" Azurite "$workdir/azurite.log"
 echo "== Azurite on 127.0.0.1:$azurite_port"
@@ -88,6 +90,25 @@ if [ -z "${TESSERA_TEST_POSTGRES_URL:-}" ]; then
   fi
 fi
 
+# moto's S3 server, from PyPI into a virtual environment under .tools/ (kept between runs), on a
+# free port. It enforces `If-None-Match: *` on PutObject and CompleteMultipartUpload, which
+# Tessera's create-only puts and copies rely on. The conformance suite lowers the multipart part
+# size to 64 KiB to exercise the staged path with small bodies, so moto's minimum part size
+# (5 MiB, as on AWS) is lowered to match; Tessera's own part size (8 MiB) is above AWS's minimum.
+# Only S3's dependencies and the server's (Flask): `moto[server]` would bring every AWS service's.
+if [ ! -x .tools/moto/bin/moto_server ]; then
+  echo "== installing moto[s3]==$MOTO_VERSION and its server from PyPI"
+  python3 -m venv .tools/moto
+  .tools/moto/bin/pip install --quiet --disable-pip-version-check "moto[s3]==$MOTO_VERSION" flask flask-cors
+fi
+moto_port=$(free_port)
+S3_UPLOAD_PART_MIN_SIZE=65536 .tools/moto/bin/moto_server -H 127.0.0.1 -p "$moto_port" \
+  >"$workdir/moto.log" 2>&1 &
+started+=($!)
+wait_for_http "http://127.0.0.1:$moto_port/" moto "$workdir/moto.log"
+curl -sf -X PUT "http://127.0.0.1:$moto_port/tessera-test" >/dev/null
+echo "== moto (S3) on 127.0.0.1:$moto_port"
+
 # Python's dicomweb-client for the interoperability test, in a virtual environment under .tools/.
 if [ ! -x .tools/venv/bin/python ] || ! .tools/venv/bin/python -c 'import dicomweb_client' 2>/dev/null; then
   echo "== installing dicomweb-client from PyPI"
@@ -97,6 +118,11 @@ fi
 export TESSERA_TEST_PYTHON="$PWD/.tools/venv/bin/python"
 
 export TESSERA_TEST_AZURE_CONNECTION_STRING="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint=http://127.0.0.1:$azurite_port/devstoreaccount1"
+# object_store reads the S3 endpoint and credentials from these; tests give each case its own
+# key prefix in the bucket.
+export AWS_ENDPOINT="http://127.0.0.1:$moto_port" AWS_ALLOW_HTTP=true AWS_REGION=us-east-1
+export AWS_ACCESS_KEY_ID=tessera-test AWS_SECRET_ACCESS_KEY=tessera-test
+export TESSERA_TEST_S3_BUCKET=tessera-test
 export TESSERA_TEST_REQUIRE_SERVICES=1
 
 echo "== cargo fmt --check"

@@ -8,6 +8,8 @@
 //!   or S3 store from the `Tessera:BlobStore` URL.
 //! - [`FaultInjectingStore`] wraps a backend to fail, delay and cut calls from a seed, so tests
 //!   can show Tessera stays correct when the store misbehaves ([`Containers::with_faults`]).
+//! - [`metered::MeteredStore`] wraps every backend opened from a location to count its calls,
+//!   failures and bytes as metrics.
 //! - [`InstanceBlobStore`] applies the FormatType table (contract §4): which names are written,
 //!   read (New first, Old fallback) and deleted.
 //!
@@ -34,6 +36,7 @@ mod faults;
 mod instance_store;
 pub mod layout;
 mod location;
+pub mod metered;
 mod store;
 
 pub use faults::{FaultInjectingStore, FaultInjection, FaultInjector, FaultTally};

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use object_store::ObjectStore;
-use object_store::aws::{AmazonS3Builder, S3CopyIfNotExists};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3CopyIfNotExists};
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
@@ -14,6 +14,7 @@ use object_store::prefix::PrefixStore;
 
 use crate::azure::AzureConnection;
 use crate::faults::{FaultInjection, FaultInjector};
+use crate::metered::MeteredStore;
 use crate::{BlobError, BlobStore};
 
 /// A blob store backend, as named by a URL: `file://./data/blobs`, `memory://`, `az://`
@@ -175,7 +176,8 @@ impl BlobStoreLocation {
                     .map_err(|e| open_error(e.to_string()))?
                     .with_automatic_cleanup(true)
                     .with_fsync(true);
-                return Ok(BlobStore::new(Arc::new(store), container).with_local_folder(folder));
+                let metered = MeteredStore::new(Arc::new(store), self.backend_label());
+                return Ok(BlobStore::new(Arc::new(metered), container).with_local_folder(folder));
             }
             Self::Azure => {
                 let connection_string = connection_string
@@ -197,11 +199,19 @@ impl BlobStoreLocation {
                 Arc::new(store)
             }
             Self::S3 { bucket, prefix } => {
-                let store = AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    .with_copy_if_not_exists(S3CopyIfNotExists::Multipart)
-                    .build()
-                    .map_err(|e| open_error(e.to_string()))?;
+                // Writes are create-only: puts send `If-None-Match: *` (object_store's default
+                // conditional put), and copies, which S3 cannot make conditional, are a
+                // one-part multipart upload copying the source and completed with
+                // `If-None-Match: *`, unless `AWS_COPY_IF_NOT_EXISTS` names another way
+                // (a header some S3-compatible stores take instead).
+                let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+                if builder
+                    .get_config_value(&AmazonS3ConfigKey::CopyIfNotExists)
+                    .is_none()
+                {
+                    builder = builder.with_copy_if_not_exists(S3CopyIfNotExists::Multipart);
+                }
+                let store = builder.build().map_err(|e| open_error(e.to_string()))?;
                 let scope = match prefix {
                     Some(prefix) => format!("{prefix}/{container}"),
                     None => container.to_owned(),
@@ -209,7 +219,18 @@ impl BlobStoreLocation {
                 Arc::new(PrefixStore::new(store, scope))
             }
         };
-        Ok(BlobStore::new(inner, container))
+        let metered = MeteredStore::new(inner, self.backend_label());
+        Ok(BlobStore::new(Arc::new(metered), container))
+    }
+
+    /// The `backend` label of this store's metrics.
+    pub fn backend_label(&self) -> &'static str {
+        match self {
+            Self::FileSystem { .. } => "filesystem",
+            Self::Memory => "memory",
+            Self::Azure => "azure",
+            Self::S3 { .. } => "s3",
+        }
     }
 }
 

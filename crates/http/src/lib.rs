@@ -1,5 +1,5 @@
 //! Tessera's HTTP surface: DICOMweb on `/v1` and `/v2` (STOW-RS, WADO-RS, DELETE, change
-//! feed) and `/health/check`. It is the only crate that knows HTTP and the wire JSON; the use
+//! feed), `/health/check`, `/health/live`, `/health/ready` and `/metrics`. It is the only crate that knows HTTP and the wire JSON; the use
 //! cases below it return domain values and typed errors, which [`ApiError`] maps to statuses in
 //! one place.
 
@@ -10,6 +10,7 @@ mod drain;
 mod error;
 mod health;
 mod media;
+mod metrics;
 mod multipart;
 mod operations;
 mod public_url;
@@ -28,9 +29,11 @@ use axum::routing::get;
 use tessera_core::Limits;
 use tessera_service::{ApiVersion, DicomService};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 pub use drain::{Drain, with_drain};
 pub use error::ApiError;
+pub use metrics::{Metrics, MetricsError};
 pub use public_url::{LocalAddr, PublicUrl};
 pub use security::{AUDIT_TARGET, Security};
 pub use serve::serve;
@@ -48,6 +51,10 @@ pub struct AppState {
     pub public_url: Arc<PublicUrl>,
     /// Authentication, authorization and audit of the DICOMweb routes.
     pub security: Security,
+    /// The Prometheus recorder `/metrics` renders; without it `/metrics` is 404.
+    pub metrics: Option<Metrics>,
+    /// Cancelled when the process begins to shut down: readiness then fails.
+    pub shutting_down: CancellationToken,
 }
 
 impl AppState {
@@ -59,6 +66,24 @@ impl AppState {
             limits: Arc::new(limits),
             public_url: Arc::new(public_url),
             security: Security::default(),
+            metrics: None,
+            shutting_down: CancellationToken::new(),
+        }
+    }
+
+    /// The same state with `/metrics` rendering `metrics`.
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        Self {
+            metrics: Some(metrics),
+            ..self
+        }
+    }
+
+    /// The same state with readiness failing once `shutting_down` is cancelled.
+    pub fn with_shutdown(self, shutting_down: CancellationToken) -> Self {
+        Self {
+            shutting_down,
+            ..self
         }
     }
 
@@ -73,8 +98,13 @@ pub fn router(state: AppState) -> Router {
     let guard = axum::middleware::from_fn_with_state(state.security.clone(), security::guard);
     Router::new()
         .route("/health/check", get(health::check))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/metrics", get(metrics::scrape))
         .nest("/v1", versioned(ApiVersion::V1).layer(guard.clone()))
         .nest("/v2", versioned(ApiVersion::V2).layer(guard))
+        // After routing, so the matched template (never the raw path) labels the request.
+        .route_layer(axum::middleware::from_fn(metrics::track))
         // Bodies stream to the blob store; STOW applies Tessera:Limits:MaxRequestBodyBytes.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)

@@ -204,6 +204,17 @@ pub struct InstanceIndex {
     pub(crate) gone: Option<GoneProbe>,
 }
 
+/// The connections of an index's pool at one moment, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Connections open (idle or in use).
+    pub size: u32,
+    /// Open connections not in use.
+    pub idle: u32,
+    /// The most the pool opens.
+    pub max: u32,
+}
+
 pub(crate) fn micros(time: DateTime<Utc>) -> i64 {
     time.timestamp_micros()
 }
@@ -223,6 +234,15 @@ pub(crate) fn micros_after(duration: Duration) -> i64 {
 }
 
 impl InstanceIndex {
+    /// How many connections the pool holds and how many of them are idle.
+    pub fn pool_usage(&self) -> PoolUsage {
+        PoolUsage {
+            size: self.pool.size(),
+            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            max: self.pool.options().get_max_connections(),
+        }
+    }
+
     /// Opens (creating if needed) the database at `url` (`sqlite://PATH`, `sqlite::memory:`,
     /// `postgres://…`) and brings its schema up to date. Several processes may open one new
     /// database at once: each engine serializes its migrations (see [`Engine`]).

@@ -143,8 +143,11 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         base: settings.public_url.base.clone(),
         trust_forwarded_headers: settings.public_url.trust_forwarded_headers,
     };
+    let metrics = install_metrics(&config, stop.clone())?;
     let state = tessera_http::AppState::new(service, settings.limits.clone(), public_url)
-        .with_security(security(&config)?);
+        .with_security(security(&config)?)
+        .with_metrics(metrics)
+        .with_shutdown(stop.clone());
     let drain = tessera_http::Drain::new();
     let app = tessera_http::with_drain(tessera_http::router(state), drain.clone());
     let grace = settings.lifecycle.shutdown_timeout;
@@ -155,6 +158,32 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let abandoned = heartbeat.unregister(&index).await?;
     tracing::info!(abandoned, "stopped");
     Ok(())
+}
+
+/// Installs the Prometheus recorder `/metrics` renders, reporting the configured operations,
+/// and keeps its histograms drained until `stop`.
+fn install_metrics(
+    config: &Config,
+    stop: CancellationToken,
+) -> Result<tessera_http::Metrics, Box<dyn std::error::Error>> {
+    let ids = migration_settings(config);
+    let metrics = tessera_http::Metrics::install(vec![
+        ("copy".into(), ids.copy_id),
+        ("migrationDeletion".into(), ids.delete_id),
+        ("cleanupDeleted".into(), ids.cleanup_id),
+        ("adopt".into(), tessera_ops::ADOPTION_OPERATION_ID.into()),
+    ])?;
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = every.tick() => upkeep.run_upkeep(),
+            }
+        }
+    });
+    Ok(metrics)
 }
 
 /// The token checks and audit the configuration asks for.

@@ -1,7 +1,7 @@
 //! Adopting a container laid out exactly as the original server writes it, then serving it and
 //! migrating it with the documented procedure.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -9,7 +9,8 @@ use serde_json::Value;
 use tessera_blob::layout::{hash_prefix, legacy_spaced_frame_ranges};
 use tessera_core::Watermark;
 use tessera_dicom::{FragmentScanner, HeaderScan, InstanceHeader, PixelData, scan_header};
-use tessera_testkit::server::{TestServer, command, files_under, testdata};
+use tessera_testkit::server::{TestServer, command, testdata};
+use tessera_testkit::{Backend, Container, ServerBlobs};
 
 fn tessera() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_tessera"))
@@ -40,9 +41,10 @@ fn sample(name: &str) -> Sample {
     }
 }
 
-fn put(path: PathBuf, bytes: &[u8]) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, bytes).unwrap();
+async fn put(blobs: &ServerBlobs, container: Container, name: &str, bytes: &[u8]) {
+    blobs
+        .replace(container, name, Bytes::copy_from_slice(bytes))
+        .await;
 }
 
 fn new_stem(w: u64) -> String {
@@ -67,10 +69,25 @@ impl Sample {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_original_container_is_adopted_served_and_migrated() {
+async fn filesystem() {
+    an_original_container_is_adopted_served_and_migrated(Backend::FileSystem).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azurite() {
+    an_original_container_is_adopted_served_and_migrated(Backend::Azurite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3() {
+    an_original_container_is_adopted_served_and_migrated(Backend::S3).await;
+}
+
+async fn an_original_container_is_adopted_served_and_migrated(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let files = dir.path().join("data/blobs/dicomwebcontainer");
-    let metadata = dir.path().join("data/blobs/metadatacontainer");
+    let Some(blobs) = ServerBlobs::new(backend, dir.path()).await else {
+        return;
+    };
 
     // Old names with sparse watermarks, with and without metadata.
     let blue = sample("blue-circle.dcm");
@@ -81,41 +98,83 @@ async fn an_original_container_is_adopted_served_and_migrated() {
         (&green, 17, true),
         (&red, 1_000_003, false),
     ] {
-        put(files.join(format!("{}.dcm", s.old_stem(w))), &s.bytes);
+        put(
+            &blobs,
+            Container::Files,
+            &format!("{}.dcm", s.old_stem(w)),
+            &s.bytes,
+        )
+        .await;
         if with_metadata {
             put(
-                metadata.join(format!("{}_metadata.json", s.old_stem(w))),
+                &blobs,
+                Container::Metadata,
+                &format!("{}_metadata.json", s.old_stem(w)),
                 &s.metadata(),
-            );
+            )
+            .await;
         }
     }
     // Dual names (a copy ran, or the store was Dual).
     let case1 = sample("case1_008.dcm");
     put(
-        files.join(format!("{}.dcm", case1.old_stem(42))),
+        &blobs,
+        Container::Files,
+        &format!("{}.dcm", case1.old_stem(42)),
         &case1.bytes,
-    );
-    put(files.join(format!("{}.dcm", new_stem(42))), &case1.bytes);
+    )
+    .await;
     put(
-        metadata.join(format!("{}_metadata.json", case1.old_stem(42))),
+        &blobs,
+        Container::Files,
+        &format!("{}.dcm", new_stem(42)),
+        &case1.bytes,
+    )
+    .await;
+    put(
+        &blobs,
+        Container::Metadata,
+        &format!("{}_metadata.json", case1.old_stem(42)),
         &case1.metadata(),
-    );
+    )
+    .await;
     put(
-        metadata.join(format!("{}_metadata.json", new_stem(42))),
+        &blobs,
+        Container::Metadata,
+        &format!("{}_metadata.json", new_stem(42)),
         &case1.metadata(),
-    );
-    put(files.join(format!("{}.dcm", new_stem(17))), &green.bytes);
+    )
+    .await;
     put(
-        metadata.join(format!("{}_metadata.json", new_stem(17))),
+        &blobs,
+        Container::Files,
+        &format!("{}.dcm", new_stem(17)),
+        &green.bytes,
+    )
+    .await;
+    put(
+        &blobs,
+        Container::Metadata,
+        &format!("{}_metadata.json", new_stem(17)),
         &green.metadata(),
-    );
+    )
+    .await;
     // New names; frame ranges under the historical spaced name; metadata with a BOM.
     let layer1 = sample("layer1.dcm");
-    put(files.join(format!("{}.dcm", new_stem(1000))), &layer1.bytes);
     put(
-        metadata.join(format!("{}_metadata.json", new_stem(1000))),
+        &blobs,
+        Container::Files,
+        &format!("{}.dcm", new_stem(1000)),
+        &layer1.bytes,
+    )
+    .await;
+    put(
+        &blobs,
+        Container::Metadata,
+        &format!("{}_metadata.json", new_stem(1000)),
         &layer1.metadata(),
-    );
+    )
+    .await;
     let Some(PixelData::Encapsulated { items_offset }) = header(&layer1.bytes).pixel_data() else {
         panic!()
     };
@@ -126,40 +185,68 @@ async fn an_original_container_is_adopted_served_and_migrated() {
         &layer1.bytes[ranges.0[0].offset as usize..][..ranges.0[0].length as usize],
     );
     put(
-        metadata.join(legacy_spaced_frame_ranges(Watermark::new(1000).unwrap()).as_ref()),
+        &blobs,
+        Container::Metadata,
+        legacy_spaced_frame_ranges(Watermark::new(1000).unwrap()).as_ref(),
         &ranges.to_json(),
-    );
+    )
+    .await;
     let layer9 = sample("layer9.dcm");
-    put(files.join(format!("{}.dcm", new_stem(2000))), &layer9.bytes);
     put(
-        metadata.join(format!("{}_metadata.json", new_stem(2000))),
+        &blobs,
+        Container::Files,
+        &format!("{}.dcm", new_stem(2000)),
+        &layer9.bytes,
+    )
+    .await;
+    put(
+        &blobs,
+        Container::Metadata,
+        &format!("{}_metadata.json", new_stem(2000)),
         &[b"\xEF\xBB\xBF".as_slice(), &layer9.metadata()].concat(),
-    );
+    )
+    .await;
     // One SOP instance under two watermarks.
     let xr = sample("XRJPEGProcess1.dcm");
     for w in [300, 301] {
-        put(files.join(format!("{}.dcm", xr.old_stem(w))), &xr.bytes);
         put(
-            metadata.join(format!("{}_metadata.json", xr.old_stem(w))),
+            &blobs,
+            Container::Files,
+            &format!("{}.dcm", xr.old_stem(w)),
+            &xr.bytes,
+        )
+        .await;
+        put(
+            &blobs,
+            Container::Metadata,
+            &format!("{}_metadata.json", xr.old_stem(w)),
             &xr.metadata(),
-        );
+        )
+        .await;
     }
     // Problems: not DICOM; UIDs in the name that disagree with the header.
     let not_dicom = "1.2.3/4.5.6/7.8.9_77.dcm";
-    put(files.join(not_dicom), b"this is not a DICOM file");
+    put(
+        &blobs,
+        Container::Files,
+        not_dicom,
+        b"this is not a DICOM file",
+    )
+    .await;
     let disagreeing = "1.2.3.4/5.6/7.8_88.dcm";
     let evle =
         std::fs::read(testdata().join("transfer-syntaxes/ExplicitVRLittleEndian.dcm")).unwrap();
-    put(files.join(disagreeing), &evle);
+    put(&blobs, Container::Files, disagreeing, &evle).await;
     let leftover = format!("{}.dcm", xr.old_stem(300));
-    let before: Vec<(String, Vec<u8>)> = files_under(&files)
-        .into_iter()
-        .map(|n| (n.clone(), std::fs::read(files.join(&n)).unwrap()))
-        .collect();
-    let metadata_before = files_under(&metadata);
+    let mut before: Vec<(String, Bytes)> = Vec::new();
+    for name in blobs.names(Container::Files).await {
+        let bytes = blobs.read(Container::Files, &name).await;
+        before.push((name, bytes));
+    }
+    let metadata_before = blobs.names(Container::Metadata).await;
 
     // A dry run counts and reports, and writes nothing.
-    let env = [("DicomServer__Services__BlobMigration__FormatType", "New")];
+    let env = blobs.env_with(&[("DicomServer__Services__BlobMigration__FormatType", "New")]);
     let dry = command(tessera(), dir.path(), &["adopt", "--dry-run"], &env)
         .output()
         .unwrap();
@@ -170,7 +257,7 @@ async fn an_original_container_is_adopted_served_and_migrated() {
         "{dry_text}"
     );
     assert_eq!(
-        files_under(&metadata),
+        blobs.names(Container::Metadata).await,
         metadata_before,
         "a dry run writes nothing"
     );
@@ -201,14 +288,15 @@ async fn an_original_container_is_adopted_served_and_migrated() {
     }
     for (name, bytes) in &before {
         assert!(
-            std::fs::read(files.join(name)).unwrap() == *bytes,
+            blobs.read(Container::Files, name).await == *bytes,
             "{name} was modified"
         );
     }
     assert!(
-        metadata
-            .join(format!("{}_metadata.json", new_stem(1_000_003)))
-            .is_file(),
+        blobs
+            .names(Container::Metadata)
+            .await
+            .contains(&format!("{}_metadata.json", new_stem(1_000_003))),
         "missing metadata written under the New name"
     );
 
@@ -318,10 +406,10 @@ async fn an_original_container_is_adopted_served_and_migrated() {
             "ce38a27eb1944645b47afe91c38c330f",
         ),
     ] {
-        let env = [
+        let env = blobs.env_with(&[
             ("DicomServer__Services__BlobMigration__FormatType", format),
             (flag, "true"),
-        ];
+        ]);
         let server = TestServer::start(tessera(), dir.path(), &env);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -335,7 +423,7 @@ async fn an_original_container_is_adopted_served_and_migrated() {
         }
         server.kill();
     }
-    let names = files_under(&files);
+    let names = blobs.names(Container::Files).await;
     for (s, w) in &live {
         assert!(
             names.contains(&format!("{}.dcm", new_stem(*w))),
@@ -347,7 +435,12 @@ async fn an_original_container_is_adopted_served_and_migrated() {
             "{} lost its Old name",
             s.sop
         );
-        assert!(std::fs::read(files.join(format!("{}.dcm", new_stem(*w)))).unwrap() == s.bytes);
+        assert!(
+            blobs
+                .read(Container::Files, &format!("{}.dcm", new_stem(*w)))
+                .await
+                == s.bytes
+        );
     }
     for problem in [not_dicom, disagreeing, leftover.as_str()] {
         assert!(

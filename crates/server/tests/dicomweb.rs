@@ -1,6 +1,6 @@
-//! DICOMweb on the embedded defaults, against a real server process over HTTP: STOW-RS,
-//! WADO-RS (instances, metadata, frames), DELETE, the change feed, and the blob names each
-//! FormatType writes.
+//! DICOMweb against a real server process over HTTP: STOW-RS, WADO-RS (instances, metadata,
+//! frames), DELETE, the change feed, and the blob names each FormatType writes. The suite runs
+//! once on each blob backend: the filesystem (the embedded defaults), Azurite and S3.
 
 use std::path::Path;
 use std::time::Duration;
@@ -9,9 +9,11 @@ use bytes::Bytes;
 use serde_json::Value;
 use tessera_testkit::server::{TestServer, eventually, files_under, testdata};
 use tessera_testkit::synthetic::Synthetic;
+use tessera_testkit::{Backend, Container, ServerBlobs, eventually_async};
 
-fn start(dir: &Path, env: &[(&str, &str)]) -> TestServer {
-    let mut all = vec![
+fn start(dir: &Path, blobs: &ServerBlobs, env: &[(&str, &str)]) -> TestServer {
+    let mut all = blobs.env();
+    all.extend_from_slice(&[
         (
             "DicomServer__Services__DeletedInstanceCleanup__DeleteDelay",
             "00:00:01",
@@ -20,7 +22,7 @@ fn start(dir: &Path, env: &[(&str, &str)]) -> TestServer {
             "DicomServer__Services__DeletedInstanceCleanup__PollingInterval",
             "00:00:01",
         ),
-    ];
+    ]);
     all.extend_from_slice(env);
     TestServer::start(Path::new(env!("CARGO_BIN_EXE_tessera")), dir, &all)
 }
@@ -110,10 +112,12 @@ fn instance_path((study, series, sop): &(String, String, String)) -> String {
     format!("/studies/{study}/series/{series}/instances/{sop}")
 }
 
-#[tokio::test]
-async fn store_retrieve_conflict_and_validation() {
+async fn store_retrieve_conflict_and_validation(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path(), &[]);
+    let Some(blobs) = ServerBlobs::new(backend, dir.path()).await else {
+        return;
+    };
+    let server = start(dir.path(), &blobs, &[]);
     let files: Vec<Vec<u8>> = SAMPLES.iter().map(|name| sample(name)).collect();
 
     let (status, body) = stow(&server, "/v1/studies", &files).await;
@@ -216,10 +220,12 @@ async fn store_retrieve_conflict_and_validation() {
     assert_eq!(response.status(), 404);
 }
 
-#[tokio::test]
-async fn a_non_dicom_part_leaves_nothing_behind() {
+async fn a_non_dicom_part_leaves_nothing_behind(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path(), &[]);
+    let Some(blobs) = ServerBlobs::new(backend, dir.path()).await else {
+        return;
+    };
+    let server = start(dir.path(), &blobs, &[]);
     let (status, body) = stow(
         &server,
         "/v1/studies",
@@ -233,10 +239,7 @@ async fn a_non_dicom_part_leaves_nothing_behind() {
     );
     let feed: Value = server.get_json("/v1/changefeed").await;
     assert_eq!(feed, Value::Array(vec![]), "no index row");
-    assert!(
-        files_under(&dir.path().join("data/blobs")).is_empty(),
-        "no blob"
-    );
+    assert!(blobs.all_names().await.is_empty(), "no blob");
 
     let response = reqwest::Client::new()
         .post(server.url("/v1/studies"))
@@ -248,10 +251,12 @@ async fn a_non_dicom_part_leaves_nothing_behind() {
     assert_eq!(response.status(), 415);
 }
 
-#[tokio::test]
-async fn metadata_has_no_meta_group_nor_bulk_data_and_honours_etags() {
+async fn metadata_has_no_meta_group_nor_bulk_data_and_honours_etags(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path(), &[]);
+    let Some(blobs) = ServerBlobs::new(backend, dir.path()).await else {
+        return;
+    };
+    let server = start(dir.path(), &blobs, &[]);
     let files: Vec<Vec<u8>> = SAMPLES[..3].iter().map(|name| sample(name)).collect();
     assert_eq!(stow(&server, "/v2/studies", &files).await.0, 200);
     let study = uids(&files[0]).0;
@@ -286,10 +291,12 @@ async fn metadata_has_no_meta_group_nor_bulk_data_and_honours_etags() {
     assert_eq!(one.as_array().unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn frames_are_served_by_range_reads() {
+async fn frames_are_served_by_range_reads(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path(), &[]);
+    let Some(blobs) = ServerBlobs::new(backend, dir.path()).await else {
+        return;
+    };
+    let server = start(dir.path(), &blobs, &[]);
     let layer1 = sample("layer1.dcm");
     let synthetic = Synthetic::new("1.2.3.300", "1.2.3.300.1", "1.2.3.300.1.1");
     assert_eq!(
@@ -347,17 +354,22 @@ async fn frames_are_served_by_range_reads() {
     assert_eq!(bad.status(), 400);
 }
 
-#[tokio::test]
-async fn delete_hides_at_once_and_removes_blobs_after_the_delay() {
+async fn delete_hides_at_once_and_removes_blobs_after_the_delay(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path(), &[]);
+    let Some(blobs) = ServerBlobs::new(backend, dir.path()).await else {
+        return;
+    };
+    let server = start(dir.path(), &blobs, &[]);
     let synthetic = Synthetic::new("1.2.3.400", "1.2.3.400.1", "1.2.3.400.1.1");
     assert_eq!(
         stow(&server, "/v2/studies", &[synthetic.bytes()]).await.0,
         200
     );
-    let blobs = dir.path().join("data/blobs");
-    assert_eq!(files_under(&blobs).len(), 3, "file, metadata, frame ranges");
+    assert_eq!(
+        blobs.all_names().await.len(),
+        3,
+        "file, metadata, frame ranges"
+    );
     let path = instance_path(&(
         synthetic.study.clone(),
         synthetic.series.clone(),
@@ -405,16 +417,20 @@ async fn delete_hides_at_once_and_removes_blobs_after_the_delay() {
     let latest: Value = server.get_json("/v1/changefeed/latest").await;
     assert_eq!(latest["action"], "delete");
 
-    eventually("the blobs are removed after the delete delay", || {
-        files_under(&blobs).is_empty()
-    })
+    eventually_async(
+        "the blobs are removed after the delete delay",
+        Duration::from_secs(10),
+        async || blobs.all_names().await.is_empty(),
+    )
     .await;
 }
 
-#[tokio::test]
-async fn change_feed_windows_and_metadata() {
+async fn change_feed_windows_and_metadata(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path(), &[]);
+    let Some(blobs) = ServerBlobs::new(backend, dir.path()).await else {
+        return;
+    };
+    let server = start(dir.path(), &blobs, &[]);
     let instances: Vec<Vec<u8>> = (1..=3)
         .map(|i| Synthetic::new("1.2.3.500", "1.2.3.500.1", &format!("1.2.3.500.1.{i}")).bytes())
         .collect();
@@ -450,8 +466,7 @@ async fn change_feed_windows_and_metadata() {
     );
 }
 
-#[tokio::test]
-async fn each_format_type_writes_exactly_its_names() {
+async fn each_format_type_writes_exactly_its_names(backend: Backend) {
     let synthetic = Synthetic::new("1.2.3.600", "1.2.3.600.1", "1.2.3.600.1.1");
     for (format, files, metadata) in [
         (
@@ -478,8 +493,12 @@ async fn each_format_type_writes_exactly_its_names() {
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();
+        let Some(blobs) = ServerBlobs::new(backend, dir.path()).await else {
+            return;
+        };
         let server = start(
             dir.path(),
+            &blobs,
             &[("DicomServer__Services__BlobMigration__FormatType", format)],
         );
         assert_eq!(
@@ -491,12 +510,12 @@ async fn each_format_type_writes_exactly_its_names() {
         expected_files.sort();
         expected_metadata.sort();
         assert_eq!(
-            files_under(&dir.path().join("data/blobs/dicomwebcontainer")),
+            blobs.names(Container::Files).await,
             expected_files,
             "{format}"
         );
         assert_eq!(
-            files_under(&dir.path().join("data/blobs/metadatacontainer")),
+            blobs.names(Container::Metadata).await,
             expected_metadata,
             "{format}"
         );
@@ -514,14 +533,19 @@ async fn each_format_type_writes_exactly_its_names() {
     }
 }
 
+/// Filesystem only: elsewhere an unfinished multipart upload is not a blob that can be listed
+/// (S3 and Azure keep uncommitted parts and blocks out of sight until they expire).
 #[tokio::test]
 async fn a_store_killed_midway_is_swept_after_restart() {
     let dir = tempfile::tempdir().unwrap();
+    let Some(blobs) = ServerBlobs::new(Backend::FileSystem, dir.path()).await else {
+        return;
+    };
     let env = [
         ("Tessera__StaleStoreTimeout", "00:00:01"),
         ("Tessera__SweepInterval", "00:00:01"),
     ];
-    let server = start(dir.path(), &env);
+    let server = start(dir.path(), &blobs, &env);
     let mut big = Synthetic::new("1.2.3.700", "1.2.3.700.1", "1.2.3.700.1.1");
     (big.rows, big.columns, big.frames) = (1024, 1024, 24);
     let bytes = big.bytes();
@@ -558,7 +582,7 @@ async fn a_store_killed_midway_is_swept_after_restart() {
         "a partial upload was left by the crash"
     );
 
-    let server = start(dir.path(), &env);
+    let server = start(dir.path(), &blobs, &env);
     let blobs = dir.path().join("data/blobs");
     eventually("the sweep removes every blob", || {
         files_under(&blobs).is_empty()
@@ -574,10 +598,12 @@ async fn a_store_killed_midway_is_swept_after_restart() {
     assert_eq!(status, 200, "{body}");
 }
 
-#[tokio::test]
-async fn invalid_searchable_attributes_fail_v1_and_warn_v2() {
+async fn invalid_searchable_attributes_fail_v1_and_warn_v2(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path(), &[]);
+    let Some(blobs) = ServerBlobs::new(backend, dir.path()).await else {
+        return;
+    };
+    let server = start(dir.path(), &blobs, &[]);
     let mut synthetic = Synthetic::new("1.2.3.800", "1.2.3.800.1", "1.2.3.800.1.1");
     synthetic.study_date = "NotAValidDate".into();
     let bytes = synthetic.bytes();
@@ -616,3 +642,24 @@ async fn invalid_searchable_attributes_fail_v1_and_warn_v2() {
         .unwrap();
     assert!(file == bytes.as_slice(), "the stored file keeps it");
 }
+
+/// Runs each suite case once on each blob backend (a test binary of its own per backend would
+/// cost a link each).
+macro_rules! on_every_backend {
+    ($($case:ident),* $(,)?) => {
+        mod filesystem { use super::*; $( #[tokio::test] async fn $case() { super::$case(Backend::FileSystem).await } )* }
+        mod azurite { use super::*; $( #[tokio::test] async fn $case() { super::$case(Backend::Azurite).await } )* }
+        mod s3 { use super::*; $( #[tokio::test] async fn $case() { super::$case(Backend::S3).await } )* }
+    };
+}
+
+on_every_backend!(
+    store_retrieve_conflict_and_validation,
+    a_non_dicom_part_leaves_nothing_behind,
+    metadata_has_no_meta_group_nor_bulk_data_and_honours_etags,
+    frames_are_served_by_range_reads,
+    delete_hides_at_once_and_removes_blobs_after_the_delay,
+    change_feed_windows_and_metadata,
+    invalid_searchable_attributes_fail_v1_and_warn_v2,
+    each_format_type_writes_exactly_its_names,
+);

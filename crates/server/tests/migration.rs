@@ -1,17 +1,20 @@
 //! The documented migration procedure end to end, against real server processes: Old → Dual
 //! with StartCopy (while storing and deleting) → New with StartDelete and cleanup-deleted, with
 //! the server killed (SIGKILL) at random moments during copy and delete-old, and a New blob
-//! altered before delete-old.
+//! altered before delete-old. It runs once on each blob backend: the filesystem with 300
+//! instances, Azurite and S3 with fewer (their calls are slower, and CI's time is bounded).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tessera_blob::layout::hash_prefix;
 use tessera_core::Watermark;
-use tessera_testkit::server::{TestServer, command, files_under};
+use tessera_testkit::server::{TestServer, command};
 use tessera_testkit::synthetic::Synthetic;
+use tessera_testkit::{Backend, Container, ServerBlobs};
 
 const COPY_ID: &str = "1d4689daca3b4659b0c77bf6c9ff25e1";
 const DELETE_ID: &str = "ce38a27eb1944645b47afe91c38c330f";
@@ -116,8 +119,10 @@ async fn operation(server: &TestServer, id: &str) -> (u16, Value) {
 }
 
 /// Old-name watermarks by instance number, from the Old file names.
-fn old_watermarks(files: &Path) -> BTreeMap<u32, u64> {
-    files_under(files)
+async fn old_watermarks(blobs: &ServerBlobs) -> BTreeMap<u32, u64> {
+    blobs
+        .names(Container::Files)
+        .await
         .iter()
         .filter_map(|name| {
             let (_, rest) = name.rsplit_once(&format!("{}.", SERIES))?;
@@ -147,13 +152,12 @@ impl Jitter {
     }
 }
 
-/// The logs of the servers `run_with_kills` killed.
-static KILLED_LOGS: std::sync::Mutex<Vec<std::sync::Arc<std::sync::Mutex<Vec<String>>>>> =
-    std::sync::Mutex::new(Vec::new());
+/// The logs of the servers one run of the test killed.
+type KilledLogs = Mutex<Vec<Arc<Mutex<Vec<String>>>>>;
 
 /// Whether `server` or a server killed before it logged a line for which `matches` holds.
-fn logged(server: &TestServer, matches: impl Fn(&str) -> bool) -> bool {
-    let mut logs = KILLED_LOGS.lock().map(|l| l.clone()).unwrap_or_default();
+fn logged(killed_logs: &KilledLogs, server: &TestServer, matches: impl Fn(&str) -> bool) -> bool {
+    let mut logs = killed_logs.lock().map(|l| l.clone()).unwrap_or_default();
     logs.push(server.log.clone());
     logs.iter().any(|log| {
         log.lock()
@@ -169,6 +173,7 @@ async fn run_with_kills(
     id: &str,
     kills: u32,
     jitter: &mut Jitter,
+    killed_logs: &KilledLogs,
 ) -> (TestServer, Value, u32) {
     let mut server = TestServer::start(tessera(), dir, env);
     let mut killed = 0;
@@ -184,7 +189,7 @@ async fn run_with_kills(
                 tokio::time::sleep(Duration::from_millis(jitter.next_ms(0, 150))).await;
                 // The operation may finish in the moment before the kill, so what it logged is
                 // looked for in every server it ran in.
-                if let Ok(mut logs) = KILLED_LOGS.lock() {
+                if let Ok(mut logs) = killed_logs.lock() {
                     logs.push(server.log.clone());
                 }
                 server.kill();
@@ -210,25 +215,51 @@ fn assert_counts_add_up(body: &Value) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn old_to_new_with_kills_alterations_and_concurrent_traffic() {
+async fn filesystem() {
+    old_to_new_with_kills_alterations_and_concurrent_traffic(Backend::FileSystem, 300).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azurite() {
+    old_to_new_with_kills_alterations_and_concurrent_traffic(Backend::Azurite, 100).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3() {
+    old_to_new_with_kills_alterations_and_concurrent_traffic(Backend::S3, 100).await;
+}
+
+/// The procedure on `backend`, with `count` instances stored in Old.
+async fn old_to_new_with_kills_alterations_and_concurrent_traffic(backend: Backend, count: u32) {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64;
-    println!("jitter seed {seed}");
+    println!("{backend:?}: jitter seed {seed}");
     let mut jitter = Jitter(seed);
+    let killed_logs = KilledLogs::default();
     let dir = tempfile::tempdir().unwrap();
-    let files = dir.path().join("data/blobs/dicomwebcontainer");
-    let metadata = dir.path().join("data/blobs/metadatacontainer");
-    let mut live: BTreeSet<u32> = (1..=300).collect();
+    let Some(blobs) = ServerBlobs::new(backend, dir.path()).await else {
+        return;
+    };
+    let env = |format: &'static str, extra: &[(&'static str, &'static str)]| {
+        let mut all = blobs.env();
+        all.extend(env(format, extra));
+        all
+    };
+    let mut live: BTreeSet<u32> = (1..=count).collect();
 
     // 1. Old: only UID names.
     let server = TestServer::start(tessera(), dir.path(), &env("Old", &[]));
-    store(&server, 1..=300).await;
+    store(&server, 1..=count).await;
     delete(&server, 1..=10).await;
     live.retain(|i| *i > 10);
     assert!(
-        files_under(&files).iter().all(|n| n.contains('/')),
+        blobs
+            .names(Container::Files)
+            .await
+            .iter()
+            .all(|n| n.contains('/')),
         "Old writes UID names only"
     );
     assert_all_retrievable(&server, &live).await;
@@ -242,17 +273,17 @@ async fn old_to_new_with_kills_alterations_and_concurrent_traffic() {
     // Stores and deletes in Dual first; the copy then starts with the kills below (a copy that
     // finished in this server would leave nothing to kill).
     let server = TestServer::start(tessera(), dir.path(), &env("Dual", &[]));
-    store(&server, 301..=330).await;
+    store(&server, count + 1..=count + 30).await;
     delete(&server, 11..=20).await;
     // The copy may already finish in this server.
-    if let Ok(mut logs) = KILLED_LOGS.lock() {
+    if let Ok(mut logs) = killed_logs.lock() {
         logs.push(server.log.clone());
     }
     server.kill();
-    live.extend(301..=330);
+    live.extend(count + 1..=count + 30);
     live.retain(|i| *i > 20);
     let (server, copy, copy_kills) =
-        run_with_kills(dir.path(), &copy_env, COPY_ID, 3, &mut jitter).await;
+        run_with_kills(dir.path(), &copy_env, COPY_ID, 3, &mut jitter, &killed_logs).await;
     assert_eq!(copy["status"], "succeeded", "{copy}");
     assert_eq!(copy["type"], "copy");
     assert_counts_add_up(&copy);
@@ -264,37 +295,40 @@ async fn old_to_new_with_kills_alterations_and_concurrent_traffic() {
     tessera_testkit::server::eventually_within(
         "the log says the copy completed",
         Duration::from_secs(90),
-        || logged(&server, |l| l.contains("Completed copying files.")),
+        || {
+            logged(&killed_logs, &server, |l| {
+                l.contains("Completed copying files.")
+            })
+        },
     )
     .await;
-    let watermarks = old_watermarks(&files);
-    let names: BTreeSet<String> = files_under(&files).into_iter().collect();
+    let watermarks = old_watermarks(&blobs).await;
+    let names: BTreeSet<String> = blobs.names(Container::Files).await.into_iter().collect();
+    let metadata_names: BTreeSet<String> =
+        blobs.names(Container::Metadata).await.into_iter().collect();
     for i in &live {
         let w = watermarks[i];
         assert!(names.contains(&new_name(w)), "instance {i} has no New file");
-        let on_disk = std::fs::read(files.join(new_name(w))).unwrap();
+        let stored = blobs.read(Container::Files, &new_name(w)).await;
         assert!(
-            on_disk == instance(*i).bytes(),
+            stored == instance(*i).bytes(),
             "New file of instance {i} differs"
         );
-        assert!(
-            metadata
-                .join(format!(
-                    "{}_{w}_metadata.json",
-                    hash_prefix(Watermark::new(w).unwrap())
-                ))
-                .is_file()
-        );
+        assert!(metadata_names.contains(&format!(
+            "{}_{w}_metadata.json",
+            hash_prefix(Watermark::new(w).unwrap())
+        )));
     }
     assert_all_retrievable(&server, &live).await;
     server.kill();
 
     // 3. An altered New blob before delete-old: caught, its Old blob survives, reported.
     let victim = *live.iter().nth(7).unwrap();
-    let victim_new = files.join(new_name(watermarks[&victim]));
-    let good = std::fs::read(&victim_new).unwrap();
-    std::fs::remove_file(&victim_new).unwrap();
-    std::fs::write(&victim_new, &good[..good.len() / 2]).unwrap();
+    let victim_new = new_name(watermarks[&victim]);
+    let good = blobs.read(Container::Files, &victim_new).await;
+    blobs
+        .replace(Container::Files, &victim_new, good.slice(..good.len() / 2))
+        .await;
     let delete_env = env(
         "New",
         &[
@@ -305,8 +339,15 @@ async fn old_to_new_with_kills_alterations_and_concurrent_traffic() {
             ),
         ],
     );
-    let (server, deletion, delete_kills) =
-        run_with_kills(dir.path(), &delete_env, DELETE_ID, 3, &mut jitter).await;
+    let (server, deletion, delete_kills) = run_with_kills(
+        dir.path(),
+        &delete_env,
+        DELETE_ID,
+        3,
+        &mut jitter,
+        &killed_logs,
+    )
+    .await;
     assert!(
         copy_kills + delete_kills >= 5,
         "only {} kills happened",
@@ -319,7 +360,9 @@ async fn old_to_new_with_kills_alterations_and_concurrent_traffic() {
         errors.contains(&format!("watermark {}", watermarks[&victim])),
         "{errors}"
     );
-    let old_victim = files_under(&files)
+    let old_victim = blobs
+        .names(Container::Files)
+        .await
         .into_iter()
         .find(|n| n.contains(&format!("{}_{}.dcm", sop(victim), watermarks[&victim])));
     assert!(
@@ -334,14 +377,13 @@ async fn old_to_new_with_kills_alterations_and_concurrent_traffic() {
     server.kill();
 
     // 4. Repaired, a restart retries only that instance; delete-old and cleanup-deleted finish.
-    std::fs::remove_file(&victim_new).unwrap();
-    std::fs::write(&victim_new, &good).unwrap();
+    blobs.replace(Container::Files, &victim_new, good).await;
     let server = TestServer::start(tessera(), dir.path(), &delete_env);
     tessera_testkit::server::eventually_within(
         "the log says delete-old completed",
         Duration::from_secs(90),
         || {
-            logged(&server, |l| {
+            logged(&killed_logs, &server, |l| {
                 l.contains("Completed deleting files.") && !l.contains("cleanupDeleted")
             })
         },
@@ -363,16 +405,17 @@ async fn old_to_new_with_kills_alterations_and_concurrent_traffic() {
     assert_eq!(cleanup["status"], "succeeded", "{cleanup}");
     assert_eq!(cleanup["type"], "cleanupDeleted");
 
-    let remaining_old: Vec<String> = files_under(&files)
+    let remaining_old: Vec<String> = blobs
+        .all_names()
+        .await
         .into_iter()
-        .chain(files_under(&metadata))
         .filter(|n| n.contains('/'))
         .collect();
     assert!(
         remaining_old.is_empty(),
         "Old names left: {remaining_old:?}"
     );
-    let names: BTreeSet<String> = files_under(&files).into_iter().collect();
+    let names: BTreeSet<String> = blobs.names(Container::Files).await.into_iter().collect();
     for i in &live {
         assert!(
             names.contains(&new_name(watermarks[i])),

@@ -5,6 +5,7 @@
 //!
 //! Nothing here knows HTTP: results are domain values and [`ServiceError`]s.
 
+pub mod metrics;
 mod process;
 mod retrieve;
 mod store;
@@ -22,7 +23,7 @@ pub use retrieve::{FrameData, InstanceFile};
 pub use store::{ApiVersion, FailureReason, StoreOutcome, WarningReason};
 pub use tessera_index::{
     ChangeAction, ChangeFeedEntry, ChangeState, IndexError, OperationRecord, OperationResults,
-    OperationStatus, QidoRow, RetrieveScope, StoredInstance,
+    OperationStatus, PoolUsage, QidoRow, RetrieveScope, StoredInstance,
 };
 pub use tessera_index::{ProcessId, ProcessInfo};
 pub use workers::{DeletedInstanceCleanup, StaleStoreSweeper};

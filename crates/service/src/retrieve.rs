@@ -1,6 +1,7 @@
 //! WADO: files, metadata and frames of stored instances.
 
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use tessera_blob::{BlobError, BlobRead};
 use tessera_dicom::{FrameRange, FrameRanges};
 use tessera_index::{RetrieveScope, StoredInstance};
@@ -39,15 +40,26 @@ impl DicomService {
             .get_file(&instance.instance)
             .await
             .map_err(not_found("instance"))?;
+        let stream = read
+            .stream
+            .inspect_ok(|chunk| served("file", chunk.len()))
+            .boxed();
+        let read = BlobRead {
+            size: read.size,
+            stream,
+        };
         Ok(InstanceFile { instance, read })
     }
 
     /// An instance's metadata JSON (one DICOM JSON object).
     pub async fn metadata(&self, instance: &StoredInstance) -> Result<Bytes, ServiceError> {
-        self.blobs
+        let metadata = self
+            .blobs
             .get_metadata(&instance.instance)
             .await
-            .map_err(not_found("instance"))
+            .map_err(not_found("instance"))?;
+        served("metadata", metadata.len());
+        Ok(metadata)
     }
 
     /// The ranges of frames (1-based numbers) of one instance, each checked against the
@@ -102,11 +114,19 @@ impl DicomService {
             .offset
             .checked_add(range.length)
             .ok_or_else(|| ServiceError::Corrupt("a frame range overflows".into()))?;
-        self.blobs
+        let frame = self
+            .blobs
             .get_file_range(&instance.instance, range.offset..end)
             .await
-            .map_err(not_found("instance"))
+            .map_err(not_found("instance"))?;
+        served("frame", frame.len());
+        Ok(frame)
     }
+}
+
+/// Counts bytes handed to a WADO response.
+fn served(kind: &'static str, len: usize) {
+    metrics::counter!(crate::metrics::BYTES_SERVED, "kind" => kind).increment(len as u64);
 }
 
 fn not_found(what: &'static str) -> impl Fn(BlobError) -> ServiceError {

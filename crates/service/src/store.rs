@@ -311,6 +311,8 @@ impl DicomService {
                 ranges.is_some(),
             )
             .await?;
+        metrics::counter!(crate::metrics::INSTANCES_STORED).increment(1);
+        metrics::counter!(crate::metrics::BYTES_STORED).increment(tee.checksum.length());
         Ok(())
     }
 

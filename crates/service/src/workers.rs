@@ -56,12 +56,16 @@ impl DeletedInstanceCleanup {
                     Ok(()) => {
                         service.index.finish_removal(watermark).await?;
                         removed += 1;
+                        metrics::counter!(crate::metrics::CLEANUP_REMOVALS, "outcome" => "removed")
+                            .increment(1);
                     }
                     Err(error) => {
                         let retries = service
                             .index
                             .fail_removal(watermark, self.retry_back_off)
                             .await?;
+                        metrics::counter!(crate::metrics::CLEANUP_REMOVALS, "outcome" => "failed")
+                            .increment(1);
                         if retries > self.max_retries {
                             tracing::error!(%watermark, %error, retries, "giving up removing the blobs of a deleted instance");
                         } else {

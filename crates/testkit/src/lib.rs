@@ -15,5 +15,5 @@ pub mod oidc;
 pub mod server;
 pub mod synthetic;
 
-pub use backend::{Backend, TestContainers};
+pub use backend::{Backend, Container, ServerBlobs, TestContainers, eventually_async};
 pub use index::{IndexEngine, TestIndex};

@@ -1,6 +1,6 @@
-//! The blob-store conformance suite on every backend: filesystem, memory and Azurite, and on
-//! the filesystem and memory through the fault-injection wrapper with nothing injected, which
-//! shows the wrapper is transparent.
+//! The blob-store conformance suite on every backend: filesystem, memory, Azurite and S3
+//! (moto), and on the filesystem and memory through the fault-injection wrapper with nothing
+//! injected, which shows the wrapper is transparent.
 
 use tessera_blob::{Containers, FaultInjection, FaultInjector};
 use tessera_core::FormatType;
@@ -11,6 +11,7 @@ macro_rules! on_every_backend {
         mod filesystem { use super::*; $( #[tokio::test] async fn $case() { run(Backend::FileSystem, $body).await } )* }
         mod memory { use super::*; $( #[tokio::test] async fn $case() { run(Backend::Memory, $body).await } )* }
         mod azurite { use super::*; $( #[tokio::test] async fn $case() { run(Backend::Azurite, $body).await } )* }
+        mod s3 { use super::*; $( #[tokio::test] async fn $case() { run(Backend::S3, $body).await } )* }
         mod filesystem_fault_wrapper { use super::*; $( #[tokio::test] async fn $case() { run_wrapped(Backend::FileSystem, $body).await } )* }
         mod memory_fault_wrapper { use super::*; $( #[tokio::test] async fn $case() { run_wrapped(Backend::Memory, $body).await } )* }
     };

@@ -90,7 +90,12 @@ async fn round_trip(backend: Backend) {
 // One test, backends in sequence: parallel tests in one process would share the peak.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_256_mib_blob_streams_with_bounded_memory() {
-    for backend in [Backend::FileSystem, Backend::Azurite, Backend::Memory] {
+    for backend in [
+        Backend::FileSystem,
+        Backend::Azurite,
+        Backend::S3,
+        Backend::Memory,
+    ] {
         round_trip(backend).await;
     }
 }
