@@ -5,6 +5,7 @@
 
 mod body;
 mod changefeed;
+mod cors;
 mod delete;
 mod drain;
 mod error;
@@ -29,6 +30,7 @@ use tessera_core::Limits;
 use tessera_service::{ApiVersion, DicomService};
 use tokio::sync::Semaphore;
 
+pub use cors::{Cors, CorsPolicy, InvalidCors};
 pub use drain::{Drain, with_drain};
 pub use error::ApiError;
 pub use public_url::{LocalAddr, PublicUrl};
@@ -48,6 +50,8 @@ pub struct AppState {
     pub public_url: Arc<PublicUrl>,
     /// Authentication, authorization and audit of the DICOMweb routes.
     pub security: Security,
+    /// Which browser origins may call (off unless configured).
+    pub cors: Cors,
 }
 
 impl AppState {
@@ -59,7 +63,13 @@ impl AppState {
             limits: Arc::new(limits),
             public_url: Arc::new(public_url),
             security: Security::default(),
+            cors: Cors::default(),
         }
+    }
+
+    /// The same state with `cors` answering browsers' cross-origin requests.
+    pub fn with_cors(self, cors: Cors) -> Self {
+        Self { cors, ..self }
     }
 
     /// The same state with `security` guarding the DICOMweb routes.
@@ -71,13 +81,19 @@ impl AppState {
 /// All routes of the server.
 pub fn router(state: AppState) -> Router {
     let guard = axum::middleware::from_fn_with_state(state.security.clone(), security::guard);
-    Router::new()
+    let cors = state.cors.layer();
+    let router = Router::new()
         .route("/health/check", get(health::check))
         .nest("/v1", versioned(ApiVersion::V1).layer(guard.clone()))
         .nest("/v2", versioned(ApiVersion::V2).layer(guard))
         // Bodies stream to the blob store; STOW applies Tessera:Limits:MaxRequestBodyBytes.
         .layer(DefaultBodyLimit::disable())
-        .with_state(state)
+        .with_state(state);
+    // Outermost, so preflights never reach the security middleware or a route's method filter.
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 fn versioned(version: ApiVersion) -> Router<AppState> {

@@ -144,7 +144,8 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         trust_forwarded_headers: settings.public_url.trust_forwarded_headers,
     };
     let state = tessera_http::AppState::new(service, settings.limits.clone(), public_url)
-        .with_security(security(&config)?);
+        .with_security(security(&config)?)
+        .with_cors(cors(&settings.cors)?);
     let drain = tessera_http::Drain::new();
     let app = tessera_http::with_drain(tessera_http::router(state), drain.clone());
     let grace = settings.lifecycle.shutdown_timeout;
@@ -155,6 +156,22 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let abandoned = heartbeat.unregister(&index).await?;
     tracing::info!(abandoned, "stopped");
     Ok(())
+}
+
+/// The CORS policy the configuration asks for.
+fn cors(
+    settings: &tessera_config::CorsSettings,
+) -> Result<tessera_http::Cors, tessera_http::InvalidCors> {
+    if !settings.origins.is_empty() {
+        tracing::info!(origins = ?settings.origins, "CORS on");
+    }
+    tessera_http::Cors::new(&tessera_http::CorsPolicy {
+        origins: settings.origins.clone(),
+        headers: settings.headers.clone(),
+        methods: settings.methods.clone(),
+        max_age: settings.max_age,
+        allow_credentials: settings.allow_credentials,
+    })
 }
 
 /// The token checks and audit the configuration asks for.
