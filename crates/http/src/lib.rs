@@ -96,6 +96,13 @@ pub fn router(state: AppState) -> Router {
     }
 }
 
+/// Metadata is JSON that compresses about tenfold; gzip when the client accepts it.
+fn compressed<S: Clone + Send + Sync + 'static>(
+    route: axum::routing::MethodRouter<S>,
+) -> axum::routing::MethodRouter<S> {
+    route.layer(tower_http::compression::CompressionLayer::new().gzip(true))
+}
+
 fn versioned(version: ApiVersion) -> Router<AppState> {
     let study = "/studies/{study}";
     let series = "/studies/{study}/series/{series}";
@@ -113,13 +120,19 @@ fn versioned(version: ApiVersion) -> Router<AppState> {
                 .post(stow::store_in_study)
                 .delete(delete::study),
         )
-        .route(&format!("{study}/metadata"), get(wado::study_metadata))
+        .route(
+            &format!("{study}/metadata"),
+            compressed(get(wado::study_metadata)),
+        )
         .route(series, get(wado::series).delete(delete::series))
-        .route(&format!("{series}/metadata"), get(wado::series_metadata))
+        .route(
+            &format!("{series}/metadata"),
+            compressed(get(wado::series_metadata)),
+        )
         .route(instance, get(wado::instance).delete(delete::instance))
         .route(
             &format!("{instance}/metadata"),
-            get(wado::instance_metadata),
+            compressed(get(wado::instance_metadata)),
         )
         .route(&format!("{instance}/frames/{{frames}}"), get(wado::frames))
         .route("/changefeed", get(changefeed::feed))

@@ -28,7 +28,7 @@ pub fn accepted(headers: &HeaderMap) -> Vec<Option<Requested>> {
     split_media_ranges(&values.join(","))
         .into_iter()
         .filter_map(|range| {
-            let mime: mime::Mime = range.parse().ok()?;
+            let mime: mime::Mime = quote_parameter_values(&range).parse().ok()?;
             if mime.type_() == mime::STAR {
                 return Some(None);
             }
@@ -55,6 +55,23 @@ pub fn accepted(headers: &HeaderMap) -> Vec<Option<Requested>> {
             }))
         })
         .collect()
+}
+
+/// `range` with every unquoted parameter value quoted: clients such as OHIF send
+/// `type=application/octet-stream`, whose `/` the `mime` parser refuses outside quotes.
+fn quote_parameter_values(range: &str) -> String {
+    let mut pieces = range.split(';');
+    let mut out = pieces.next().unwrap_or_default().to_owned();
+    for piece in pieces {
+        out.push(';');
+        match piece.split_once('=') {
+            Some((name, value)) if !value.trim().starts_with('"') => {
+                out.push_str(&format!("{name}=\"{}\"", value.trim()));
+            }
+            _ => out.push_str(piece),
+        }
+    }
+    out
 }
 
 /// Splits an `Accept` value on the commas between media ranges (not those inside quotes).
@@ -106,6 +123,12 @@ mod tests {
             Some("1.2.840.10008.1.2.4.50")
         );
         assert!(!parsed[1].clone().unwrap().multipart);
+        let unquoted =
+            accept("multipart/related; type=application/octet-stream; transfer-syntax=*");
+        let unquoted = unquoted[0].clone().unwrap();
+        assert!(unquoted.multipart);
+        assert_eq!(unquoted.part_type, "application/octet-stream");
+        assert_eq!(unquoted.transfer_syntax, None);
         let any = accept("application/dicom; transfer-syntax=*");
         assert_eq!(any[0].clone().unwrap().transfer_syntax, None);
     }

@@ -14,6 +14,9 @@ use crate::multipart::{self, Part};
 use crate::stow::parse_uid;
 use crate::{ApiError, AppState, media};
 
+/// Metadata documents read from the blob store at once for one study or series request.
+const METADATA_READS_IN_FLIGHT: usize = 32;
+
 type StudyPath = Path<String>;
 type SeriesPath = Path<(String, String)>;
 type InstancePath = Path<(String, String, String)>;
@@ -229,24 +232,29 @@ async fn metadata(
     }
     let service = service.clone();
     let count = instances.len();
-    let items = stream::iter(instances.into_iter().enumerate()).then(move |(i, instance)| {
-        let service = service.clone();
-        async move {
-            let json = service
-                .metadata(&instance)
-                .await
-                .map_err(std::io::Error::other)?;
-            let separator = if i + 1 < count {
-                Bytes::from_static(b",")
-            } else {
-                Bytes::new()
-            };
-            Ok::<_, std::io::Error>(stream::iter([
-                Ok::<Bytes, std::io::Error>(json),
-                Ok(separator),
-            ]))
-        }
-    });
+    // Blob reads overlap (a series of 1,000 instances would otherwise wait for 1,000 round trips
+    // one after another), in order and at most METADATA_READS_IN_FLIGHT at once, so memory stays
+    // bounded by that many documents.
+    let items = stream::iter(instances.into_iter().enumerate())
+        .map(move |(i, instance)| {
+            let service = service.clone();
+            async move {
+                let json = service
+                    .metadata(&instance)
+                    .await
+                    .map_err(std::io::Error::other)?;
+                let separator = if i + 1 < count {
+                    Bytes::from_static(b",")
+                } else {
+                    Bytes::new()
+                };
+                Ok::<_, std::io::Error>(stream::iter([
+                    Ok::<Bytes, std::io::Error>(json),
+                    Ok(separator),
+                ]))
+            }
+        })
+        .buffered(METADATA_READS_IN_FLIGHT);
     let body = stream::once(async { Ok(Bytes::from_static(b"[")) })
         .chain(items.try_flatten())
         .chain(stream::once(async { Ok(Bytes::from_static(b"]")) }));

@@ -113,3 +113,44 @@ async fn cors_off_by_default() {
         .unwrap();
     assert_eq!(header(&response, "access-control-allow-origin"), None);
 }
+
+fn sample(name: &str) -> Vec<u8> {
+    std::fs::read(tessera_testkit::server::testdata().join(name)).unwrap()
+}
+
+/// The study of blue-circle, green-square and red-triangle.
+const STUDY: &str = "1.2.826.0.1.3680043.8.498.13230779778012324449356534479549187420";
+
+/// Metadata is gzip-compressed when the client accepts it, and the same JSON otherwise.
+#[tokio::test]
+async fn metadata_is_gzipped_when_accepted() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let parts = ["blue-circle.dcm", "green-square.dcm", "red-triangle.dcm"].map(sample);
+    assert_eq!(server.stow("/v2/studies", &parts).await.0, 200);
+    let client = reqwest::Client::new();
+    let url = server.url(&format!("/v2/studies/{STUDY}/metadata"));
+    let plain = client.get(&url).send().await.unwrap();
+    assert_eq!(header(&plain, "content-encoding"), None);
+    let plain: serde_json::Value = plain.json().await.unwrap();
+    assert_eq!(plain.as_array().unwrap().len(), 3);
+    let gzipped = client
+        .get(&url)
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gzipped.status().as_u16(), 200);
+    assert_eq!(
+        header(&gzipped, "content-encoding").as_deref(),
+        Some("gzip")
+    );
+    let compressed = gzipped.bytes().await.unwrap();
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&compressed[..])
+        .read_to_string(&mut text)
+        .unwrap();
+    let unzipped: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(unzipped, plain);
+}
