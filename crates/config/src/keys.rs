@@ -108,6 +108,8 @@ pub const REQUEST_HEADER_TIMEOUT: &str = "Tessera:Limits:RequestHeaderTimeout";
 pub const BODY_READ_TIMEOUT: &str = "Tessera:Limits:BodyReadTimeout";
 /// Time an idle keep-alive connection stays open.
 pub const KEEP_ALIVE_TIMEOUT: &str = "Tessera:Limits:KeepAliveTimeout";
+/// Bytes of an instance (stored, and decoded) that rendering or transcoding may hold in memory.
+pub const MAX_DECODE_BYTES: &str = "Tessera:Limits:MaxDecodeBytes";
 /// Base URL of RetrieveURL and Location (`https://pacs.example.org/dicom`).
 pub const PUBLIC_BASE_URL: &str = "Tessera:PublicBaseUrl";
 /// Trust `Host`, `X-Forwarded-Host` and `X-Forwarded-Proto` for RetrieveURL.

@@ -378,6 +378,12 @@ impl Binder<'_> {
                 .positive_timespan(keys::BODY_READ_TIMEOUT, d.body_read_timeout)?,
             keep_alive_timeout: self
                 .positive_timespan(keys::KEEP_ALIVE_TIMEOUT, d.keep_alive_timeout)?,
+            max_decode_bytes: self.count(
+                keys::MAX_DECODE_BYTES,
+                d.max_decode_bytes,
+                1024,
+                16 * GIB,
+            )?,
         })
     }
 

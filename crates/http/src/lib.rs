@@ -16,6 +16,7 @@ mod operations;
 mod public_url;
 mod qido;
 mod related;
+mod rendered;
 mod security;
 mod serve;
 mod stow;
@@ -135,6 +136,29 @@ fn versioned(version: ApiVersion) -> Router<AppState> {
             compressed(get(wado::instance_metadata)),
         )
         .route(&format!("{instance}/frames/{{frames}}"), get(wado::frames))
+        .route(&format!("{study}/rendered"), get(rendered::study))
+        .route(&format!("{series}/rendered"), get(rendered::series))
+        .route(&format!("{instance}/rendered"), get(rendered::instance))
+        .route(
+            &format!("{instance}/frames/{{frames}}/rendered"),
+            get(rendered::frames),
+        )
+        .route(
+            &format!("{study}/thumbnail"),
+            get(rendered::study_thumbnail),
+        )
+        .route(
+            &format!("{series}/thumbnail"),
+            get(rendered::series_thumbnail),
+        )
+        .route(
+            &format!("{instance}/thumbnail"),
+            get(rendered::instance_thumbnail),
+        )
+        .route(
+            &format!("{instance}/frames/{{frames}}/thumbnail"),
+            get(rendered::frame_thumbnail),
+        )
         .route("/changefeed", get(changefeed::feed))
         .route("/changefeed/latest", get(changefeed::latest))
         .route("/operations/{id}", get(operations::status))

@@ -10,6 +10,8 @@ use futures::{StreamExt, TryStreamExt, stream};
 use tessera_core::InstanceIdentifier;
 use tessera_service::{DicomService, RetrieveScope, StoredInstance};
 
+use tessera_pixels::{EXPLICIT_VR_LITTLE_ENDIAN_UID, TRANSCODABLE};
+
 use crate::multipart::{self, Part};
 use crate::stow::parse_uid;
 use crate::{ApiError, AppState, media};
@@ -21,18 +23,18 @@ type StudyPath = Path<String>;
 type SeriesPath = Path<(String, String)>;
 type InstancePath = Path<(String, String, String)>;
 
-fn study_scope(study: &str) -> Result<RetrieveScope, ApiError> {
+pub(crate) fn study_scope(study: &str) -> Result<RetrieveScope, ApiError> {
     Ok(RetrieveScope::Study(parse_uid(study, "StudyInstanceUID")?))
 }
 
-fn series_scope((study, series): &(String, String)) -> Result<RetrieveScope, ApiError> {
+pub(crate) fn series_scope((study, series): &(String, String)) -> Result<RetrieveScope, ApiError> {
     Ok(RetrieveScope::Series(
         parse_uid(study, "StudyInstanceUID")?,
         parse_uid(series, "SeriesInstanceUID")?,
     ))
 }
 
-fn instance_scope(
+pub(crate) fn instance_scope(
     (study, series, sop): &(String, String, String),
 ) -> Result<RetrieveScope, ApiError> {
     Ok(RetrieveScope::Instance(InstanceIdentifier {
@@ -48,7 +50,7 @@ pub async fn study(
     Path(p): StudyPath,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    retrieve(&s.service, study_scope(&p)?, &h, false).await
+    retrieve(&s, study_scope(&p)?, &h, false).await
 }
 
 /// `GET /studies/{study}/series/{series}`.
@@ -57,7 +59,7 @@ pub async fn series(
     Path(p): SeriesPath,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    retrieve(&s.service, series_scope(&p)?, &h, false).await
+    retrieve(&s, series_scope(&p)?, &h, false).await
 }
 
 /// `GET /studies/{study}/series/{series}/instances/{instance}`.
@@ -66,7 +68,7 @@ pub async fn instance(
     Path(p): InstancePath,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    retrieve(&s.service, instance_scope(&p)?, &h, true).await
+    retrieve(&s, instance_scope(&p)?, &h, true).await
 }
 
 /// `GET /studies/{study}/metadata`.
@@ -96,54 +98,104 @@ pub async fn instance_metadata(
     metadata(&s.service, instance_scope(&p)?, &h).await
 }
 
+/// How a retrieve is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Representation {
+    /// `multipart/related`, or one bare part.
+    multipart: bool,
+    /// Transcode to Explicit VR Little Endian (instances not already in it).
+    transcode: bool,
+}
+
 /// Picks the first acceptable representation for instances of `stored_syntaxes`: a multipart of
-/// `application/dicom`, or (for one instance) a bare `application/dicom`. Tessera does not
-/// transcode, so a transfer syntax other than the stored one is not acceptable; a request that
-/// names none gets the stored one.
+/// `part_type`, or (for one instance or frame) a bare part. A request that names no transfer
+/// syntax gets the stored one; one that names another gets Explicit VR Little Endian when every
+/// stored syntax is one Tessera transcodes from (orig D.3), and 406 otherwise.
 fn negotiate(
     headers: &HeaderMap,
     single: bool,
     stored_syntaxes: &[&str],
     part_type: &str,
-) -> Result<bool, ApiError> {
+) -> Result<Representation, ApiError> {
     for requested in media::accepted(headers) {
         let Some(requested) = requested else {
-            return Ok(!single);
+            return Ok(Representation {
+                multipart: !single,
+                transcode: false,
+            });
         };
         let type_fits = if requested.multipart {
             requested.part_type == part_type
         } else {
             single && (requested.part_type == part_type || requested.part_type == "application/*")
         };
-        let syntax_fits = requested
-            .transfer_syntax
-            .as_deref()
-            .is_none_or(|ts| stored_syntaxes.iter().all(|stored| *stored == ts));
+        let (syntax_fits, transcode) = match requested.transfer_syntax.as_deref() {
+            None => (true, false),
+            Some(ts) if stored_syntaxes.iter().all(|stored| *stored == ts) => (true, false),
+            Some(EXPLICIT_VR_LITTLE_ENDIAN_UID) => (
+                stored_syntaxes
+                    .iter()
+                    .all(|stored| TRANSCODABLE.contains(stored)),
+                true,
+            ),
+            Some(_) => (false, false),
+        };
         if type_fits && syntax_fits {
-            return Ok(requested.multipart);
+            return Ok(Representation {
+                multipart: requested.multipart,
+                transcode,
+            });
         }
     }
     Err(ApiError::NotAcceptable(format!(
-        "the instances are available as {part_type} in their stored transfer syntax only"
+        "the instances are available as {part_type} in their stored transfer syntax, or in \
+         {EXPLICIT_VR_LITTLE_ENDIAN_UID} from the syntaxes Tessera transcodes"
     )))
 }
 
-async fn retrieve(
+/// An instance's bytes in Explicit VR Little Endian, transcoded on a blocking thread with the
+/// instance in memory under `Tessera:Limits:MaxDecodeBytes`.
+async fn transcoded(
     service: &DicomService,
+    instance: StoredInstance,
+    limit: u64,
+) -> Result<Bytes, ApiError> {
+    let bytes = crate::rendered::load(service, instance, limit).await?;
+    let out = tokio::task::spawn_blocking(move || {
+        tessera_pixels::Instance::parse(&bytes, limit)?.to_explicit_vr_little_endian()
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("transcode task failed: {e}")))??;
+    Ok(Bytes::from(out))
+}
+
+/// The `application/dicom` part type of transcoded instances.
+fn explicit_type() -> String {
+    format!("application/dicom; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN_UID}")
+}
+
+async fn retrieve(
+    state: &AppState,
     scope: RetrieveScope,
     headers: &HeaderMap,
     single: bool,
 ) -> Result<Response, ApiError> {
+    let service = &state.service;
+    let limit = state.limits.max_decode_bytes;
     let instances = service.instances(&scope).await?;
     let syntaxes: Vec<&str> = instances
         .iter()
         .map(|i| i.transfer_syntax.as_str())
         .collect();
-    let multipart = negotiate(headers, single, &syntaxes, "application/dicom")?;
-    if !multipart {
+    let chosen = negotiate(headers, single, &syntaxes, "application/dicom")?;
+    if !chosen.multipart {
         let instance = instances.into_iter().next().ok_or(ApiError::Service(
             tessera_service::ServiceError::NotFound("instance"),
         ))?;
+        if chosen.transcode && instance.transfer_syntax != EXPLICIT_VR_LITTLE_ENDIAN_UID {
+            let bytes = transcoded(service, instance, limit).await?;
+            return Ok(([(CONTENT_TYPE, explicit_type())], bytes).into_response());
+        }
         let content_type = dicom_type(&instance);
         let file = service.open_file(instance).await?;
         let body = Body::from_stream(file.read.stream.map_err(std::io::Error::other));
@@ -162,6 +214,16 @@ async fn retrieve(
         .then(move |instance| {
             let service = service.clone();
             async move {
+                if chosen.transcode && instance.transfer_syntax != EXPLICIT_VR_LITTLE_ENDIAN_UID {
+                    let bytes = transcoded(&service, instance, limit)
+                        .await
+                        .map_err(|e| std::io::Error::other(e.to_string()))?;
+                    return Ok(Part {
+                        content_type: explicit_type(),
+                        length: Some(bytes.len() as u64),
+                        body: stream::once(async move { Ok(bytes) }).boxed(),
+                    });
+                }
                 let content_type = dicom_type(&instance);
                 let file = service
                     .open_file(instance)
@@ -273,7 +335,7 @@ async fn metadata(
 
 /// Frame numbers of a frames request: 1 or more, comma separated; repeats collapse (the first
 /// occurrence keeps its place) and at most `max` distinct frames are served.
-fn frame_numbers(list: &str, max: u32) -> Result<Vec<u32>, ApiError> {
+pub(crate) fn frame_numbers(list: &str, max: u32) -> Result<Vec<u32>, ApiError> {
     let mut numbers = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for item in list.split(',') {
@@ -310,16 +372,30 @@ pub async fn frames(
     let scope = instance_scope(&(study, series, sop))?;
     let numbers = frame_numbers(&list, state.limits.max_frames_per_request)?;
     let instance = state.service.instances(&scope).await?.remove(0);
-    let multipart = negotiate(
+    let chosen = negotiate(
         &headers,
         numbers.len() == 1,
         &[instance.transfer_syntax.as_str()],
         "application/octet-stream",
     )?;
+    let multipart = chosen.multipart;
+    // Frames of Little Endian native pixel data are the same bytes in Explicit VR Little
+    // Endian; others are decoded.
+    let native_le = matches!(
+        instance.transfer_syntax.as_str(),
+        "1.2.840.10008.1.2" | EXPLICIT_VR_LITTLE_ENDIAN_UID
+    );
+    if chosen.transcode && !native_le {
+        return decoded_frames(&state, instance, numbers, multipart).await;
+    }
     let (instance, ranges) = state.service.frame_ranges(&scope, &numbers).await?;
     let part_type = format!(
         "application/octet-stream; transfer-syntax={}",
-        instance.transfer_syntax
+        if chosen.transcode {
+            EXPLICIT_VR_LITTLE_ENDIAN_UID
+        } else {
+            instance.transfer_syntax.as_str()
+        }
     );
     if !multipart {
         let Some(&range) = ranges.first() else {
@@ -350,6 +426,58 @@ pub async fn frames(
             })
         })
         .boxed();
+    let content_type = multipart::content_type(&boundary, "application/octet-stream");
+    Ok((
+        [(CONTENT_TYPE, content_type)],
+        Body::from_stream(multipart::body(boundary, parts)),
+    )
+        .into_response())
+}
+
+/// Frames decoded to native samples (Explicit VR Little Endian), the instance loaded once under
+/// `Tessera:Limits:MaxDecodeBytes` and one decoded frame kept per part.
+async fn decoded_frames(
+    state: &AppState,
+    instance: StoredInstance,
+    numbers: Vec<u32>,
+    multipart: bool,
+) -> Result<Response, ApiError> {
+    let limit = state.limits.max_decode_bytes;
+    let bytes = crate::rendered::load(&state.service, instance, limit).await?;
+    let frames = tokio::task::spawn_blocking(move || {
+        let parsed = tessera_pixels::Instance::parse(&bytes, limit)?;
+        let mut frames = Vec::with_capacity(numbers.len());
+        let mut held = 0u64;
+        for n in &numbers {
+            let frame = parsed.native_frame(n.saturating_sub(1))?;
+            held = held.saturating_add(frame.len() as u64);
+            if held > limit {
+                return Err(tessera_pixels::PixelError::TooLarge {
+                    needed: held,
+                    limit,
+                });
+            }
+            frames.push(Bytes::from(frame));
+        }
+        Ok(frames)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("transcode task failed: {e}")))??;
+    let part_type =
+        format!("application/octet-stream; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN_UID}");
+    if !multipart {
+        let frame = frames.into_iter().next().unwrap_or_default();
+        return Ok(([(CONTENT_TYPE, part_type)], frame).into_response());
+    }
+    let parts = stream::iter(frames.into_iter().map(move |frame| {
+        Ok(Part {
+            content_type: part_type.clone(),
+            length: Some(frame.len() as u64),
+            body: stream::once(async move { Ok(frame) }).boxed(),
+        })
+    }))
+    .boxed();
+    let boundary = multipart::boundary();
     let content_type = multipart::content_type(&boundary, "application/octet-stream");
     Ok((
         [(CONTENT_TYPE, content_type)],

@@ -154,3 +154,235 @@ async fn metadata_is_gzipped_when_accepted() {
     let unzipped: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(unzipped, plain);
 }
+
+const MR: &str = "case1_008.dcm";
+const XR: &str = "XRJPEGProcess1.dcm";
+
+/// The path of a stored sample's instance.
+fn instance_path(bytes: &[u8]) -> String {
+    let object = dicom_object::OpenFileOptions::new()
+        .from_reader(&bytes[128..])
+        .unwrap();
+    let text = |tag| {
+        object
+            .element(tag)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim_end_matches('\0')
+            .trim()
+            .to_owned()
+    };
+    use dicom_dictionary_std::tags;
+    format!(
+        "/v2/studies/{}/series/{}/instances/{}",
+        text(tags::STUDY_INSTANCE_UID),
+        text(tags::SERIES_INSTANCE_UID),
+        text(tags::SOP_INSTANCE_UID)
+    )
+}
+
+async fn get(
+    server: &TestServer,
+    path: &str,
+    accept: Option<&str>,
+) -> (u16, Option<String>, bytes::Bytes) {
+    let mut request = reqwest::Client::new().get(server.url(path));
+    if let Some(accept) = accept {
+        request = request.header("Accept", accept);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let content_type = header(&response, "content-type");
+    (status, content_type, response.bytes().await.unwrap())
+}
+
+fn decode_image(bytes: &[u8], format: image::ImageFormat) -> image::DynamicImage {
+    image::load_from_memory_with_format(bytes, format).unwrap()
+}
+
+/// Rendered and thumbnail resources are decodable JPEG or PNG images of the right size.
+#[tokio::test]
+async fn rendered_and_thumbnails() {
+    use image::GenericImageView;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let (mr, xr, blue) = (sample(MR), sample(XR), sample("blue-circle.dcm"));
+    let parts = [mr.clone(), xr.clone(), blue.clone()];
+    // 202: the MR, in Implicit VR Little Endian, is stored with a warning.
+    assert!(matches!(
+        server.stow("/v2/studies", &parts).await.0,
+        200 | 202
+    ));
+    let (mr, xr, blue) = (instance_path(&mr), instance_path(&xr), instance_path(&blue));
+
+    // The MR (16-bit, Implicit VR LE), JPEG by default, at its own size.
+    let (status, kind, body) = get(&server, &format!("{mr}/rendered"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(kind.as_deref(), Some("image/jpeg"));
+    assert_eq!(
+        decode_image(&body, image::ImageFormat::Jpeg).dimensions(),
+        (512, 512)
+    );
+    // PNG into a viewport, with a window.
+    let (status, kind, body) = get(
+        &server,
+        &format!("{mr}/frames/1/rendered?viewport=128,128&window=600,1200,linear"),
+        Some("image/png"),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(kind.as_deref(), Some("image/png"));
+    assert_eq!(
+        decode_image(&body, image::ImageFormat::Png).dimensions(),
+        (128, 128)
+    );
+    // The JPEG-baseline XR, re-encoded at quality 50.
+    let (status, _, body) = get(&server, &format!("{xr}/rendered?quality=50"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        decode_image(&body, image::ImageFormat::Jpeg).dimensions(),
+        (1024, 1024)
+    );
+    // The RGB blue circle (985 columns × 979 rows): a series thumbnail fits 128 × 128.
+    let series = blue.split("/instances/").next().unwrap();
+    let (status, _, body) = get(&server, &format!("{series}/thumbnail"), None).await;
+    assert_eq!(status, 200);
+    let thumbnail = decode_image(&body, image::ImageFormat::Jpeg);
+    assert_eq!(thumbnail.width(), 128);
+    assert!((126..=128).contains(&thumbnail.height()));
+    // Instance and study thumbnails, and a series rendered as one part per instance.
+    for path in [
+        format!("{xr}/thumbnail"),
+        format!("/v2/studies/{STUDY}/thumbnail"),
+    ] {
+        let (status, _, body) = get(&server, &path, None).await;
+        assert_eq!(status, 200, "{path}");
+        decode_image(&body, image::ImageFormat::Jpeg);
+    }
+    let (status, kind, _) = get(&server, &format!("{series}/rendered"), None).await;
+    assert_eq!(status, 200);
+    assert!(kind.unwrap().starts_with("multipart/related"));
+
+    // What cannot be answered.
+    let cases = [
+        (format!("{mr}/frames/2/rendered"), None, 404),
+        (format!("{mr}/rendered"), Some("application/dicom"), 406),
+        (format!("{mr}/rendered?quality=0"), None, 400),
+        (format!("{mr}/rendered?window=1,0"), None, 400),
+        (format!("{mr}/rendered?viewport=0,5"), None, 400),
+    ];
+    for (path, accept, expected) in cases {
+        assert_eq!(get(&server, &path, accept).await.0, expected, "{path}");
+    }
+}
+
+/// An instance whose decoded pixels exceed Tessera:Limits:MaxDecodeBytes is refused, not
+/// decoded.
+#[tokio::test]
+async fn rendering_is_refused_past_the_decode_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    // The XR's file is about 100 kB (under the limit); its pixels take 1 MiB (over it).
+    let server = start(dir.path(), &[("Tessera__Limits__MaxDecodeBytes", "500000")]);
+    let xr = sample(XR);
+    assert!(xr.len() < 500_000);
+    assert_eq!(
+        server
+            .stow("/v2/studies", std::slice::from_ref(&xr))
+            .await
+            .0,
+        200
+    );
+    let (status, _, body) = get(&server, &format!("{}/rendered", instance_path(&xr)), None).await;
+    assert_eq!(status, 406);
+    assert!(
+        String::from_utf8_lossy(&body).contains("MaxDecodeBytes"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
+/// The native pixel samples of a Part-10 instance.
+fn pixels(bytes: &[u8]) -> (String, Vec<u8>) {
+    use dicom_dictionary_std::tags;
+    let object = dicom_object::OpenFileOptions::new()
+        .from_reader(&bytes[128..])
+        .unwrap();
+    let data = object
+        .element(tags::PIXEL_DATA)
+        .unwrap()
+        .to_bytes()
+        .unwrap()
+        .into_owned();
+    (
+        object
+            .meta()
+            .transfer_syntax()
+            .trim_end_matches('\0')
+            .to_owned(),
+        data,
+    )
+}
+
+const EXPLICIT: &str = "1.2.840.10008.1.2.1";
+
+/// A JPEG-baseline and an RLE instance, retrieved (whole, and frame 1) as Explicit VR Little
+/// Endian, decode to the uncompressed original's pixels: exactly for RLE, within the codec's
+/// tolerance for JPEG.
+#[tokio::test]
+async fn transcoding_to_explicit_vr_little_endian() {
+    let (_, original) = pixels(&sample("transfer-syntaxes/ExplicitVRLittleEndian.dcm"));
+    for (name, tolerance) in [("RLELossless.dcm", 0.0), ("JPEGProcess1.dcm", 8.0)] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = start(dir.path(), &[]);
+        let stored = sample(&format!("transfer-syntaxes/{name}"));
+        assert_eq!(
+            server
+                .stow("/v2/studies", std::slice::from_ref(&stored))
+                .await
+                .0,
+            200
+        );
+        let path = instance_path(&stored);
+        let (status, kind, body) = get(
+            &server,
+            &path,
+            Some(&format!("application/dicom; transfer-syntax={EXPLICIT}")),
+        )
+        .await;
+        assert_eq!(status, 200, "{name}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            kind.as_deref(),
+            Some(format!("application/dicom; transfer-syntax={EXPLICIT}").as_str())
+        );
+        let (syntax, whole) = pixels(&body);
+        assert_eq!(syntax, EXPLICIT);
+        let (status, _, frame) = get(
+            &server,
+            &format!("{path}/frames/1"),
+            Some(&format!(
+                "application/octet-stream; transfer-syntax={EXPLICIT}"
+            )),
+        )
+        .await;
+        assert_eq!(status, 200, "{name}");
+        for decoded in [&whole[..], &frame[..]] {
+            assert_eq!(decoded.len(), original.len(), "{name}");
+            let mean_error = decoded
+                .iter()
+                .zip(&original)
+                .map(|(a, b)| f64::from(a.abs_diff(*b)))
+                .sum::<f64>()
+                / original.len() as f64;
+            assert!(mean_error <= tolerance, "{name}: mean error {mean_error}");
+        }
+        // No JPEG 2000 encoder is kept, so that target is not acceptable.
+        let (status, _, _) = get(
+            &server,
+            &path,
+            Some("application/dicom; transfer-syntax=1.2.840.10008.1.2.4.90"),
+        )
+        .await;
+        assert_eq!(status, 406, "{name}");
+    }
+}
