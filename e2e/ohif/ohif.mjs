@@ -35,7 +35,7 @@ const appConfig = `window.config = {
       wadoRoot: '${tessera}/v2',
       qidoSupportsIncludeField: true,
       imageRendering: 'wadors',
-      thumbnailRendering: 'wadors',
+      thumbnailRendering: 'thumbnail',
       enableStudyLazyLoad: true,
       supportsFuzzyMatching: true,
       supportsWildcard: true,
@@ -111,38 +111,43 @@ try {
   }
   console.log(`study list shows ${studies.length} studies`);
 
-  // Opening a study shows its series and draws an image.
-  const study = studies.find((s) => s.open) || studies[0];
-  await page.goto(`${viewer}/viewer?StudyInstanceUIDs=${study.uid}`, { timeout: left() });
-  const canvas = page.locator('.cornerstone-canvas, canvas').first();
-  await canvas.waitFor({ timeout: left() });
-  let lit = 0;
-  for (let i = 0; i < 60 && lit === 0; i++) {
-    await page.waitForTimeout(1000);
-    lit = await page.evaluate(() => {
-      let best = 0;
-      for (const c of document.querySelectorAll('canvas')) {
-        if (c.width < 64 || c.height < 64) continue;
-        const ctx = c.getContext('2d');
-        if (!ctx) continue;
-        const d = ctx.getImageData(0, 0, c.width, c.height).data;
-        let n = 0;
-        for (let p = 0; p < d.length; p += 4) if (d[p] > 8 || d[p + 1] > 8 || d[p + 2] > 8) n++;
-        best = Math.max(best, n);
-      }
-      return best;
-    });
+  // Opening a study shows its series and draws an image: the MR (Implicit VR LE, 16-bit) and
+  // the CR (JPEG baseline, decoded in the browser).
+  const opened = studies.filter((s) => s.open);
+  if (opened.length === 0) throw new Error('no study to open');
+  for (const study of opened) {
+    await page.goto(`${viewer}/viewer?StudyInstanceUIDs=${study.uid}`, { timeout: left() });
+    const canvas = page.locator('.cornerstone-canvas, canvas').first();
+    await canvas.waitFor({ timeout: left() });
+    let lit = 0;
+    for (let i = 0; i < 60 && lit === 0; i++) {
+      await page.waitForTimeout(1000);
+      lit = await page.evaluate(() => {
+        let best = 0;
+        for (const c of document.querySelectorAll('canvas')) {
+          if (c.width < 64 || c.height < 64) continue;
+          const ctx = c.getContext('2d');
+          if (!ctx) continue;
+          const d = ctx.getImageData(0, 0, c.width, c.height).data;
+          let n = 0;
+          for (let p = 0; p < d.length; p += 4) if (d[p] > 8 || d[p + 1] > 8 || d[p + 2] > 8) n++;
+          best = Math.max(best, n);
+        }
+        return best;
+      });
+    }
+    const name = study.modalities.join('-');
+    await page.screenshot({ path: path.join(outDir, `viewer-${name}.png`) });
+    if (lit === 0) throw new Error(`the viewport of the ${name} study stayed blank`);
+    console.log(`${name} study: viewport drew ${lit} non-blank pixels`);
+    const body = await page.locator('body').innerText();
+    fs.writeFileSync(path.join(outDir, `viewer-${name}.txt`), body);
+    const seriesShown = study.series.filter((d) => body.includes(d.replace(/\s+/g, ' ').slice(0, 12)));
+    if (seriesShown.length !== study.series.length) {
+      throw new Error(`${name} study: series panel shows ${seriesShown.length} of ${study.series.length} series (${JSON.stringify(study.series)})`);
+    }
+    console.log(`${name} study: series panel shows ${seriesShown.length} series`);
   }
-  await page.screenshot({ path: path.join(outDir, 'viewer.png') });
-  if (lit === 0) throw new Error('the viewport stayed blank');
-  console.log(`viewport drew ${lit} non-blank pixels`);
-  const body = await page.locator('body').innerText();
-  fs.writeFileSync(path.join(outDir, 'viewer.txt'), body);
-  const seriesShown = study.series.filter((d) => body.includes(d.replace(/\s+/g, ' ').slice(0, 12)));
-  if (seriesShown.length !== study.series.length) {
-    throw new Error(`series panel shows ${seriesShown.length} of ${study.series.length} series (${JSON.stringify(study.series)})`);
-  }
-  console.log(`series panel shows ${seriesShown.length} series`);
   const asked = tesseraRequests.length;
   if (asked === 0) throw new Error('OHIF asked Tessera nothing');
   if (failures.length) throw new Error(`failed requests:\n  ${failures.join('\n  ')}`);

@@ -79,8 +79,8 @@ for s in get("/v2/studies?includefield=all"):
         "patientName": value(s, "00100010"),
         "modalities": sorted(modalities),
         "series": [value(x, "0008103E") or value(x, "00080060") for x in series],
-        # A plain image study to open (not whole-slide microscopy, which OHIF opens in another mode).
-        "open": modalities == {"MR"},
+        # Plain image studies to open (not whole-slide microscopy, which OHIF opens in another mode).
+        "open": modalities in ({"MR"}, {"CR"}),
     })
 json.dump(studies, sys.stdout)
 PY

@@ -25,8 +25,27 @@ const THUMBNAIL_SIZE: u32 = 128;
 
 type Params = Query<HashMap<String, String>>;
 
-/// The image format the client accepts: JPEG unless PNG comes first.
-fn format(headers: &HeaderMap, multipart: bool) -> Result<ImageFormat, ApiError> {
+/// The image format the client accepts: JPEG unless PNG comes first. An `accept` query
+/// parameter replaces the header (PS3.18 §8.3.3.1; OHIF asks for thumbnails that way).
+fn format(
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+    multipart: bool,
+) -> Result<ImageFormat, ApiError> {
+    let from_query;
+    let headers = match params.get("accept") {
+        Some(value) => {
+            let mut only = HeaderMap::new();
+            only.insert(
+                axum::http::header::ACCEPT,
+                axum::http::HeaderValue::from_str(value)
+                    .map_err(|_| ApiError::BadRequest("invalid accept parameter".into()))?,
+            );
+            from_query = only;
+            &from_query
+        }
+        None => headers,
+    };
     for requested in media::accepted(headers) {
         let Some(requested) = requested else {
             return Ok(ImageFormat::Jpeg);
@@ -195,7 +214,7 @@ pub async fn study(
     Query(params): Params,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let options = options(&params, format(&headers, true)?, false)?;
+    let options = options(&params, format(&headers, &params, true)?, false)?;
     all_rendered(state, study_scope(&p)?, options).await
 }
 
@@ -206,7 +225,7 @@ pub async fn series(
     Query(params): Params,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let options = options(&params, format(&headers, true)?, false)?;
+    let options = options(&params, format(&headers, &params, true)?, false)?;
     all_rendered(state, series_scope(&p)?, options).await
 }
 
@@ -217,7 +236,7 @@ pub async fn instance(
     Query(params): Params,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let options = options(&params, format(&headers, false)?, false)?;
+    let options = options(&params, format(&headers, &params, false)?, false)?;
     first_rendered(&state, instance_scope(&p)?, options).await
 }
 
@@ -232,7 +251,7 @@ pub async fn frames(
     let numbers = crate::wado::frame_numbers(&list, state.limits.max_frames_per_request)?;
     let scope = instance_scope(&(study, series, sop))?;
     let instance = state.service.instances(&scope).await?.remove(0);
-    let format = format(&headers, numbers.len() > 1)?;
+    let format = format(&headers, &params, numbers.len() > 1)?;
     let options = options(&params, format, false)?;
     if let [number] = numbers[..] {
         let image = render(&state, instance, number.saturating_sub(1), options).await?;
@@ -278,7 +297,7 @@ pub async fn study_thumbnail(
     Query(params): Params,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let options = options(&params, format(&headers, false)?, true)?;
+    let options = options(&params, format(&headers, &params, false)?, true)?;
     first_rendered(&state, study_scope(&p)?, options).await
 }
 
@@ -289,7 +308,7 @@ pub async fn series_thumbnail(
     Query(params): Params,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let options = options(&params, format(&headers, false)?, true)?;
+    let options = options(&params, format(&headers, &params, false)?, true)?;
     first_rendered(&state, series_scope(&p)?, options).await
 }
 
@@ -300,7 +319,7 @@ pub async fn instance_thumbnail(
     Query(params): Params,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let options = options(&params, format(&headers, false)?, true)?;
+    let options = options(&params, format(&headers, &params, false)?, true)?;
     first_rendered(&state, instance_scope(&p)?, options).await
 }
 
@@ -314,7 +333,7 @@ pub async fn frame_thumbnail(
     let numbers = crate::wado::frame_numbers(&list, 1)?;
     let scope = instance_scope(&(study, series, sop))?;
     let instance = state.service.instances(&scope).await?.remove(0);
-    let format = format(&headers, false)?;
+    let format = format(&headers, &params, false)?;
     let options = options(&params, format, true)?;
     let frame = numbers.first().map_or(0, |n| n.saturating_sub(1));
     let image = render(&state, instance, frame, options).await?;

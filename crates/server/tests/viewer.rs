@@ -260,6 +260,15 @@ async fn rendered_and_thumbnails() {
         assert_eq!(status, 200, "{path}");
         decode_image(&body, image::ImageFormat::Jpeg);
     }
+    // OHIF asks for thumbnails with an `accept` query parameter.
+    let (status, kind, body) = get(
+        &server,
+        &format!("{xr}/thumbnail?accept=image%2Fpng"),
+        Some("application/json"),
+    )
+    .await;
+    assert_eq!((status, kind.as_deref()), (200, Some("image/png")));
+    decode_image(&body, image::ImageFormat::Png);
     let (status, kind, _) = get(&server, &format!("{series}/rendered"), None).await;
     assert_eq!(status, 200);
     assert!(kind.unwrap().starts_with("multipart/related"));
