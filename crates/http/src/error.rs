@@ -92,7 +92,9 @@ impl ApiError {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::AuthorityUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Pixels(error) => match error {
-                PixelError::NoPixelData | PixelError::NoSuchFrame(_) => StatusCode::NOT_FOUND,
+                PixelError::NoPixelData
+                | PixelError::NoSuchFrame(_)
+                | PixelError::NoSuchElement(_) => StatusCode::NOT_FOUND,
                 // The original answers 406 for what it cannot render or transcode, too large
                 // included (orig D.3).
                 PixelError::Unsupported(_) | PixelError::TooLarge { .. } => {

@@ -136,6 +136,10 @@ fn versioned(version: ApiVersion) -> Router<AppState> {
             compressed(get(wado::instance_metadata)),
         )
         .route(&format!("{instance}/frames/{{frames}}"), get(wado::frames))
+        .route(
+            &format!("{instance}/bulkdata/{{tag}}"),
+            get(wado::bulk_data),
+        )
         .route(&format!("{study}/rendered"), get(rendered::study))
         .route(&format!("{series}/rendered"), get(rendered::series))
         .route(&format!("{instance}/rendered"), get(rendered::instance))

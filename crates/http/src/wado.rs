@@ -13,6 +13,7 @@ use tessera_service::{DicomService, RetrieveScope, StoredInstance};
 use tessera_pixels::{EXPLICIT_VR_LITTLE_ENDIAN_UID, TRANSCODABLE};
 
 use crate::multipart::{self, Part};
+use crate::public_url::BaseUrl;
 use crate::stow::parse_uid;
 use crate::{ApiError, AppState, media};
 
@@ -75,27 +76,30 @@ pub async fn instance(
 pub async fn study_metadata(
     State(s): State<AppState>,
     Path(p): StudyPath,
+    BaseUrl(base): BaseUrl,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    metadata(&s.service, study_scope(&p)?, &h).await
+    metadata(&s.service, study_scope(&p)?, &h, base).await
 }
 
 /// `GET /studies/{study}/series/{series}/metadata`.
 pub async fn series_metadata(
     State(s): State<AppState>,
     Path(p): SeriesPath,
+    BaseUrl(base): BaseUrl,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    metadata(&s.service, series_scope(&p)?, &h).await
+    metadata(&s.service, series_scope(&p)?, &h, base).await
 }
 
 /// `GET /studies/{study}/series/{series}/instances/{instance}/metadata`.
 pub async fn instance_metadata(
     State(s): State<AppState>,
     Path(p): InstancePath,
+    BaseUrl(base): BaseUrl,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    metadata(&s.service, instance_scope(&p)?, &h).await
+    metadata(&s.service, instance_scope(&p)?, &h, base).await
 }
 
 /// How a retrieve is answered.
@@ -263,6 +267,7 @@ async fn metadata(
     service: &DicomService,
     scope: RetrieveScope,
     headers: &HeaderMap,
+    base: String,
 ) -> Result<Response, ApiError> {
     let accepted = media::accepted(headers).into_iter().any(|r| match r {
         None => true,
@@ -300,11 +305,13 @@ async fn metadata(
     let items = stream::iter(instances.into_iter().enumerate())
         .map(move |(i, instance)| {
             let service = service.clone();
+            let base = base.clone();
             async move {
                 let json = service
                     .metadata(&instance)
                     .await
                     .map_err(std::io::Error::other)?;
+                let json = with_bulk_data_uris(json, &instance, &base);
                 let separator = if i + 1 < count {
                     Bytes::from_static(b",")
                 } else {
@@ -329,6 +336,74 @@ async fn metadata(
             (ETAG, etag_value),
         ],
         Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// The SOP Class UIDs of encapsulated documents (PDF, CDA, STL, OBJ, MTL) start so; their
+/// document (0042,0011) is bulk data, left out of the stored metadata (orig A.4).
+const ENCAPSULATED_DOCUMENT_CLASSES: &str = "1.2.840.10008.5.1.4.1.1.104.";
+/// Encapsulated Document (0042,0011).
+const ENCAPSULATED_DOCUMENT: &str = "00420011";
+
+/// An instance's metadata with a BulkDataURI for its encapsulated document, if it is one
+/// (PS3.18 §F.2.6), pointing at Tessera's bulkdata resource under the request's (or the
+/// configured public) base URL. Other instances' documents pass through unparsed.
+fn with_bulk_data_uris(json: Bytes, instance: &StoredInstance, base: &str) -> Bytes {
+    if !instance
+        .sop_class_uid
+        .starts_with(ENCAPSULATED_DOCUMENT_CLASSES)
+    {
+        return json;
+    }
+    let Ok(serde_json::Value::Object(mut dataset)) = serde_json::from_slice(&json) else {
+        return json;
+    };
+    if dataset.contains_key(ENCAPSULATED_DOCUMENT) {
+        return json;
+    }
+    let id = instance.instance.id();
+    let uri = format!(
+        "{base}/studies/{}/series/{}/instances/{}/bulkdata/{ENCAPSULATED_DOCUMENT}",
+        id.study, id.series, id.sop
+    );
+    dataset.insert(
+        ENCAPSULATED_DOCUMENT.to_owned(),
+        serde_json::json!({"vr": "OB", "BulkDataURI": uri}),
+    );
+    match serde_json::to_vec(&dataset) {
+        Ok(bytes) => Bytes::from(bytes),
+        Err(_) => json,
+    }
+}
+
+/// `GET …/instances/{instance}/bulkdata/{tag}`: the value of a top-level bulk-data element
+/// (OB, OD, OF, OL, OV, OW, UN) as `application/octet-stream`, read from the stored instance in
+/// memory under `Tessera:Limits:MaxDecodeBytes`.
+pub async fn bulk_data(
+    State(state): State<AppState>,
+    Path((study, series, sop, tag)): Path<(String, String, String, String)>,
+) -> Result<Response, ApiError> {
+    let scope = instance_scope(&(study, series, sop))?;
+    let tag = u32::from_str_radix(&tag, 16)
+        .ok()
+        .filter(|_| tag.len() == 8)
+        .map(|t| tessera_pixels::Tag((t >> 16) as u16, (t & 0xFFFF) as u16))
+        .ok_or_else(|| ApiError::BadRequest("a bulk data tag is 8 hexadecimal digits".into()))?;
+    let instance = state.service.instances(&scope).await?.remove(0);
+    let limit = state.limits.max_decode_bytes;
+    let bytes = crate::rendered::load(&state.service, instance, limit).await?;
+    let value = tokio::task::spawn_blocking(move || {
+        tessera_pixels::Instance::parse(&bytes, limit)?.bulk_data(tag)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("bulk data task failed: {e}")))??;
+    Ok((
+        [(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        )],
+        value,
     )
         .into_response())
 }

@@ -11,7 +11,7 @@
 
 use std::io::Cursor;
 
-use dicom_core::Tag;
+pub use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use dicom_pixeldata::{
@@ -56,6 +56,9 @@ pub enum PixelError {
         /// The limit.
         limit: u64,
     },
+    /// The instance has no such bulk-data element.
+    #[error("the instance has no bulk data element {0}")]
+    NoSuchElement(String),
     /// A render parameter is out of range.
     #[error("{0}")]
     BadParameter(String),
@@ -275,8 +278,8 @@ impl Instance {
         self.object
             .transcode(&EXPLICIT_VR_LITTLE_ENDIAN.erased())
             .map_err(unsupported)?;
+        // `write_all` writes the 128-byte preamble and `DICM` itself.
         let mut out = Vec::new();
-        out.extend_from_slice(&[0u8; 128]);
         self.object.write_all(&mut out).map_err(unsupported)?;
         Ok(out)
     }
@@ -294,6 +297,25 @@ impl Instance {
             .decode_pixel_data_frame(frame)
             .map_err(unsupported)?;
         Ok(decoded.into_data())
+    }
+
+    /// The value of the top-level bulk-data element `tag` (VR OB, OD, OF, OL, OV, OW or UN), as
+    /// its BulkDataURI serves it (PS3.18 §8.4.1.2: native little-endian bytes).
+    pub fn bulk_data(&self, tag: Tag) -> Result<Vec<u8>, PixelError> {
+        use dicom_core::VR;
+        let missing =
+            || PixelError::NoSuchElement(format!("({:04X},{:04X})", tag.group(), tag.element()));
+        let element = self.object.element(tag).map_err(|_| missing())?;
+        if !matches!(
+            element.vr(),
+            VR::OB | VR::OD | VR::OF | VR::OL | VR::OV | VR::OW | VR::UN
+        ) {
+            return Err(missing());
+        }
+        element
+            .to_bytes()
+            .map(|b| b.into_owned())
+            .map_err(|_| unsupported("encapsulated pixel data is served by the frames resource"))
     }
 
     fn check_transcodable(&self) -> Result<(), PixelError> {

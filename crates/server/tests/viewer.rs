@@ -364,6 +364,7 @@ async fn transcoding_to_explicit_vr_little_endian() {
             kind.as_deref(),
             Some(format!("application/dicom; transfer-syntax={EXPLICIT}").as_str())
         );
+        assert_eq!(&body[128..132], b"DICM", "{name}: one preamble, then DICM");
         let (syntax, whole) = pixels(&body);
         assert_eq!(syntax, EXPLICIT);
         let (status, _, frame) = get(
@@ -394,4 +395,90 @@ async fn transcoding_to_explicit_vr_little_endian() {
         .await;
         assert_eq!(status, 406, "{name}");
     }
+}
+
+/// An encapsulated PDF's document, left out of the stored metadata, is announced by a
+/// BulkDataURI under the configured public base URL and served byte for byte.
+#[tokio::test]
+async fn encapsulated_document_bulk_data_uri() {
+    use dicom_dictionary_std::tags;
+    use dicom_object::mem::InMemElement;
+    use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+    const PDF_CLASS: &str = "1.2.840.10008.5.1.4.1.1.104.1";
+    const SOP: &str = "1.2.826.0.1.3680043.10.88.1.1";
+    const STUDY_UID: &str = "1.2.826.0.1.3680043.10.88";
+    const SERIES_UID: &str = "1.2.826.0.1.3680043.10.88.1";
+    let document: Vec<u8> = b"%PDF-1.4\n"
+        .iter()
+        .copied()
+        .chain((0..20_000u32).map(|i| (i * 7 % 251) as u8))
+        .collect();
+    let mut object = InMemDicomObject::new_empty();
+    use dicom_core::{PrimitiveValue, VR};
+    use dicom_dictionary_std::tags as t;
+    for (tag, vr, value) in [
+        (t::SOP_CLASS_UID, VR::UI, PDF_CLASS),
+        (t::SOP_INSTANCE_UID, VR::UI, SOP),
+        (t::STUDY_INSTANCE_UID, VR::UI, STUDY_UID),
+        (t::SERIES_INSTANCE_UID, VR::UI, SERIES_UID),
+        (t::PATIENT_ID, VR::LO, "BULK1"),
+        (t::MODALITY, VR::CS, "DOC"),
+        (
+            t::MIME_TYPE_OF_ENCAPSULATED_DOCUMENT,
+            VR::LO,
+            "application/pdf",
+        ),
+    ] {
+        object.put(InMemElement::new(tag, vr, PrimitiveValue::from(value)));
+    }
+    object.put(InMemElement::new(
+        tags::ENCAPSULATED_DOCUMENT,
+        VR::OB,
+        PrimitiveValue::from(document.clone()),
+    ));
+    let file = object
+        .with_meta(
+            FileMetaTableBuilder::new()
+                .transfer_syntax("1.2.840.10008.1.2.1")
+                .media_storage_sop_class_uid(PDF_CLASS)
+                .media_storage_sop_instance_uid(SOP),
+        )
+        .unwrap();
+    let mut bytes = Vec::new();
+    file.write_all(&mut bytes).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(
+        dir.path(),
+        &[("Tessera__PublicBaseUrl", "https://pacs.example.org/dicom")],
+    );
+    assert_eq!(server.stow("/v2/studies", &[bytes]).await.0, 200);
+    let metadata = server
+        .get_json(&format!(
+            "/v2/studies/{STUDY_UID}/series/{SERIES_UID}/metadata"
+        ))
+        .await;
+    let uri = metadata[0]["00420011"]["BulkDataURI"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(metadata[0]["00420011"]["vr"], "OB");
+    let path = uri
+        .strip_prefix("https://pacs.example.org/dicom")
+        .unwrap_or_else(|| panic!("{uri} is under the public base URL"));
+    assert_eq!(
+        path,
+        format!("/v2/studies/{STUDY_UID}/series/{SERIES_UID}/instances/{SOP}/bulkdata/00420011")
+    );
+    let (status, kind, body) = get(&server, path, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(kind.as_deref(), Some("application/octet-stream"));
+    // OB values are padded to an even length.
+    assert_eq!(&body[..document.len()], &document[..]);
+    assert!(body.len() <= document.len() + 1);
+    // An element the instance does not have, and a malformed tag.
+    let missing = path.replace("00420011", "00281201");
+    assert_eq!(get(&server, &missing, None).await.0, 404);
+    let bad = path.replace("00420011", "xyz");
+    assert_eq!(get(&server, &bad, None).await.0, 400);
 }
