@@ -365,6 +365,17 @@ async fn transcoding_to_explicit_vr_little_endian() {
             Some(format!("application/dicom; transfer-syntax={EXPLICIT}").as_str())
         );
         assert_eq!(&body[128..132], b"DICM", "{name}: one preamble, then DICM");
+        let transcoded = dicom_object::OpenFileOptions::new()
+            .from_reader(&body[128..])
+            .unwrap();
+        let photometric = transcoded
+            .element(dicom_dictionary_std::tags::PHOTOMETRIC_INTERPRETATION)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim()
+            .to_owned();
+        assert_eq!(photometric, "RGB", "{name}: decoded samples are RGB");
         let (syntax, whole) = pixels(&body);
         assert_eq!(syntax, EXPLICIT);
         let (status, _, frame) = get(
