@@ -2,7 +2,6 @@
 //! real server process on an embedded store. Prints p50/p95 with and without gzip.
 //! `bash bench/metadata.sh [INSTANCES]` builds it in release mode and runs it.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tessera_testkit::server::TestServer;
@@ -25,7 +24,9 @@ async fn main() {
         .expect("usage: metadata_bench TESSERA_BINARY [INSTANCES]");
     let instances: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(1000);
     let dir = tempfile::tempdir().expect("temporary directory");
-    let server = TestServer::start(Path::new(&binary), dir.path(), &[]);
+    // The server runs in the temporary directory, so the binary's path must not be relative.
+    let binary = std::fs::canonicalize(&binary).expect("the tessera binary exists");
+    let server = TestServer::start(&binary, dir.path(), &[]);
     let started = Instant::now();
     for batch in (0..instances).collect::<Vec<_>>().chunks(100) {
         let parts: Vec<Vec<u8>> = batch
