@@ -129,6 +129,12 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# OHIF, the web viewer, against a real Tessera in headless Chromium (≤ 3 min; installs OHIF and
+# playwright-core from npm into .tools/ohif, and Debian's chromium when missing). It runs before
+# the Rust tests so that their summary closes the run.
+echo "== OHIF end to end"
+cargo build --locked -q -p tessera-server --bin tessera
+timeout 180 bash e2e/ohif/run.sh target/debug/tessera
 echo "== cargo test"
 cargo test --workspace --locked "$@"
 echo "== end-to-end DICOMweb and migration suites on PostgreSQL"

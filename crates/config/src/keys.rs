@@ -108,6 +108,8 @@ pub const REQUEST_HEADER_TIMEOUT: &str = "Tessera:Limits:RequestHeaderTimeout";
 pub const BODY_READ_TIMEOUT: &str = "Tessera:Limits:BodyReadTimeout";
 /// Time an idle keep-alive connection stays open.
 pub const KEEP_ALIVE_TIMEOUT: &str = "Tessera:Limits:KeepAliveTimeout";
+/// Bytes of an instance (stored, and decoded) that rendering or transcoding may hold in memory.
+pub const MAX_DECODE_BYTES: &str = "Tessera:Limits:MaxDecodeBytes";
 /// Base URL of RetrieveURL and Location (`https://pacs.example.org/dicom`).
 pub const PUBLIC_BASE_URL: &str = "Tessera:PublicBaseUrl";
 /// Trust `Host`, `X-Forwarded-Host` and `X-Forwarded-Proto` for RetrieveURL.
@@ -145,3 +147,14 @@ pub const SHUTDOWN_TIMEOUT: &str = "Tessera:ShutdownTimeout";
 /// How long a process counts as alive in the index without renewing its registration; after
 /// that, other processes free the reservations of its unfinished stores.
 pub const PROCESS_LEASE: &str = "Tessera:ProcessLease";
+/// Origins allowed to call from a browser (a list: `Origins:0`, …; `*` for any). CORS is off
+/// while it is empty, as in the original.
+pub const CORS_ORIGINS: &str = "DicomServer:Cors:Origins";
+/// Request headers a preflight allows besides `Accept`, `Authorization` and `Content-Type` (a list).
+pub const CORS_HEADERS: &str = "DicomServer:Cors:Headers";
+/// Methods a preflight allows (a list; default GET, HEAD, POST, PUT, DELETE).
+pub const CORS_METHODS: &str = "DicomServer:Cors:Methods";
+/// Seconds a browser may cache a preflight's answer.
+pub const CORS_MAX_AGE: &str = "DicomServer:Cors:MaxAge";
+/// Whether browsers may send credentials (cookies, `Authorization`) cross-origin.
+pub const CORS_ALLOW_CREDENTIALS: &str = "DicomServer:Cors:AllowCredentials";

@@ -25,7 +25,7 @@ mod values;
 use std::path::{Path, PathBuf};
 
 pub use settings::{
-    Batching, BlobMigrationSettings, DeletedInstanceCleanupSettings, EffectiveValue,
+    Batching, BlobMigrationSettings, CorsSettings, DeletedInstanceCleanupSettings, EffectiveValue,
     FunctionsSettings, LifecycleSettings, PublicUrlSettings, SecuritySettings, Settings,
     TesseraSettings,
 };

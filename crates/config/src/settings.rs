@@ -43,6 +43,23 @@ pub struct Settings {
     /// `Tessera:ShutdownTimeout` and `Tessera:ProcessLease`: how a process stops and how
     /// long it counts as alive.
     pub lifecycle: LifecycleSettings,
+    /// `DicomServer:Cors:*`: which browser origins may call; off by default.
+    pub cors: CorsSettings,
+}
+
+/// Cross-origin resource sharing, so that a web viewer served from another origin can call.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CorsSettings {
+    /// Allowed origins (`https://viewer.example.org`), or `*`; empty turns CORS off.
+    pub origins: Vec<String>,
+    /// Request headers allowed besides `Accept`, `Authorization` and `Content-Type`, or `*`.
+    pub headers: Vec<String>,
+    /// Allowed methods; empty means GET, HEAD, POST, PUT and DELETE.
+    pub methods: Vec<String>,
+    /// How long a browser may cache a preflight's answer.
+    pub max_age: Option<Duration>,
+    /// Whether credentials may be sent cross-origin.
+    pub allow_credentials: bool,
 }
 
 /// How the URLs Tessera returns (RetrieveURL, Location) are built.
@@ -208,6 +225,43 @@ impl Binder<'_> {
         Ok(value)
     }
 
+    /// A list bound from `key:0`, `key:1`, … (the first missing index ends it), each item
+    /// trimmed, blank items skipped, and parsed.
+    fn list(
+        &mut self,
+        key: &'static str,
+        parse: impl Fn(&str) -> Result<String, String>,
+    ) -> Result<Vec<String>, ConfigError> {
+        let mut items = Vec::new();
+        let mut origin = Origin::Default;
+        for index in 0.. {
+            let Some(found) = self.raw.get(&format!("{key}:{index}")) else {
+                break;
+            };
+            origin = found.origin.clone();
+            let text = found.value.trim();
+            if text.is_empty() {
+                continue;
+            }
+            items.push(parse(text).map_err(|reason| ConfigError::InvalidValue {
+                key: found.key.clone(),
+                value: found.value.clone(),
+                origin: found.origin.clone(),
+                reason,
+            })?);
+        }
+        self.effective.push(EffectiveValue {
+            key,
+            value: if items.is_empty() {
+                "(unset)".into()
+            } else {
+                items.join(", ")
+            },
+            origin,
+        });
+        Ok(items)
+    }
+
     fn boolean(&mut self, key: &'static str, default: bool) -> Result<bool, ConfigError> {
         self.bind(&[key], default, parse_bool, bool::to_string)
     }
@@ -324,6 +378,12 @@ impl Binder<'_> {
                 .positive_timespan(keys::BODY_READ_TIMEOUT, d.body_read_timeout)?,
             keep_alive_timeout: self
                 .positive_timespan(keys::KEEP_ALIVE_TIMEOUT, d.keep_alive_timeout)?,
+            max_decode_bytes: self.count(
+                keys::MAX_DECODE_BYTES,
+                d.max_decode_bytes,
+                1024,
+                16 * GIB,
+            )?,
         })
     }
 
@@ -596,7 +656,9 @@ impl Settings {
                 |d| format_timespan(*d),
             )?,
         };
+        let cors = bind_cors(&mut b)?;
         let settings = Self {
+            cors,
             limits,
             public_url,
             tessera,
@@ -611,6 +673,63 @@ impl Settings {
         };
         Ok((settings, b.effective))
     }
+}
+
+/// `DicomServer:Cors:*`: lists bound from `Key:0`, `Key:1`, … as ASP.NET binds arrays.
+fn bind_cors(b: &mut Binder<'_>) -> Result<CorsSettings, ConfigError> {
+    let origins = b.list(keys::CORS_ORIGINS, |t| {
+        let valid = t == "*"
+            || url::Url::parse(t).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.path() == "/"
+                    && !t.ends_with('/')
+                    && u.query().is_none()
+                    && u.username().is_empty()
+            });
+        if valid {
+            Ok(t.to_owned())
+        } else {
+            Err("expected * or an origin such as https://viewer.example.org (no path)".into())
+        }
+    })?;
+    let token = |t: &str| {
+        if t == "*"
+            || t.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+        {
+            Ok(t.to_owned())
+        } else {
+            Err(format!("{t:?} is not an HTTP token"))
+        }
+    };
+    let headers = b.list(keys::CORS_HEADERS, token)?;
+    let methods = b.list(keys::CORS_METHODS, |t| {
+        if t == "*" {
+            Err("expected method names such as GET".to_owned())
+        } else {
+            token(t).map(|m| m.to_ascii_uppercase())
+        }
+    })?;
+    let max_age = b.bind(
+        &[keys::CORS_MAX_AGE],
+        None,
+        |t| {
+            if t.trim().is_empty() {
+                return Ok(None);
+            }
+            parse_number(t, 0, 86_400 * 365).map(|s| Some(Duration::from_secs(s)))
+        },
+        |v| v.map_or_else(|| "(unset)".into(), |d| format!("{}", d.as_secs())),
+    )?;
+    let allow_credentials = b.boolean(keys::CORS_ALLOW_CREDENTIALS, false)?;
+    Ok(CorsSettings {
+        origins,
+        headers,
+        methods,
+        max_age,
+        allow_credentials,
+    })
 }
 
 /// `DicomServer:Security:*` as the original documents it, plus Tessera's roles file, key refresh

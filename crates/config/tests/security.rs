@@ -190,3 +190,25 @@ fn inconsistent_security_names_the_key_to_change() {
         assert!(!error.contains('\n'), "one line: {error}");
     }
 }
+
+#[test]
+fn cors_block_binds_and_is_off_by_default() {
+    let off = load("{}", &[]).unwrap().settings.cors;
+    assert!(off.origins.is_empty());
+    let cors = load(
+        r#"{"DicomServer": {"Cors": {"Origins": ["http://localhost:3000", "*"],
+            "Headers": ["X-Custom"], "Methods": ["get", "POST"], "MaxAge": 600,
+            "AllowCredentials": true}}}"#,
+        &[],
+    )
+    .unwrap()
+    .settings
+    .cors;
+    assert_eq!(cors.origins, ["http://localhost:3000", "*"]);
+    assert_eq!(cors.headers, ["X-Custom"]);
+    assert_eq!(cors.methods, ["GET", "POST"]);
+    assert_eq!(cors.max_age, Some(Duration::from_secs(600)));
+    assert!(cors.allow_credentials);
+    let bad = load("{}", &[("DicomServer__Cors__Origins__0", "http://a/b")]).unwrap_err();
+    assert!(bad.to_string().contains("Origins"), "{bad}");
+}

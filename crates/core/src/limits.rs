@@ -40,6 +40,9 @@ pub struct Limits {
     pub body_read_timeout: Duration,
     /// Time an idle keep-alive connection is kept open.
     pub keep_alive_timeout: Duration,
+    /// Bytes of a stored instance read into memory to render or transcode it, and bytes its
+    /// decoded pixel data may take; beyond it such a request is refused (406).
+    pub max_decode_bytes: u64,
 }
 
 impl Default for Limits {
@@ -61,6 +64,7 @@ impl Default for Limits {
             request_header_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(30),
             keep_alive_timeout: Duration::from_secs(20),
+            max_decode_bytes: 256 * MIB,
         }
     }
 }

@@ -6,6 +6,7 @@ use axum::http::header::RETRY_AFTER;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tessera_blob::BlobError;
+use tessera_pixels::PixelError;
 use tessera_service::{IndexError, ServiceError};
 
 /// Seconds a client is asked to wait before retrying after a 503.
@@ -50,6 +51,9 @@ pub enum ApiError {
     /// The authority's signing keys cannot be fetched, so no token can be checked.
     #[error("{0}")]
     AuthorityUnavailable(String),
+    /// Rendering or transcoding failed.
+    #[error(transparent)]
+    Pixels(#[from] PixelError),
 }
 
 impl From<BlobError> for ApiError {
@@ -87,6 +91,17 @@ impl ApiError {
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::AuthorityUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Pixels(error) => match error {
+                PixelError::NoPixelData
+                | PixelError::NoSuchFrame(_)
+                | PixelError::NoSuchElement(_) => StatusCode::NOT_FOUND,
+                // The original answers 406 for what it cannot render or transcode, too large
+                // included (orig D.3).
+                PixelError::Unsupported(_) | PixelError::TooLarge { .. } => {
+                    StatusCode::NOT_ACCEPTABLE
+                }
+                PixelError::BadParameter(_) => StatusCode::BAD_REQUEST,
+            },
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod body;
 mod changefeed;
+mod cors;
 mod delete;
 mod drain;
 mod error;
@@ -16,6 +17,7 @@ mod operations;
 mod public_url;
 mod qido;
 mod related;
+mod rendered;
 mod security;
 mod serve;
 mod stow;
@@ -31,6 +33,7 @@ use tessera_service::{ApiVersion, DicomService};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+pub use cors::{Cors, CorsPolicy, InvalidCors};
 pub use drain::{Drain, with_drain};
 pub use error::ApiError;
 pub use metrics::{Metrics, MetricsError};
@@ -55,6 +58,8 @@ pub struct AppState {
     pub metrics: Option<Metrics>,
     /// Cancelled when the process begins to shut down: readiness then fails.
     pub shutting_down: CancellationToken,
+    /// Which browser origins may call (off unless configured).
+    pub cors: Cors,
 }
 
 impl AppState {
@@ -68,6 +73,7 @@ impl AppState {
             security: Security::default(),
             metrics: None,
             shutting_down: CancellationToken::new(),
+            cors: Cors::default(),
         }
     }
 
@@ -87,6 +93,11 @@ impl AppState {
         }
     }
 
+    /// The same state with `cors` answering browsers' cross-origin requests.
+    pub fn with_cors(self, cors: Cors) -> Self {
+        Self { cors, ..self }
+    }
+
     /// The same state with `security` guarding the DICOMweb routes.
     pub fn with_security(self, security: Security) -> Self {
         Self { security, ..self }
@@ -96,7 +107,8 @@ impl AppState {
 /// All routes of the server.
 pub fn router(state: AppState) -> Router {
     let guard = axum::middleware::from_fn_with_state(state.security.clone(), security::guard);
-    Router::new()
+    let cors = state.cors.layer();
+    let router = Router::new()
         .route("/health/check", get(health::check))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
@@ -107,7 +119,19 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn(metrics::track))
         // Bodies stream to the blob store; STOW applies Tessera:Limits:MaxRequestBodyBytes.
         .layer(DefaultBodyLimit::disable())
-        .with_state(state)
+        .with_state(state);
+    // Outermost, so preflights never reach the security middleware or a route's method filter.
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// Metadata is JSON that compresses about tenfold; gzip when the client accepts it.
+fn compressed<S: Clone + Send + Sync + 'static>(
+    route: axum::routing::MethodRouter<S>,
+) -> axum::routing::MethodRouter<S> {
+    route.layer(tower_http::compression::CompressionLayer::new().gzip(true))
 }
 
 fn versioned(version: ApiVersion) -> Router<AppState> {
@@ -127,15 +151,48 @@ fn versioned(version: ApiVersion) -> Router<AppState> {
                 .post(stow::store_in_study)
                 .delete(delete::study),
         )
-        .route(&format!("{study}/metadata"), get(wado::study_metadata))
+        .route(
+            &format!("{study}/metadata"),
+            compressed(get(wado::study_metadata)),
+        )
         .route(series, get(wado::series).delete(delete::series))
-        .route(&format!("{series}/metadata"), get(wado::series_metadata))
+        .route(
+            &format!("{series}/metadata"),
+            compressed(get(wado::series_metadata)),
+        )
         .route(instance, get(wado::instance).delete(delete::instance))
         .route(
             &format!("{instance}/metadata"),
-            get(wado::instance_metadata),
+            compressed(get(wado::instance_metadata)),
         )
         .route(&format!("{instance}/frames/{{frames}}"), get(wado::frames))
+        .route(
+            &format!("{instance}/bulkdata/{{tag}}"),
+            get(wado::bulk_data),
+        )
+        .route(&format!("{study}/rendered"), get(rendered::study))
+        .route(&format!("{series}/rendered"), get(rendered::series))
+        .route(&format!("{instance}/rendered"), get(rendered::instance))
+        .route(
+            &format!("{instance}/frames/{{frames}}/rendered"),
+            get(rendered::frames),
+        )
+        .route(
+            &format!("{study}/thumbnail"),
+            get(rendered::study_thumbnail),
+        )
+        .route(
+            &format!("{series}/thumbnail"),
+            get(rendered::series_thumbnail),
+        )
+        .route(
+            &format!("{instance}/thumbnail"),
+            get(rendered::instance_thumbnail),
+        )
+        .route(
+            &format!("{instance}/frames/{{frames}}/thumbnail"),
+            get(rendered::frame_thumbnail),
+        )
         .route("/changefeed", get(changefeed::feed))
         .route("/changefeed/latest", get(changefeed::latest))
         .route("/operations/{id}", get(operations::status))

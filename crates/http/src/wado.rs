@@ -10,26 +10,32 @@ use futures::{StreamExt, TryStreamExt, stream};
 use tessera_core::InstanceIdentifier;
 use tessera_service::{DicomService, RetrieveScope, StoredInstance};
 
+use tessera_pixels::{EXPLICIT_VR_LITTLE_ENDIAN_UID, TRANSCODABLE};
+
 use crate::multipart::{self, Part};
+use crate::public_url::BaseUrl;
 use crate::stow::parse_uid;
 use crate::{ApiError, AppState, media};
+
+/// Metadata documents read from the blob store at once for one study or series request.
+const METADATA_READS_IN_FLIGHT: usize = 32;
 
 type StudyPath = Path<String>;
 type SeriesPath = Path<(String, String)>;
 type InstancePath = Path<(String, String, String)>;
 
-fn study_scope(study: &str) -> Result<RetrieveScope, ApiError> {
+pub(crate) fn study_scope(study: &str) -> Result<RetrieveScope, ApiError> {
     Ok(RetrieveScope::Study(parse_uid(study, "StudyInstanceUID")?))
 }
 
-fn series_scope((study, series): &(String, String)) -> Result<RetrieveScope, ApiError> {
+pub(crate) fn series_scope((study, series): &(String, String)) -> Result<RetrieveScope, ApiError> {
     Ok(RetrieveScope::Series(
         parse_uid(study, "StudyInstanceUID")?,
         parse_uid(series, "SeriesInstanceUID")?,
     ))
 }
 
-fn instance_scope(
+pub(crate) fn instance_scope(
     (study, series, sop): &(String, String, String),
 ) -> Result<RetrieveScope, ApiError> {
     Ok(RetrieveScope::Instance(InstanceIdentifier {
@@ -47,7 +53,7 @@ pub async fn study(
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
     let scope = study_scope(&p)?;
-    retrieve(&s.service, scope, &h, q.as_deref(), Resource::Collection).await
+    retrieve(&s, scope, &h, q.as_deref(), Resource::Collection).await
 }
 
 /// `GET /studies/{study}/series/{series}`.
@@ -58,7 +64,7 @@ pub async fn series(
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
     let scope = series_scope(&p)?;
-    retrieve(&s.service, scope, &h, q.as_deref(), Resource::Collection).await
+    retrieve(&s, scope, &h, q.as_deref(), Resource::Collection).await
 }
 
 /// `GET /studies/{study}/series/{series}/instances/{instance}`.
@@ -69,7 +75,7 @@ pub async fn instance(
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
     let scope = instance_scope(&p)?;
-    retrieve(&s.service, scope, &h, q.as_deref(), Resource::Instance).await
+    retrieve(&s, scope, &h, q.as_deref(), Resource::Instance).await
 }
 
 /// `GET /studies/{study}/metadata`.
@@ -77,9 +83,10 @@ pub async fn study_metadata(
     State(s): State<AppState>,
     Path(p): StudyPath,
     RawQuery(q): RawQuery,
+    BaseUrl(base): BaseUrl,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    metadata(&s.service, study_scope(&p)?, &h, q.as_deref()).await
+    metadata(&s.service, study_scope(&p)?, &h, q.as_deref(), base).await
 }
 
 /// `GET /studies/{study}/series/{series}/metadata`.
@@ -87,9 +94,10 @@ pub async fn series_metadata(
     State(s): State<AppState>,
     Path(p): SeriesPath,
     RawQuery(q): RawQuery,
+    BaseUrl(base): BaseUrl,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    metadata(&s.service, series_scope(&p)?, &h, q.as_deref()).await
+    metadata(&s.service, series_scope(&p)?, &h, q.as_deref(), base).await
 }
 
 /// `GET /studies/{study}/series/{series}/instances/{instance}/metadata`.
@@ -97,9 +105,10 @@ pub async fn instance_metadata(
     State(s): State<AppState>,
     Path(p): InstancePath,
     RawQuery(q): RawQuery,
+    BaseUrl(base): BaseUrl,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    metadata(&s.service, instance_scope(&p)?, &h, q.as_deref()).await
+    metadata(&s.service, instance_scope(&p)?, &h, q.as_deref(), base).await
 }
 
 /// What a WADO request retrieves, which decides the representations it may have (orig D.3).
@@ -143,6 +152,15 @@ struct Candidate {
     multipart: bool,
     /// `None`: as stored.
     transfer_syntax: Option<String>,
+}
+
+/// How a retrieve is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Representation {
+    /// `multipart/related`, or one bare part.
+    multipart: bool,
+    /// Transcode to Explicit VR Little Endian (instances not already in it).
+    transcode: bool,
 }
 
 /// The representations of `resource` the request accepts, most preferred first, decided before
@@ -189,20 +207,34 @@ fn candidates(
     Ok(found)
 }
 
-/// The first candidate Tessera can serve for instances stored in `stored_syntaxes`. Tessera
-/// does not transcode, so a transfer syntax other than the stored one is not acceptable.
+/// The first candidate Tessera can serve for instances stored in `stored_syntaxes`: a request
+/// that names no transfer syntax, or the stored one, gets the stored bytes; one that names
+/// Explicit VR Little Endian gets it when every stored syntax is one Tessera transcodes from
+/// (orig D.3); any other is not acceptable.
 fn pick(
     candidates: Vec<Candidate>,
     stored_syntaxes: &[&str],
     resource: Resource,
-) -> Result<Candidate, ApiError> {
+) -> Result<Representation, ApiError> {
     candidates
         .into_iter()
-        .find(|candidate| {
-            candidate
-                .transfer_syntax
-                .as_deref()
-                .is_none_or(|ts| stored_syntaxes.iter().all(|stored| *stored == ts))
+        .find_map(|candidate| {
+            let transcode = match candidate.transfer_syntax.as_deref() {
+                None => false,
+                Some(ts) if stored_syntaxes.iter().all(|stored| *stored == ts) => false,
+                Some(EXPLICIT_VR_LITTLE_ENDIAN_UID)
+                    if stored_syntaxes
+                        .iter()
+                        .all(|stored| TRANSCODABLE.contains(stored)) =>
+                {
+                    true
+                }
+                Some(_) => return None,
+            };
+            Some(Representation {
+                multipart: candidate.multipart,
+                transcode,
+            })
         })
         .ok_or_else(|| not_acceptable(resource))
 }
@@ -215,29 +247,57 @@ fn not_acceptable(resource: Resource) -> ApiError {
         Resource::Frames { single: false } => "multipart/related",
     };
     ApiError::NotAcceptable(format!(
-        "available as {shape} of {} in the stored transfer syntax only",
+        "available as {shape} of {} in the stored transfer syntax, or in \
+         {EXPLICIT_VR_LITTLE_ENDIAN_UID} from the syntaxes Tessera transcodes",
         resource.part_type()
     ))
 }
 
-async fn retrieve(
+/// An instance's bytes in Explicit VR Little Endian, transcoded on a blocking thread with the
+/// instance in memory under `Tessera:Limits:MaxDecodeBytes`.
+async fn transcoded(
     service: &DicomService,
+    instance: StoredInstance,
+    limit: u64,
+) -> Result<Bytes, ApiError> {
+    let bytes = crate::rendered::load(service, instance, limit).await?;
+    let out = tokio::task::spawn_blocking(move || {
+        tessera_pixels::Instance::parse(&bytes, limit)?.to_explicit_vr_little_endian()
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("transcode task failed: {e}")))??;
+    Ok(Bytes::from(out))
+}
+
+/// The `application/dicom` part type of transcoded instances.
+fn explicit_type() -> String {
+    format!("application/dicom; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN_UID}")
+}
+
+async fn retrieve(
+    state: &AppState,
     scope: RetrieveScope,
     headers: &HeaderMap,
     query: Option<&str>,
     resource: Resource,
 ) -> Result<Response, ApiError> {
+    let service = &state.service;
+    let limit = state.limits.max_decode_bytes;
     let candidates = candidates(headers, query, resource)?;
     let instances = service.instances(&scope).await?;
     let syntaxes: Vec<&str> = instances
         .iter()
         .map(|i| i.transfer_syntax.as_str())
         .collect();
-    let multipart = pick(candidates, &syntaxes, resource)?.multipart;
-    if !multipart {
+    let chosen = pick(candidates, &syntaxes, resource)?;
+    if !chosen.multipart {
         let instance = instances.into_iter().next().ok_or(ApiError::Service(
             tessera_service::ServiceError::NotFound("instance"),
         ))?;
+        if chosen.transcode && instance.transfer_syntax != EXPLICIT_VR_LITTLE_ENDIAN_UID {
+            let bytes = transcoded(service, instance, limit).await?;
+            return Ok(([(CONTENT_TYPE, explicit_type())], bytes).into_response());
+        }
         let content_type = dicom_type(&instance);
         let file = service.open_file(instance).await?;
         let body = Body::from_stream(file.read.stream.map_err(std::io::Error::other));
@@ -256,6 +316,16 @@ async fn retrieve(
         .then(move |instance| {
             let service = service.clone();
             async move {
+                if chosen.transcode && instance.transfer_syntax != EXPLICIT_VR_LITTLE_ENDIAN_UID {
+                    let bytes = transcoded(&service, instance, limit)
+                        .await
+                        .map_err(|e| std::io::Error::other(e.to_string()))?;
+                    return Ok(Part {
+                        content_type: explicit_type(),
+                        length: Some(bytes.len() as u64),
+                        body: stream::once(async move { Ok(bytes) }).boxed(),
+                    });
+                }
                 let content_type = dicom_type(&instance);
                 let file = service
                     .open_file(instance)
@@ -296,6 +366,7 @@ async fn metadata(
     scope: RetrieveScope,
     headers: &HeaderMap,
     query: Option<&str>,
+    base: String,
 ) -> Result<Response, ApiError> {
     let accepted = media::accepted(headers, query)
         .into_iter()
@@ -329,24 +400,31 @@ async fn metadata(
     }
     let service = service.clone();
     let count = instances.len();
-    let items = stream::iter(instances.into_iter().enumerate()).then(move |(i, instance)| {
-        let service = service.clone();
-        async move {
-            let json = service
-                .metadata(&instance)
-                .await
-                .map_err(std::io::Error::other)?;
-            let separator = if i + 1 < count {
-                Bytes::from_static(b",")
-            } else {
-                Bytes::new()
-            };
-            Ok::<_, std::io::Error>(stream::iter([
-                Ok::<Bytes, std::io::Error>(json),
-                Ok(separator),
-            ]))
-        }
-    });
+    // Blob reads overlap (a series of 1,000 instances would otherwise wait for 1,000 round trips
+    // one after another), in order and at most METADATA_READS_IN_FLIGHT at once, so memory stays
+    // bounded by that many documents.
+    let items = stream::iter(instances.into_iter().enumerate())
+        .map(move |(i, instance)| {
+            let service = service.clone();
+            let base = base.clone();
+            async move {
+                let json = service
+                    .metadata(&instance)
+                    .await
+                    .map_err(std::io::Error::other)?;
+                let json = with_bulk_data_uris(json, &instance, &base);
+                let separator = if i + 1 < count {
+                    Bytes::from_static(b",")
+                } else {
+                    Bytes::new()
+                };
+                Ok::<_, std::io::Error>(stream::iter([
+                    Ok::<Bytes, std::io::Error>(json),
+                    Ok(separator),
+                ]))
+            }
+        })
+        .buffered(METADATA_READS_IN_FLIGHT);
     let body = stream::once(async { Ok(Bytes::from_static(b"[")) })
         .chain(items.try_flatten())
         .chain(stream::once(async { Ok(Bytes::from_static(b"]")) }));
@@ -363,9 +441,77 @@ async fn metadata(
         .into_response())
 }
 
+/// The SOP Class UIDs of encapsulated documents (PDF, CDA, STL, OBJ, MTL) start so; their
+/// document (0042,0011) is bulk data, left out of the stored metadata (orig A.4).
+const ENCAPSULATED_DOCUMENT_CLASSES: &str = "1.2.840.10008.5.1.4.1.1.104.";
+/// Encapsulated Document (0042,0011).
+const ENCAPSULATED_DOCUMENT: &str = "00420011";
+
+/// An instance's metadata with a BulkDataURI for its encapsulated document, if it is one
+/// (PS3.18 §F.2.6), pointing at Tessera's bulkdata resource under the request's (or the
+/// configured public) base URL. Other instances' documents pass through unparsed.
+fn with_bulk_data_uris(json: Bytes, instance: &StoredInstance, base: &str) -> Bytes {
+    if !instance
+        .sop_class_uid
+        .starts_with(ENCAPSULATED_DOCUMENT_CLASSES)
+    {
+        return json;
+    }
+    let Ok(serde_json::Value::Object(mut dataset)) = serde_json::from_slice(&json) else {
+        return json;
+    };
+    if dataset.contains_key(ENCAPSULATED_DOCUMENT) {
+        return json;
+    }
+    let id = instance.instance.id();
+    let uri = format!(
+        "{base}/studies/{}/series/{}/instances/{}/bulkdata/{ENCAPSULATED_DOCUMENT}",
+        id.study, id.series, id.sop
+    );
+    dataset.insert(
+        ENCAPSULATED_DOCUMENT.to_owned(),
+        serde_json::json!({"vr": "OB", "BulkDataURI": uri}),
+    );
+    match serde_json::to_vec(&dataset) {
+        Ok(bytes) => Bytes::from(bytes),
+        Err(_) => json,
+    }
+}
+
+/// `GET …/instances/{instance}/bulkdata/{tag}`: the value of a top-level bulk-data element
+/// (OB, OD, OF, OL, OV, OW, UN) as `application/octet-stream`, read from the stored instance in
+/// memory under `Tessera:Limits:MaxDecodeBytes`.
+pub async fn bulk_data(
+    State(state): State<AppState>,
+    Path((study, series, sop, tag)): Path<(String, String, String, String)>,
+) -> Result<Response, ApiError> {
+    let scope = instance_scope(&(study, series, sop))?;
+    let tag = u32::from_str_radix(&tag, 16)
+        .ok()
+        .filter(|_| tag.len() == 8)
+        .map(|t| tessera_pixels::Tag((t >> 16) as u16, (t & 0xFFFF) as u16))
+        .ok_or_else(|| ApiError::BadRequest("a bulk data tag is 8 hexadecimal digits".into()))?;
+    let instance = state.service.instances(&scope).await?.remove(0);
+    let limit = state.limits.max_decode_bytes;
+    let bytes = crate::rendered::load(&state.service, instance, limit).await?;
+    let value = tokio::task::spawn_blocking(move || {
+        tessera_pixels::Instance::parse(&bytes, limit)?.bulk_data(tag)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("bulk data task failed: {e}")))??;
+    Ok((
+        [(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        )],
+        value,
+    )
+        .into_response())
+}
+
 /// Frame numbers of a frames request: 1 or more, comma separated; repeats collapse (the first
 /// occurrence keeps its place) and at most `max` distinct frames are served.
-fn frame_numbers(list: &str, max: u32) -> Result<Vec<u32>, ApiError> {
+pub(crate) fn frame_numbers(list: &str, max: u32) -> Result<Vec<u32>, ApiError> {
     let mut numbers = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for item in list.split(',') {
@@ -407,11 +553,25 @@ pub async fn frames(
     };
     let candidates = candidates(&headers, query.as_deref(), resource)?;
     let instance = state.service.instances(&scope).await?.remove(0);
-    let multipart = pick(candidates, &[instance.transfer_syntax.as_str()], resource)?.multipart;
+    let chosen = pick(candidates, &[instance.transfer_syntax.as_str()], resource)?;
+    let multipart = chosen.multipart;
+    // Frames of Little Endian native pixel data are the same bytes in Explicit VR Little
+    // Endian; others are decoded.
+    let native_le = matches!(
+        instance.transfer_syntax.as_str(),
+        "1.2.840.10008.1.2" | EXPLICIT_VR_LITTLE_ENDIAN_UID
+    );
+    if chosen.transcode && !native_le {
+        return decoded_frames(&state, instance, numbers, multipart).await;
+    }
     let (instance, ranges) = state.service.frame_ranges(&scope, &numbers).await?;
     let part_type = format!(
         "application/octet-stream; transfer-syntax={}",
-        instance.transfer_syntax
+        if chosen.transcode {
+            EXPLICIT_VR_LITTLE_ENDIAN_UID
+        } else {
+            instance.transfer_syntax.as_str()
+        }
     );
     if !multipart {
         let Some(&range) = ranges.first() else {
@@ -442,6 +602,58 @@ pub async fn frames(
             })
         })
         .boxed();
+    let content_type = multipart::content_type(&boundary, "application/octet-stream");
+    Ok((
+        [(CONTENT_TYPE, content_type)],
+        Body::from_stream(multipart::body(boundary, parts)),
+    )
+        .into_response())
+}
+
+/// Frames decoded to native samples (Explicit VR Little Endian), the instance loaded once under
+/// `Tessera:Limits:MaxDecodeBytes` and one decoded frame kept per part.
+async fn decoded_frames(
+    state: &AppState,
+    instance: StoredInstance,
+    numbers: Vec<u32>,
+    multipart: bool,
+) -> Result<Response, ApiError> {
+    let limit = state.limits.max_decode_bytes;
+    let bytes = crate::rendered::load(&state.service, instance, limit).await?;
+    let frames = tokio::task::spawn_blocking(move || {
+        let parsed = tessera_pixels::Instance::parse(&bytes, limit)?;
+        let mut frames = Vec::with_capacity(numbers.len());
+        let mut held = 0u64;
+        for n in &numbers {
+            let frame = parsed.native_frame(n.saturating_sub(1))?;
+            held = held.saturating_add(frame.len() as u64);
+            if held > limit {
+                return Err(tessera_pixels::PixelError::TooLarge {
+                    needed: held,
+                    limit,
+                });
+            }
+            frames.push(Bytes::from(frame));
+        }
+        Ok(frames)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("transcode task failed: {e}")))??;
+    let part_type =
+        format!("application/octet-stream; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN_UID}");
+    if !multipart {
+        let frame = frames.into_iter().next().unwrap_or_default();
+        return Ok(([(CONTENT_TYPE, part_type)], frame).into_response());
+    }
+    let parts = stream::iter(frames.into_iter().map(move |frame| {
+        Ok(Part {
+            content_type: part_type.clone(),
+            length: Some(frame.len() as u64),
+            body: stream::once(async move { Ok(frame) }).boxed(),
+        })
+    }))
+    .boxed();
+    let boundary = multipart::boundary();
     let content_type = multipart::content_type(&boundary, "application/octet-stream");
     Ok((
         [(CONTENT_TYPE, content_type)],

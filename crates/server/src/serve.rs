@@ -147,7 +147,8 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let state = tessera_http::AppState::new(service, settings.limits.clone(), public_url)
         .with_security(security(&config)?)
         .with_metrics(metrics)
-        .with_shutdown(stop.clone());
+        .with_shutdown(stop.clone())
+        .with_cors(cors(&settings.cors)?);
     let drain = tessera_http::Drain::new();
     let app = tessera_http::with_drain(tessera_http::router(state), drain.clone());
     let grace = settings.lifecycle.shutdown_timeout;
@@ -184,6 +185,22 @@ fn install_metrics(
         }
     });
     Ok(metrics)
+}
+
+/// The CORS policy the configuration asks for.
+fn cors(
+    settings: &tessera_config::CorsSettings,
+) -> Result<tessera_http::Cors, tessera_http::InvalidCors> {
+    if !settings.origins.is_empty() {
+        tracing::info!(origins = ?settings.origins, "CORS on");
+    }
+    tessera_http::Cors::new(&tessera_http::CorsPolicy {
+        origins: settings.origins.clone(),
+        headers: settings.headers.clone(),
+        methods: settings.methods.clone(),
+        max_age: settings.max_age,
+        allow_credentials: settings.allow_credentials,
+    })
 }
 
 /// The token checks and audit the configuration asks for.
