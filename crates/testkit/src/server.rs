@@ -95,6 +95,10 @@ impl TestServer {
                             .to_owned(),
                     );
                 }
+                // Shown with the output of a test that fails (the test harness captures it).
+                if line.contains(" ERROR ") {
+                    eprintln!("server: {line}");
+                }
                 if let Ok(mut lines) = lines.lock() {
                     lines.push(line);
                 }
