@@ -109,11 +109,15 @@ wait_for_http "http://127.0.0.1:$moto_port/" moto "$workdir/moto.log"
 curl -sf -X PUT "http://127.0.0.1:$moto_port/tessera-test" >/dev/null
 echo "== moto (S3) on 127.0.0.1:$moto_port"
 
-# Python's dicomweb-client for the interoperability test, in a virtual environment under .tools/.
-if [ ! -x .tools/venv/bin/python ] || ! .tools/venv/bin/python -c 'import dicomweb_client' 2>/dev/null; then
-  echo "== installing dicomweb-client from PyPI"
+# Python's dicomweb-client for the interoperability test and schemathesis for the property-based
+# API test (crates/server/tests/openapi.rs), in a virtual environment under .tools/.
+SCHEMATHESIS_VERSION=4.32.5
+if [ ! -x .tools/venv/bin/python ] || ! .tools/venv/bin/python -c 'import dicomweb_client' 2>/dev/null \
+  || [ "$(.tools/venv/bin/st --version 2>/dev/null)" != "st, version $SCHEMATHESIS_VERSION" ]; then
+  echo "== installing dicomweb-client and schemathesis@$SCHEMATHESIS_VERSION from PyPI"
   python3 -m venv .tools/venv
-  .tools/venv/bin/pip install --quiet --disable-pip-version-check dicomweb-client
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check dicomweb-client \
+    "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 export TESSERA_TEST_PYTHON="$PWD/.tools/venv/bin/python"
 

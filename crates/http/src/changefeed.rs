@@ -12,13 +12,22 @@ use tessera_service::{ApiVersion, ChangeAction, ChangeFeedEntry, ChangeState, Di
 use crate::{ApiError, AppState};
 
 /// Query parameters of `GET /changefeed` (both versions; each reads its own).
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
 pub struct FeedQuery {
+    /// v1: the exclusive starting sequence number; v2: rows to skip.
+    #[param(minimum = 0)]
     offset: Option<i64>,
+    /// v1: width of the sequence window (1–100, default 10); v2: rows (1–200, default 100).
     limit: Option<i64>,
+    /// v2: inclusive start of the time window.
+    #[param(format = DateTime)]
     start_time: Option<String>,
+    /// v2: exclusive end of the time window, after `startTime`.
+    #[param(format = DateTime)]
     end_time: Option<String>,
+    /// Whether entries carry the instance's metadata (default true; any case).
     #[serde(default, deserialize_with = "dotnet_bool")]
     include_metadata: Option<bool>,
 }
@@ -42,6 +51,7 @@ where
 }
 
 /// `GET /changefeed`.
+#[utoipa::path(get, path = "/changefeed", tag = "Change feed", params(FeedQuery), responses((status = 200, description = "Change-feed entries", content_type = "application/json", body = serde_json::Value)))]
 pub async fn feed(
     State(state): State<AppState>,
     Extension(version): Extension<ApiVersion>,
@@ -81,6 +91,7 @@ pub async fn feed(
 }
 
 /// `GET /changefeed/latest`.
+#[utoipa::path(get, path = "/changefeed/latest", tag = "Change feed", params(FeedQuery), responses((status = 200, description = "The newest entry, or null", content_type = "application/json", body = serde_json::Value)))]
 pub async fn latest(
     State(state): State<AppState>,
     Extension(version): Extension<ApiVersion>,

@@ -9,6 +9,7 @@ use crate::stow::parse_uid;
 use crate::{ApiError, AppState};
 
 /// `DELETE /studies/{study}`.
+#[utoipa::path(delete, path = "/studies/{study}", tag = "Delete", params(crate::openapi::StudyPath), responses((status = 204, description = "Deleted")))]
 pub async fn study(
     State(state): State<AppState>,
     Path(study): Path<String>,
@@ -18,6 +19,7 @@ pub async fn study(
 }
 
 /// `DELETE /studies/{study}/series/{series}`.
+#[utoipa::path(delete, path = "/studies/{study}/series/{series}", tag = "Delete", params(crate::openapi::SeriesPath), responses((status = 204, description = "Deleted")))]
 pub async fn series(
     State(state): State<AppState>,
     Path((study, series)): Path<(String, String)>,
@@ -30,6 +32,7 @@ pub async fn series(
 }
 
 /// `DELETE /studies/{study}/series/{series}/instances/{instance}`.
+#[utoipa::path(delete, path = "/studies/{study}/series/{series}/instances/{instance}", tag = "Delete", params(crate::openapi::InstancePath), responses((status = 204, description = "Deleted")))]
 pub async fn instance(
     State(state): State<AppState>,
     Path((study, series, sop)): Path<(String, String, String)>,

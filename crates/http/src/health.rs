@@ -14,6 +14,7 @@ use serde_json::json;
 use crate::AppState;
 
 /// 200 with `{"status":"Healthy"}` when the stores answer, 503 otherwise.
+#[utoipa::path(get, path = "/health/check", tag = "Health", responses((status = 200, description = "Index and blob store answer", content_type = "application/json", body = serde_json::Value), (status = 503, description = "A store does not answer", content_type = "application/json", body = serde_json::Value)))]
 pub async fn check(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
     if stores_answer(&state).await {
         (StatusCode::OK, Json(json!({ "status": "Healthy" })))
@@ -26,11 +27,13 @@ pub async fn check(State(state): State<AppState>) -> (StatusCode, Json<serde_jso
 }
 
 /// Always 200 while the process answers HTTP.
+#[utoipa::path(get, path = "/health/live", tag = "Health", responses((status = 200, description = "The process answers", content_type = "application/json", body = serde_json::Value)))]
 pub async fn live() -> (StatusCode, Json<serde_json::Value>) {
     (StatusCode::OK, Json(json!({ "status": "Alive" })))
 }
 
 /// 200 when the stores answer and no shutdown has begun; 503 otherwise.
+#[utoipa::path(get, path = "/health/ready", tag = "Health", responses((status = 200, description = "Ready for traffic", content_type = "application/json", body = serde_json::Value), (status = 503, description = "A store does not answer, or shutting down", content_type = "application/json", body = serde_json::Value)))]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
     if state.shutting_down.is_cancelled() {
         return (

@@ -13,6 +13,7 @@ mod health;
 mod media;
 mod metrics;
 mod multipart;
+mod openapi;
 mod operations;
 mod public_url;
 mod qido;
@@ -27,11 +28,12 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
 use tessera_core::Limits;
 use tessera_service::{ApiVersion, DicomService};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use cors::{Cors, CorsPolicy, InvalidCors};
 pub use drain::{Drain, with_drain};
@@ -106,15 +108,9 @@ impl AppState {
 
 /// All routes of the server.
 pub fn router(state: AppState) -> Router {
-    let guard = axum::middleware::from_fn_with_state(state.security.clone(), security::guard);
     let cors = state.cors.layer();
-    let router = Router::new()
-        .route("/health/check", get(health::check))
-        .route("/health/live", get(health::live))
-        .route("/health/ready", get(health::ready))
-        .route("/metrics", get(metrics::scrape))
-        .nest("/v1", versioned(ApiVersion::V1).layer(guard.clone()))
-        .nest("/v2", versioned(ApiVersion::V2).layer(guard))
+    let (router, _) = routes(state.security.clone()).split_for_parts();
+    let router = router
         // After routing, so the matched template (never the raw path) labels the request.
         .route_layer(axum::middleware::from_fn(metrics::track))
         // Bodies stream to the blob store; STOW applies Tessera:Limits:MaxRequestBodyBytes.
@@ -128,73 +124,56 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Metadata is JSON that compresses about tenfold; gzip when the client accepts it.
-fn compressed<S: Clone + Send + Sync + 'static>(
-    route: axum::routing::MethodRouter<S>,
-) -> axum::routing::MethodRouter<S> {
-    route.layer(tower_http::compression::CompressionLayer::new().gzip(true))
+/// The OpenAPI 3 document of every route ([`openapi::document`]), as served at `/openapi.json`.
+pub fn openapi_json() -> String {
+    openapi::document_json()
 }
 
-fn versioned(version: ApiVersion) -> Router<AppState> {
-    let study = "/studies/{study}";
-    let series = "/studies/{study}/series/{series}";
-    let instance = "/studies/{study}/series/{series}/instances/{instance}";
-    Router::new()
-        .route("/studies", get(qido::studies).post(stow::store))
-        .route("/series", get(qido::all_series))
-        .route("/instances", get(qido::all_instances))
-        .route(&format!("{study}/series"), get(qido::study_series))
-        .route(&format!("{study}/instances"), get(qido::study_instances))
-        .route(&format!("{series}/instances"), get(qido::series_instances))
-        .route(
-            study,
-            get(wado::study)
-                .post(stow::store_in_study)
-                .delete(delete::study),
+/// The route table: each handler with its OpenAPI entry (`#[utoipa::path]`), so the router and
+/// the document are built from one list.
+fn routes(security: Security) -> OpenApiRouter<AppState> {
+    let guard = axum::middleware::from_fn_with_state(security, security::guard);
+    OpenApiRouter::with_openapi(<openapi::ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(health::check))
+        .routes(routes!(health::live))
+        .routes(routes!(health::ready))
+        .routes(routes!(metrics::scrape))
+        .routes(routes!(openapi::serve))
+        .nest("/v1", versioned(ApiVersion::V1).layer(guard.clone()))
+        .nest("/v2", versioned(ApiVersion::V2).layer(guard))
+}
+
+fn versioned(version: ApiVersion) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(qido::studies, stow::store))
+        .routes(routes!(qido::all_series))
+        .routes(routes!(qido::all_instances))
+        .routes(routes!(qido::study_series))
+        .routes(routes!(qido::study_instances))
+        .routes(routes!(qido::series_instances))
+        .routes(routes!(wado::study, stow::store_in_study, delete::study))
+        .routes(routes!(wado::series, delete::series))
+        .routes(routes!(wado::instance, delete::instance))
+        .routes(routes!(wado::frames))
+        .routes(routes!(wado::bulk_data))
+        .routes(routes!(rendered::study))
+        .routes(routes!(rendered::series))
+        .routes(routes!(rendered::instance))
+        .routes(routes!(rendered::frames))
+        .routes(routes!(rendered::study_thumbnail))
+        .routes(routes!(rendered::series_thumbnail))
+        .routes(routes!(rendered::instance_thumbnail))
+        .routes(routes!(rendered::frame_thumbnail))
+        // Metadata is gzip-compressed when the client accepts it.
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(wado::study_metadata))
+                .routes(routes!(wado::series_metadata))
+                .routes(routes!(wado::instance_metadata))
+                .layer(tower_http::compression::CompressionLayer::new().gzip(true)),
         )
-        .route(
-            &format!("{study}/metadata"),
-            compressed(get(wado::study_metadata)),
-        )
-        .route(series, get(wado::series).delete(delete::series))
-        .route(
-            &format!("{series}/metadata"),
-            compressed(get(wado::series_metadata)),
-        )
-        .route(instance, get(wado::instance).delete(delete::instance))
-        .route(
-            &format!("{instance}/metadata"),
-            compressed(get(wado::instance_metadata)),
-        )
-        .route(&format!("{instance}/frames/{{frames}}"), get(wado::frames))
-        .route(
-            &format!("{instance}/bulkdata/{{tag}}"),
-            get(wado::bulk_data),
-        )
-        .route(&format!("{study}/rendered"), get(rendered::study))
-        .route(&format!("{series}/rendered"), get(rendered::series))
-        .route(&format!("{instance}/rendered"), get(rendered::instance))
-        .route(
-            &format!("{instance}/frames/{{frames}}/rendered"),
-            get(rendered::frames),
-        )
-        .route(
-            &format!("{study}/thumbnail"),
-            get(rendered::study_thumbnail),
-        )
-        .route(
-            &format!("{series}/thumbnail"),
-            get(rendered::series_thumbnail),
-        )
-        .route(
-            &format!("{instance}/thumbnail"),
-            get(rendered::instance_thumbnail),
-        )
-        .route(
-            &format!("{instance}/frames/{{frames}}/thumbnail"),
-            get(rendered::frame_thumbnail),
-        )
-        .route("/changefeed", get(changefeed::feed))
-        .route("/changefeed/latest", get(changefeed::latest))
-        .route("/operations/{id}", get(operations::status))
+        .routes(routes!(changefeed::feed))
+        .routes(routes!(changefeed::latest))
+        .routes(routes!(operations::status))
         .layer(axum::Extension(version))
 }

@@ -194,6 +194,7 @@ fn method_label(method: &Method) -> &'static str {
 }
 
 /// `GET /metrics`.
+#[utoipa::path(get, path = "/metrics", tag = "Metrics", responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String), (status = 404, description = "Metrics are turned off")))]
 pub(crate) async fn scrape(State(state): State<AppState>) -> Response {
     let Some(metrics) = state.metrics.clone() else {
         return StatusCode::NOT_FOUND.into_response();

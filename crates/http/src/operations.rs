@@ -12,6 +12,7 @@ use crate::public_url::BaseUrl;
 use crate::{ApiError, AppState};
 
 /// 202 with `Location` while running, 200 once ended, 404 when unknown.
+#[utoipa::path(get, path = "/operations/{id}", tag = "Operations", params(("id" = String, Path, pattern = r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$", description = "The operation id (a GUID)")), responses((status = 200, description = "The operation has ended", content_type = "application/json", body = serde_json::Value), (status = 202, description = "The operation is running", content_type = "application/json", body = serde_json::Value)))]
 pub async fn status(
     State(state): State<AppState>,
     Extension(version): Extension<ApiVersion>,

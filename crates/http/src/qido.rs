@@ -14,6 +14,7 @@ use crate::stow::parse_uid;
 use crate::{ApiError, AppState};
 
 /// `GET /studies`.
+#[utoipa::path(get, path = "/studies", tag = "QIDO-RS", params(crate::openapi::QidoParams), responses((status = 200, description = "Matching attributes, DICOM JSON", content_type = "application/dicom+json", body = serde_json::Value), (status = 204, description = "Nothing matched")))]
 pub async fn studies(
     s: State<AppState>,
     v: Extension<ApiVersion>,
@@ -23,6 +24,7 @@ pub async fn studies(
 }
 
 /// `GET /series`.
+#[utoipa::path(get, path = "/series", tag = "QIDO-RS", params(crate::openapi::QidoParams), responses((status = 200, description = "Matching attributes, DICOM JSON", content_type = "application/dicom+json", body = serde_json::Value), (status = 204, description = "Nothing matched")))]
 pub async fn all_series(
     s: State<AppState>,
     v: Extension<ApiVersion>,
@@ -32,6 +34,7 @@ pub async fn all_series(
 }
 
 /// `GET /instances`.
+#[utoipa::path(get, path = "/instances", tag = "QIDO-RS", params(crate::openapi::QidoParams), responses((status = 200, description = "Matching attributes, DICOM JSON", content_type = "application/dicom+json", body = serde_json::Value), (status = 204, description = "Nothing matched")))]
 pub async fn all_instances(
     s: State<AppState>,
     v: Extension<ApiVersion>,
@@ -41,6 +44,7 @@ pub async fn all_instances(
 }
 
 /// `GET /studies/{study}/series`.
+#[utoipa::path(get, path = "/studies/{study}/series", tag = "QIDO-RS", params(crate::openapi::StudyPath, crate::openapi::QidoParams), responses((status = 200, description = "Matching attributes, DICOM JSON", content_type = "application/dicom+json", body = serde_json::Value), (status = 204, description = "Nothing matched")))]
 pub async fn study_series(
     s: State<AppState>,
     v: Extension<ApiVersion>,
@@ -52,6 +56,7 @@ pub async fn study_series(
 }
 
 /// `GET /studies/{study}/instances`.
+#[utoipa::path(get, path = "/studies/{study}/instances", tag = "QIDO-RS", params(crate::openapi::StudyPath, crate::openapi::QidoParams), responses((status = 200, description = "Matching attributes, DICOM JSON", content_type = "application/dicom+json", body = serde_json::Value), (status = 204, description = "Nothing matched")))]
 pub async fn study_instances(
     s: State<AppState>,
     v: Extension<ApiVersion>,
@@ -63,6 +68,7 @@ pub async fn study_instances(
 }
 
 /// `GET /studies/{study}/series/{series}/instances`.
+#[utoipa::path(get, path = "/studies/{study}/series/{series}/instances", tag = "QIDO-RS", params(crate::openapi::SeriesPath, crate::openapi::QidoParams), responses((status = 200, description = "Matching attributes, DICOM JSON", content_type = "application/dicom+json", body = serde_json::Value), (status = 204, description = "Nothing matched")))]
 pub async fn series_instances(
     s: State<AppState>,
     v: Extension<ApiVersion>,

@@ -208,6 +208,7 @@ async fn all_rendered(
 }
 
 /// `GET /studies/{study}/rendered`.
+#[utoipa::path(get, path = "/studies/{study}/rendered", tag = "Rendered", params(crate::openapi::StudyPath, crate::openapi::RenderedQuery), responses((status = 200, description = "The rendered image(s)", content((String = "image/jpeg"), (String = "image/png"), (String = "multipart/related")))))]
 pub async fn study(
     State(state): State<AppState>,
     Path(p): Path<String>,
@@ -219,6 +220,7 @@ pub async fn study(
 }
 
 /// `GET /studies/{study}/series/{series}/rendered`.
+#[utoipa::path(get, path = "/studies/{study}/series/{series}/rendered", tag = "Rendered", params(crate::openapi::SeriesPath, crate::openapi::RenderedQuery), responses((status = 200, description = "The rendered image(s)", content((String = "image/jpeg"), (String = "image/png"), (String = "multipart/related")))))]
 pub async fn series(
     State(state): State<AppState>,
     Path(p): Path<(String, String)>,
@@ -230,6 +232,7 @@ pub async fn series(
 }
 
 /// `GET …/instances/{instance}/rendered`: the first frame (orig D.3).
+#[utoipa::path(get, path = "/studies/{study}/series/{series}/instances/{instance}/rendered", tag = "Rendered", params(crate::openapi::InstancePath, crate::openapi::RenderedQuery), responses((status = 200, description = "The rendered image(s)", content((String = "image/jpeg"), (String = "image/png"), (String = "multipart/related")))))]
 pub async fn instance(
     State(state): State<AppState>,
     Path(p): Path<(String, String, String)>,
@@ -242,6 +245,7 @@ pub async fn instance(
 
 /// `GET …/instances/{instance}/frames/{frames}/rendered`: one image per frame, multipart when
 /// several frames are asked for.
+#[utoipa::path(get, path = "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered", tag = "Rendered", params(crate::openapi::InstancePath, crate::openapi::FramesPath, crate::openapi::RenderedQuery), responses((status = 200, description = "The rendered image(s)", content((String = "image/jpeg"), (String = "image/png"), (String = "multipart/related")))))]
 pub async fn frames(
     State(state): State<AppState>,
     Path((study, series, sop, list)): Path<(String, String, String, String)>,
@@ -291,6 +295,7 @@ pub async fn frames(
 }
 
 /// `GET /studies/{study}/thumbnail`.
+#[utoipa::path(get, path = "/studies/{study}/thumbnail", tag = "Rendered", params(crate::openapi::StudyPath, crate::openapi::RenderedQuery), responses((status = 200, description = "The rendered image(s)", content((String = "image/jpeg"), (String = "image/png"), (String = "multipart/related")))))]
 pub async fn study_thumbnail(
     State(state): State<AppState>,
     Path(p): Path<String>,
@@ -302,6 +307,7 @@ pub async fn study_thumbnail(
 }
 
 /// `GET /studies/{study}/series/{series}/thumbnail`.
+#[utoipa::path(get, path = "/studies/{study}/series/{series}/thumbnail", tag = "Rendered", params(crate::openapi::SeriesPath, crate::openapi::RenderedQuery), responses((status = 200, description = "The rendered image(s)", content((String = "image/jpeg"), (String = "image/png"), (String = "multipart/related")))))]
 pub async fn series_thumbnail(
     State(state): State<AppState>,
     Path(p): Path<(String, String)>,
@@ -313,6 +319,7 @@ pub async fn series_thumbnail(
 }
 
 /// `GET …/instances/{instance}/thumbnail`.
+#[utoipa::path(get, path = "/studies/{study}/series/{series}/instances/{instance}/thumbnail", tag = "Rendered", params(crate::openapi::InstancePath, crate::openapi::RenderedQuery), responses((status = 200, description = "The rendered image(s)", content((String = "image/jpeg"), (String = "image/png"), (String = "multipart/related")))))]
 pub async fn instance_thumbnail(
     State(state): State<AppState>,
     Path(p): Path<(String, String, String)>,
@@ -324,6 +331,7 @@ pub async fn instance_thumbnail(
 }
 
 /// `GET …/instances/{instance}/frames/{frame}/thumbnail`.
+#[utoipa::path(get, path = "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail", tag = "Rendered", params(crate::openapi::InstancePath, crate::openapi::FramesPath, crate::openapi::RenderedQuery), responses((status = 200, description = "The rendered image(s)", content((String = "image/jpeg"), (String = "image/png"), (String = "multipart/related")))))]
 pub async fn frame_thumbnail(
     State(state): State<AppState>,
     Path((study, series, sop, list)): Path<(String, String, String, String)>,

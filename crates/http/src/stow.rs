@@ -18,6 +18,7 @@ use crate::related::{RelatedLimits, RelatedReader};
 use crate::{ApiError, AppState, body, media};
 
 /// `POST /studies`.
+#[utoipa::path(post, path = "/studies", tag = "STOW-RS", request_body(content((String = "multipart/related"), (String = "application/dicom")), description = "multipart/related; type=\"application/dicom\" parts, or one application/dicom instance"), responses((status = 200, description = "All stored", content_type = "application/dicom+json", body = serde_json::Value), (status = 202, description = "Some stored, some failed or with warnings", content_type = "application/dicom+json", body = serde_json::Value), (status = 204, description = "The body had no parts"), (status = 409, description = "None stored", content_type = "application/dicom+json", body = serde_json::Value)))]
 pub async fn store(
     State(state): State<AppState>,
     Extension(version): Extension<ApiVersion>,
@@ -29,6 +30,7 @@ pub async fn store(
 }
 
 /// `POST /studies/{study}`: every instance must belong to that study.
+#[utoipa::path(post, path = "/studies/{study}", tag = "STOW-RS", params(crate::openapi::StudyPath), request_body(content((String = "multipart/related"), (String = "application/dicom")), description = "multipart/related; type=\"application/dicom\" parts, or one application/dicom instance"), responses((status = 200, description = "All stored", content_type = "application/dicom+json", body = serde_json::Value), (status = 202, description = "Some stored, some failed or with warnings", content_type = "application/dicom+json", body = serde_json::Value), (status = 204, description = "The body had no parts"), (status = 409, description = "None stored", content_type = "application/dicom+json", body = serde_json::Value)))]
 pub async fn store_in_study(
     State(state): State<AppState>,
     Extension(version): Extension<ApiVersion>,

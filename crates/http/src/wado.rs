@@ -46,6 +46,7 @@ pub(crate) fn instance_scope(
 }
 
 /// `GET /studies/{study}`.
+#[utoipa::path(get, path = "/studies/{study}", tag = "WADO-RS", params(crate::openapi::StudyPath, crate::openapi::AcceptQuery), responses((status = 200, description = "The instances as stored", content((String = "multipart/related"), (String = "application/dicom")))))]
 pub async fn study(
     State(s): State<AppState>,
     Path(p): StudyPath,
@@ -57,6 +58,7 @@ pub async fn study(
 }
 
 /// `GET /studies/{study}/series/{series}`.
+#[utoipa::path(get, path = "/studies/{study}/series/{series}", tag = "WADO-RS", params(crate::openapi::SeriesPath, crate::openapi::AcceptQuery), responses((status = 200, description = "The instances as stored", content((String = "multipart/related"), (String = "application/dicom")))))]
 pub async fn series(
     State(s): State<AppState>,
     Path(p): SeriesPath,
@@ -68,6 +70,7 @@ pub async fn series(
 }
 
 /// `GET /studies/{study}/series/{series}/instances/{instance}`.
+#[utoipa::path(get, path = "/studies/{study}/series/{series}/instances/{instance}", tag = "WADO-RS", params(crate::openapi::InstancePath, crate::openapi::AcceptQuery), responses((status = 200, description = "The instances as stored", content((String = "multipart/related"), (String = "application/dicom")))))]
 pub async fn instance(
     State(s): State<AppState>,
     Path(p): InstancePath,
@@ -79,6 +82,7 @@ pub async fn instance(
 }
 
 /// `GET /studies/{study}/metadata`.
+#[utoipa::path(get, path = "/studies/{study}/metadata", tag = "WADO-RS", params(crate::openapi::StudyPath, crate::openapi::AcceptQuery), responses((status = 200, description = "Metadata, DICOM JSON", content_type = "application/dicom+json", body = serde_json::Value), (status = 304, description = "Not modified (If-None-Match)")))]
 pub async fn study_metadata(
     State(s): State<AppState>,
     Path(p): StudyPath,
@@ -90,6 +94,7 @@ pub async fn study_metadata(
 }
 
 /// `GET /studies/{study}/series/{series}/metadata`.
+#[utoipa::path(get, path = "/studies/{study}/series/{series}/metadata", tag = "WADO-RS", params(crate::openapi::SeriesPath, crate::openapi::AcceptQuery), responses((status = 200, description = "Metadata, DICOM JSON", content_type = "application/dicom+json", body = serde_json::Value), (status = 304, description = "Not modified (If-None-Match)")))]
 pub async fn series_metadata(
     State(s): State<AppState>,
     Path(p): SeriesPath,
@@ -101,6 +106,7 @@ pub async fn series_metadata(
 }
 
 /// `GET /studies/{study}/series/{series}/instances/{instance}/metadata`.
+#[utoipa::path(get, path = "/studies/{study}/series/{series}/instances/{instance}/metadata", tag = "WADO-RS", params(crate::openapi::InstancePath, crate::openapi::AcceptQuery), responses((status = 200, description = "Metadata, DICOM JSON", content_type = "application/dicom+json", body = serde_json::Value), (status = 304, description = "Not modified (If-None-Match)")))]
 pub async fn instance_metadata(
     State(s): State<AppState>,
     Path(p): InstancePath,
@@ -481,6 +487,7 @@ fn with_bulk_data_uris(json: Bytes, instance: &StoredInstance, base: &str) -> By
 /// `GET …/instances/{instance}/bulkdata/{tag}`: the value of a top-level bulk-data element
 /// (OB, OD, OF, OL, OV, OW, UN) as `application/octet-stream`, read from the stored instance in
 /// memory under `Tessera:Limits:MaxDecodeBytes`.
+#[utoipa::path(get, path = "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag}", tag = "WADO-RS", params(crate::openapi::InstancePath, ("tag" = String, Path, pattern = r"^[0-9A-Fa-f]{8}$", description = "The element tag, ggggeeee")), responses((status = 200, description = "The element value", content_type = "application/octet-stream", body = String)))]
 pub async fn bulk_data(
     State(state): State<AppState>,
     Path((study, series, sop, tag)): Path<(String, String, String, String)>,
@@ -540,6 +547,7 @@ pub(crate) fn frame_numbers(list: &str, max: u32) -> Result<Vec<u32>, ApiError> 
 
 /// `GET …/instances/{instance}/frames/{1,2,…}`: frames by range reads of the stored file, one
 /// frame in memory at a time.
+#[utoipa::path(get, path = "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}", tag = "WADO-RS", params(crate::openapi::InstancePath, crate::openapi::FramesPath, crate::openapi::AcceptQuery), responses((status = 200, description = "The frames as stored", content((String = "multipart/related"), (String = "application/octet-stream")))))]
 pub async fn frames(
     State(state): State<AppState>,
     Path((study, series, sop, list)): Path<(String, String, String, String)>,
