@@ -328,7 +328,25 @@ async fn store_parts(
             }
         };
         if whole {
-            in_flight.push_back(service.store(stream::iter(head), study, version).boxed());
+            // A task of its own, so that it goes on while this loop reads the next parts.
+            let (service, study) = (service.clone(), study.cloned());
+            let store = tokio::spawn(async move {
+                service
+                    .store(stream::iter(head), study.as_ref(), version)
+                    .await
+            });
+            in_flight.push_back(
+                async move {
+                    store.await.unwrap_or_else(|error| StoreOutcome::Failed {
+                        sop_class_uid: None,
+                        sop_instance_uid: None,
+                        reason: FailureReason::ProcessingFailure,
+                        comment: format!("the store of a part failed: {error}"),
+                        failed_attributes: Vec::new(),
+                    })
+                }
+                .boxed(),
+            );
         } else {
             while let Some(outcome) = in_flight.next().await {
                 outcomes.push(outcome);
