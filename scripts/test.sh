@@ -141,5 +141,5 @@ cargo build --locked -q -p tessera-server --bin tessera
 timeout 180 bash e2e/ohif/run.sh target/debug/tessera
 echo "== cargo test"
 cargo test --workspace --locked "$@"
-echo "== end-to-end DICOMweb and migration suites on PostgreSQL"
-TESSERA_TEST_SERVER_INDEX=postgres cargo test --locked -p tessera-server --test dicomweb --test migration "$@"
+echo "== end-to-end DICOMweb, migration and adoption suites on PostgreSQL"
+TESSERA_TEST_SERVER_INDEX=postgres cargo test --locked -p tessera-server --test dicomweb --test migration --test adopt "$@"
