@@ -8,7 +8,9 @@ use futures::TryStreamExt;
 use std::time::Duration;
 use tessera_blob::layout::{self, BlobKind, ParsedName, STAGING_PREFIX};
 use tessera_blob::{BlobError, BlobLayout, BlobName, BlobStore, InstanceBlobStore};
-use tessera_core::{ContentChecksum, SearchableAttributes, VersionedInstance, Watermark};
+use tessera_core::{
+    ContentChecksum, InstanceIdentifier, SearchableAttributes, VersionedInstance, Watermark,
+};
 use tessera_dicom::{FragmentScanner, FrameRanges, HeaderReader, InstanceHeader, PixelData};
 
 use tessera_index::{
@@ -515,7 +517,7 @@ async fn adopt_one(
         Adoption::AlreadyIndexed => {}
         Adoption::Replaced(lower) => {
             // The lower watermark was counted when adopted; this one takes its place.
-            let lower_name = leftover_name(files, &key, lower).await;
+            let lower_name = leftover_name(files, &found.instance.id, lower).await;
             report.reported.push((
                 "leftover".into(),
                 format!("{}/{lower_name}", files.container()),
@@ -534,12 +536,14 @@ fn count(report: &mut AdoptionReport, layout: BlobLayout, dual: bool) {
     }
 }
 
-/// The Old name of the replaced (lower) watermark of `key`, for the report.
-async fn leftover_name(files: &BlobStore, key: &str, lower: Watermark) -> String {
-    let old = format!("{key}_{lower}.dcm");
-    match files.exists(&BlobName::from(old.as_str())).await {
-        Ok(true) => old,
-        _ => format!("{}_{lower}.dcm", layout::hash_prefix(lower)),
+/// The name of the replaced (lower) watermark's file, for the report: its Old name where that
+/// exists, else its New name.
+async fn leftover_name(files: &BlobStore, id: &InstanceIdentifier, lower: Watermark) -> String {
+    let instance = VersionedInstance::new(id.clone(), lower);
+    let old = BlobLayout::Old.file(&instance);
+    match files.exists(&BlobName::from(old.as_ref())).await {
+        Ok(true) => old.to_string(),
+        _ => BlobLayout::New.file(&instance).to_string(),
     }
 }
 
