@@ -1,5 +1,8 @@
 //! `multipart/related` response bodies, streamed part by part (PS3.18 §8.6.1.2).
 
+use axum::body::Body;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, stream};
@@ -14,18 +17,43 @@ pub struct Part {
     pub body: BoxStream<'static, Result<Bytes, std::io::Error>>,
 }
 
+impl Part {
+    /// A part whose bytes are already in memory.
+    pub fn whole(content_type: String, bytes: Bytes) -> Self {
+        Self {
+            content_type,
+            length: Some(bytes.len() as u64),
+            body: stream::once(async move { Ok(bytes) }).boxed(),
+        }
+    }
+}
+
+/// A `multipart/related` response of `part_type` parts, streamed as they are opened.
+pub fn response(
+    part_type: &str,
+    parts: BoxStream<'static, Result<Part, std::io::Error>>,
+) -> Response {
+    let boundary = boundary();
+    let content_type = content_type(&boundary, part_type);
+    (
+        [(CONTENT_TYPE, content_type)],
+        Body::from_stream(body(boundary, parts)),
+    )
+        .into_response()
+}
+
 /// A fresh boundary that cannot occur in the parts' bytes by chance.
-pub fn boundary() -> String {
+fn boundary() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
 /// The `Content-Type` of a multipart body of `part_type` parts.
-pub fn content_type(boundary: &str, part_type: &str) -> String {
+fn content_type(boundary: &str, part_type: &str) -> String {
     format!("multipart/related; type=\"{part_type}\"; boundary={boundary}")
 }
 
 /// Frames `parts` (opened lazily, in order) into one multipart body.
-pub fn body(
+fn body(
     boundary: String,
     parts: BoxStream<'static, Result<Part, std::io::Error>>,
 ) -> BoxStream<'static, Result<Bytes, std::io::Error>> {

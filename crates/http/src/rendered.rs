@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 
-use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
@@ -190,21 +189,11 @@ async fn all_rendered(
             match rendered {
                 Err(ApiError::Pixels(PixelError::NoPixelData)) => None,
                 Err(e) => Some(Err(std::io::Error::other(e.to_string()))),
-                Ok(image) => Some(Ok(Part {
-                    content_type: format.media_type().to_owned(),
-                    length: Some(image.len() as u64),
-                    body: stream::once(async move { Ok(image) }).boxed(),
-                })),
+                Ok(image) => Some(Ok(Part::whole(format.media_type().to_owned(), image))),
             }
         })
         .boxed();
-    let boundary = multipart::boundary();
-    let content_type = multipart::content_type(&boundary, format.media_type());
-    Ok((
-        [(CONTENT_TYPE, content_type)],
-        Body::from_stream(multipart::body(boundary, parts)),
-    )
-        .into_response())
+    Ok(multipart::response(format.media_type(), parts))
 }
 
 /// `GET /studies/{study}/rendered`.
@@ -277,21 +266,13 @@ pub async fn frames(
     })
     .await
     .map_err(|e| ApiError::Internal(format!("render task failed: {e}")))??;
-    let parts = stream::iter(images.into_iter().map(move |image| {
-        Ok(Part {
-            content_type: format.media_type().to_owned(),
-            length: Some(image.len() as u64),
-            body: stream::once(async move { Ok(image) }).boxed(),
-        })
-    }))
-    .boxed();
-    let boundary = multipart::boundary();
-    let content_type = multipart::content_type(&boundary, format.media_type());
-    Ok((
-        [(CONTENT_TYPE, content_type)],
-        Body::from_stream(multipart::body(boundary, parts)),
+    let parts = stream::iter(
+        images
+            .into_iter()
+            .map(move |image| Ok(Part::whole(format.media_type().to_owned(), image))),
     )
-        .into_response())
+    .boxed();
+    Ok(multipart::response(format.media_type(), parts))
 }
 
 /// `GET /studies/{study}/thumbnail`.

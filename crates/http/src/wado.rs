@@ -316,7 +316,6 @@ async fn retrieve(
         )
             .into_response());
     }
-    let boundary = multipart::boundary();
     let service = service.clone();
     let parts = stream::iter(instances)
         .then(move |instance| {
@@ -326,11 +325,7 @@ async fn retrieve(
                     let bytes = transcoded(&service, instance, limit)
                         .await
                         .map_err(|e| std::io::Error::other(e.to_string()))?;
-                    return Ok(Part {
-                        content_type: explicit_type(),
-                        length: Some(bytes.len() as u64),
-                        body: stream::once(async move { Ok(bytes) }).boxed(),
-                    });
+                    return Ok(Part::whole(explicit_type(), bytes));
                 }
                 let content_type = dicom_type(&instance);
                 let file = service
@@ -345,9 +340,7 @@ async fn retrieve(
             }
         })
         .boxed();
-    let content_type = multipart::content_type(&boundary, "application/dicom");
-    let body = Body::from_stream(multipart::body(boundary, parts));
-    Ok(([(CONTENT_TYPE, content_type)], body).into_response())
+    Ok(multipart::response("application/dicom", parts))
 }
 
 fn dicom_type(instance: &StoredInstance) -> String {
@@ -588,7 +581,6 @@ pub async fn frames(
         let frame = state.service.read_frame(&instance, range).await?;
         return Ok(([(CONTENT_TYPE, part_type)], frame).into_response());
     }
-    let boundary = multipart::boundary();
     let service = state.service.clone();
     let instance = std::sync::Arc::new(instance);
     let parts = stream::iter(ranges)
@@ -610,12 +602,7 @@ pub async fn frames(
             })
         })
         .boxed();
-    let content_type = multipart::content_type(&boundary, "application/octet-stream");
-    Ok((
-        [(CONTENT_TYPE, content_type)],
-        Body::from_stream(multipart::body(boundary, parts)),
-    )
-        .into_response())
+    Ok(multipart::response("application/octet-stream", parts))
 }
 
 /// Frames decoded to native samples (Explicit VR Little Endian), the instance loaded once under
@@ -653,21 +640,13 @@ async fn decoded_frames(
         let frame = frames.into_iter().next().unwrap_or_default();
         return Ok(([(CONTENT_TYPE, part_type)], frame).into_response());
     }
-    let parts = stream::iter(frames.into_iter().map(move |frame| {
-        Ok(Part {
-            content_type: part_type.clone(),
-            length: Some(frame.len() as u64),
-            body: stream::once(async move { Ok(frame) }).boxed(),
-        })
-    }))
-    .boxed();
-    let boundary = multipart::boundary();
-    let content_type = multipart::content_type(&boundary, "application/octet-stream");
-    Ok((
-        [(CONTENT_TYPE, content_type)],
-        Body::from_stream(multipart::body(boundary, parts)),
+    let parts = stream::iter(
+        frames
+            .into_iter()
+            .map(move |frame| Ok(Part::whole(part_type.clone(), frame))),
     )
-        .into_response())
+    .boxed();
+    Ok(multipart::response("application/octet-stream", parts))
 }
 
 #[cfg(test)]
