@@ -126,29 +126,30 @@ impl InstanceHeader {
         })
     }
 
-    /// Checks PatientID as the original does (orig E.1, E.3, its v1 and v2 tests). Both versions
-    /// fail an instance without the element, or with a value that is not a valid LO once its
-    /// trailing padding is set aside. v1 (`full_validation`) also fails an empty value and a NUL
-    /// anywhere, padding included; v2 stores an empty value with the warning returned here.
+    /// Checks PatientID as the original's v2 partial validation does (issue 14; orig E.1, E.3,
+    /// its v1 and v2 tests). Both versions fail a value that is not a valid LO once its trailing
+    /// padding is set aside. v1 (`full_validation`) also fails a missing element, an empty value
+    /// and a NUL anywhere, padding included; v2 stores an instance whose PatientID is missing or
+    /// empty with the warning returned here.
     pub fn check_patient_id(
         &self,
         full_validation: bool,
     ) -> Result<Option<ValidationError>, ValidationError> {
         let tag = tags::PATIENT_ID;
-        let element = self
-            .dataset
-            .element_opt(tag)
-            .ok()
-            .flatten()
-            .ok_or_else(|| missing(tag))?;
-        let raw = element.to_raw_str().unwrap_or_default();
-        let value = raw.trim_end_matches([' ', '\0']);
-        if value.trim().is_empty() {
-            return if full_validation {
+        let absent = || {
+            if full_validation {
                 Err(missing(tag))
             } else {
                 Ok(Some(missing(tag)))
-            };
+            }
+        };
+        let Some(element) = self.dataset.element_opt(tag).ok().flatten() else {
+            return absent();
+        };
+        let raw = element.to_raw_str().unwrap_or_default();
+        let value = raw.trim_end_matches([' ', '\0']);
+        if value.trim().is_empty() {
+            return absent();
         }
         let invalid_character = || ValidationError {
             tag,
