@@ -234,12 +234,26 @@ impl InstanceHeader {
 
     /// The metadata JSON the original stores (orig A.4): the data set in the DICOM JSON model,
     /// without group 0002 (never part of `dataset`) and without bulk data (OB, OD, OF, OL, OV,
-    /// OW, UN), recursively.
+    /// OW, UN), recursively. A top-level bulk element is named by a BulkDataURI relative to the
+    /// instance ([`BULK_DATA_URI_PREFIX`] and its tag), which a retrieve makes absolute.
     pub fn metadata_json(&self) -> Result<Vec<u8>, DicomError> {
         let filtered = without_bulk_data(&self.dataset);
         let mut json =
             dicom_json::to_value(&filtered).map_err(|e| DicomError::Malformed(e.to_string()))?;
         restore_nul_padding(&filtered, &mut json);
+        if let serde_json::Value::Object(dataset) = &mut json {
+            // Pixel data is served as frames, not as bulk data.
+            let named = |e: &&InMemElement| is_bulk(e.vr()) && e.tag().group() != 0x7FE0;
+            for element in self.dataset.iter().filter(named) {
+                let tag = element.tag();
+                let key = format!("{:04X}{:04X}", tag.group(), tag.element());
+                let uri = format!("{BULK_DATA_URI_PREFIX}{key}");
+                dataset.insert(
+                    key,
+                    serde_json::json!({"vr": element.vr().to_string(), "BulkDataURI": uri}),
+                );
+            }
+        }
         serde_json::to_vec(&json).map_err(|e| DicomError::Malformed(e.to_string()))
     }
 
@@ -358,6 +372,10 @@ fn restore_nul_padding(object: &InMemDicomObject, json: &mut serde_json::Value) 
         }
     }
 }
+
+/// How a stored BulkDataURI begins: relative to its instance's URL, so that the stored metadata
+/// holds no host (the retrieve puts the request's or the configured public base in front).
+pub const BULK_DATA_URI_PREFIX: &str = "bulkdata/";
 
 fn is_bulk(vr: VR) -> bool {
     matches!(

@@ -17,7 +17,8 @@ mod walk;
 pub use dicom_dictionary_std::tags;
 pub use frames::{FragmentScanner, FrameRange, FrameRanges};
 pub use header::{
-    HeaderReader, HeaderScan, InstanceHeader, PixelData, ValidationError, scan_header,
+    BULK_DATA_URI_PREFIX, HeaderReader, HeaderScan, InstanceHeader, PixelData, ValidationError,
+    scan_header,
 };
 pub use walk::{DataSetWalker, Encoding, MAX_RECORDED_FRAGMENTS, PixelDataStart};
 

@@ -66,13 +66,20 @@ fn every_sample_has_a_header_with_its_uids() {
             !object.contains_key("7FE00010"),
             "{name}: pixel data in metadata"
         );
-        assert!(
-            !object.values().any(|v| matches!(
-                v["vr"].as_str(),
+        // Bulk data is only named, by a BulkDataURI relative to the instance.
+        for (tag, value) in object {
+            if matches!(
+                value["vr"].as_str(),
                 Some("OB" | "OW" | "UN" | "OF" | "OD" | "OL" | "OV")
-            )),
-            "{name}: bulk data in metadata"
-        );
+            ) {
+                assert_eq!(
+                    value["BulkDataURI"].as_str(),
+                    Some(format!("bulkdata/{tag}").as_str()),
+                    "{name}: bulk data in metadata"
+                );
+                assert!(value.get("InlineBinary").is_none() && value.get("Value").is_none());
+            }
+        }
     }
 }
 

@@ -440,41 +440,43 @@ async fn metadata(
         .into_response())
 }
 
-/// The SOP Class UIDs of encapsulated documents (PDF, CDA, STL, OBJ, MTL) start so; their
-/// document (0042,0011) is bulk data, left out of the stored metadata (orig A.4).
-const ENCAPSULATED_DOCUMENT_CLASSES: &str = "1.2.840.10008.5.1.4.1.1.104.";
-/// Encapsulated Document (0042,0011).
-const ENCAPSULATED_DOCUMENT: &str = "00420011";
-
-/// An instance's metadata with a BulkDataURI for its encapsulated document, if it is one
-/// (PS3.18 §F.2.6), pointing at Tessera's bulkdata resource under the request's (or the
-/// configured public) base URL. Other instances' documents pass through unparsed.
+/// An instance's metadata with its BulkDataURIs (PS3.18 §F.2.6) made absolute: the stored ones
+/// are relative to the instance ([`tessera_dicom::BULK_DATA_URI_PREFIX`]), and point at
+/// Tessera's bulkdata resource under the request's (or the configured public) base URL.
+/// Documents without any pass through untouched.
 fn with_bulk_data_uris(json: Bytes, instance: &StoredInstance, base: &str) -> Bytes {
-    if !instance
-        .sop_class_uid
-        .starts_with(ENCAPSULATED_DOCUMENT_CLASSES)
-    {
-        return json;
-    }
-    let Ok(serde_json::Value::Object(mut dataset)) = serde_json::from_slice(&json) else {
-        return json;
-    };
-    if dataset.contains_key(ENCAPSULATED_DOCUMENT) {
+    let stored = format!("\"BulkDataURI\":\"{}", tessera_dicom::BULK_DATA_URI_PREFIX);
+    let stored = stored.as_bytes();
+    let mut positions = json
+        .windows(stored.len())
+        .enumerate()
+        .filter(|(_, window)| *window == stored)
+        .map(|(at, _)| at)
+        .peekable();
+    if positions.peek().is_none() {
         return json;
     }
     let id = instance.instance.id();
-    let uri = format!(
-        "{base}/studies/{}/series/{}/instances/{}/bulkdata/{ENCAPSULATED_DOCUMENT}",
-        id.study, id.series, id.sop
+    let absolute = format!(
+        "{base}/studies/{}/series/{}/instances/{}/{}",
+        id.study,
+        id.series,
+        id.sop,
+        tessera_dicom::BULK_DATA_URI_PREFIX
     );
-    dataset.insert(
-        ENCAPSULATED_DOCUMENT.to_owned(),
-        serde_json::json!({"vr": "OB", "BulkDataURI": uri}),
-    );
-    match serde_json::to_vec(&dataset) {
-        Ok(bytes) => Bytes::from(bytes),
-        Err(_) => json,
+    // As a JSON string's contents (a configured base could hold a quote or a backslash).
+    let escaped = serde_json::to_string(&absolute).unwrap_or_default();
+    let escaped = escaped.trim_matches('"');
+    let replacement = format!("\"BulkDataURI\":\"{escaped}");
+    let mut out = Vec::with_capacity(json.len() + 128);
+    let mut copied = 0;
+    for at in positions {
+        out.extend_from_slice(&json[copied..at]);
+        out.extend_from_slice(replacement.as_bytes());
+        copied = at + stored.len();
     }
+    out.extend_from_slice(&json[copied..]);
+    Bytes::from(out)
 }
 
 /// `GET …/instances/{instance}/bulkdata/{tag}`: the value of a top-level bulk-data element
