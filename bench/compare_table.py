@@ -118,7 +118,7 @@ for key in keys:
     if t.get("errors") or o.get("errors"):
         check(f"{run} {phase}: no errors", not t.get("errors"), f"T {t.get('errors')} / O {o.get('errors')}")
 for c in (1, 8):
-    single, batch = T.get((f"small-single-c{c}", "stow")), T.get((f"small-batch20-c{c}", "stow"))
+    single, batch = T.get((f"small-single-c{c}", "stow_single")), T.get((f"small-batch20-c{c}", "stow_batch"))
     if single and batch:
         check(f"STOW c={c}: batched faster per object than single", batch["objects_per_s"] > single["objects_per_s"],
               f"{f(batch['objects_per_s'])} vs {f(single['objects_per_s'])} obj/s")
