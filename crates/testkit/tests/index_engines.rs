@@ -32,6 +32,7 @@ on_every_engine! {
     a_probe_that_knows_the_owner_is_gone_lets_a_store_take_over,
     change_feed_states_and_paging,
     qido_search,
+    qido_pages_are_disjoint_and_complete,
     adoption_keeps_the_highest_watermark,
     operation_failures_and_walks,
     concurrent_reservations_get_distinct_watermarks,
