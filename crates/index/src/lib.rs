@@ -20,6 +20,7 @@
 //!   time, in this process or another.
 
 mod adoption;
+mod group;
 mod migration;
 mod model;
 mod operations;
@@ -29,6 +30,7 @@ mod rows;
 mod search;
 mod sqlite;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -150,6 +152,12 @@ pub enum IndexError {
     /// Any database failure.
     #[error("index database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The group commit a write was part of failed (SQLite; see `group.rs`).
+    #[error("{0}")]
+    Grouped(Arc<IndexError>),
+    /// The task that commits writes has stopped (the runtime is shutting down).
+    #[error("the index writer has stopped")]
+    Stopped,
 }
 
 impl IndexError {
@@ -157,7 +165,8 @@ impl IndexError {
     /// than the request or the index being at fault.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            Self::Open { .. } => true,
+            Self::Open { .. } | Self::Stopped => true,
+            Self::Grouped(error) => error.is_unavailable(),
             Self::Database(error) => {
                 matches!(
                     error,
@@ -197,6 +206,11 @@ pub(crate) const CREATED: i16 = 1;
 #[derive(Clone, Debug)]
 pub struct InstanceIndex {
     pub(crate) pool: AnyPool,
+    /// The pool write transactions begin on: on SQLite one connection (see `sqlite::Pools`),
+    /// on PostgreSQL `pool` itself.
+    pub(crate) writer: AnyPool,
+    /// On SQLite, the queue through which the hot writes share commits.
+    groups: Option<group::CommitGroups>,
     pub(crate) engine: Engine,
     /// The process recorded as the owner of reservations made through this handle.
     pub(crate) owner: Option<ProcessId>,
@@ -255,13 +269,16 @@ impl InstanceIndex {
         let engine = Engine::of(url).ok_or_else(|| {
             open_error("expected sqlite://PATH or postgres://USER@HOST/DB".into())
         })?;
-        let pool = match engine {
-            Engine::Sqlite => sqlite::open(url).await,
-            Engine::Postgres => postgres::open(url).await,
+        let (pool, writer) = match engine {
+            Engine::Sqlite => sqlite::open(url).await.map(|p| (p.read, p.write)),
+            Engine::Postgres => postgres::open(url).await.map(|p| (p.clone(), p)),
         }
         .map_err(open_error)?;
+        let groups = (engine == Engine::Sqlite).then(|| group::CommitGroups::start(writer.clone()));
         Ok(Self {
             pool,
+            writer,
+            groups,
             engine,
             owner: None,
             gone: None,
@@ -270,7 +287,23 @@ impl InstanceIndex {
 
     /// A write transaction (see `Engine::begin_sql`).
     pub(crate) async fn begin(&self) -> Result<Tx<'static>> {
-        Ok(self.pool.begin_with(self.engine.begin_sql()).await?)
+        Ok(self.writer.begin_with(self.engine.begin_sql()).await?)
+    }
+
+    /// Runs `work` in a write transaction and commits it: on SQLite as part of the next
+    /// group commit (see `group.rs`), elsewhere in a transaction of its own.
+    pub(crate) async fn write<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'a> FnOnce(&'a mut Tx<'static>) -> group::WriteFuture<'a, T> + Send + 'static,
+    {
+        if let Some(groups) = &self.groups {
+            return groups.write(work).await;
+        }
+        let mut tx = self.begin().await?;
+        let value = work(&mut tx).await?;
+        tx.commit().await?;
+        Ok(value)
     }
 
     /// The engine behind this index.
@@ -284,15 +317,22 @@ impl InstanceIndex {
     /// reservation (its owner unregistered or its lease expired), which is abandoned (blobs
     /// queued for removal) and replaced in the same transaction.
     pub async fn begin_create(&self, instance: &NewInstance) -> Result<Watermark> {
+        let this = self.clone();
+        let instance = instance.clone();
+        self.write(move |tx| Box::pin(async move { this.reserve(tx, &instance).await }))
+            .await
+    }
+
+    /// `begin_create` within `tx`.
+    async fn reserve(&self, tx: &mut Tx<'static>, instance: &NewInstance) -> Result<Watermark> {
         let now = micros(Utc::now());
-        let mut tx = self.begin().await?;
         // The write comes first so that SQLite takes its write lock at once (no upgrade
         // deadlock). The study row is locked next (the upsert), before any instance row, the
         // same order every transaction that removes instances follows.
-        let next = self.engine.next_watermark(&mut tx).await?;
+        let next = self.engine.next_watermark(tx).await?;
         let watermark =
             Watermark::new(next as u64).map_err(|e| IndexError::Corrupt(e.to_string()))?;
-        upsert_parents(&mut tx, instance, now).await?;
+        upsert_parents(tx, instance, now).await?;
         let id = &instance.id;
         let existing: Option<rows::ReservationRow> = sqlx::query_as(
             "SELECT i.status, i.watermark, i.owner_id, p.owner_id AS registered_id, p.host, p.local_key,
@@ -303,7 +343,7 @@ impl InstanceIndex {
         .bind(id.study.as_str())
         .bind(id.series.as_str())
         .bind(id.sop.as_str())
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?;
         if let Some(row) = existing {
             let creating = row.status == CREATING;
@@ -325,7 +365,7 @@ impl InstanceIndex {
                 owner = row.owner_id.as_deref().unwrap_or_default(),
                 "taking over a reservation whose owner is gone"
             );
-            abandon_in(&mut tx, row.watermark, now).await?;
+            abandon_in(tx, row.watermark, now).await?;
         }
         let inserted = sqlx::query(
             "INSERT INTO instances (watermark, study_uid, series_uid, sop_uid, sop_class_uid, transfer_syntax,
@@ -340,7 +380,7 @@ impl InstanceIndex {
         .bind(CREATING)
         .bind(now)
         .bind(self.owner.map(|o| o.to_string()))
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await;
         match inserted {
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
@@ -348,7 +388,6 @@ impl InstanceIndex {
             }
             other => other?,
         };
-        tx.commit().await?;
         Ok(watermark)
     }
 
@@ -365,25 +404,29 @@ impl InstanceIndex {
         let w = db_watermark(watermark);
         let length = i64::try_from(content_length)
             .map_err(|_| IndexError::Corrupt(format!("content length {content_length}")))?;
-        let mut tx = self.begin().await?;
-        let row: UidsRow = sqlx::query_as(
-            "UPDATE instances SET status = $1, content_length = $2, checksum = $3, has_frame_ranges = $4,
-                 updated_at = $5 WHERE watermark = $6 AND status = $7
-             RETURNING study_uid, series_uid, sop_uid",
-        )
-        .bind(CREATED)
-        .bind(length)
-        .bind(checksum.to_owned())
-        .bind(i16::from(has_frame_ranges))
-        .bind(now)
-        .bind(w)
-        .bind(CREATING)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(IndexError::NotFound)?;
-        append_change(self.engine, &mut tx, now, ChangeAction::Create, &row, w).await?;
-        tx.commit().await?;
-        Ok(())
+        let checksum = checksum.to_owned();
+        let engine = self.engine;
+        self.write(move |tx| {
+            Box::pin(async move {
+                let row: UidsRow = sqlx::query_as(
+                    "UPDATE instances SET status = $1, content_length = $2, checksum = $3, has_frame_ranges = $4,
+                         updated_at = $5 WHERE watermark = $6 AND status = $7
+                     RETURNING study_uid, series_uid, sop_uid",
+                )
+                .bind(CREATED)
+                .bind(length)
+                .bind(checksum)
+                .bind(i16::from(has_frame_ranges))
+                .bind(now)
+                .bind(w)
+                .bind(CREATING)
+                .fetch_optional(&mut **tx)
+                .await?
+                .ok_or(IndexError::NotFound)?;
+                append_change(engine, tx, now, ChangeAction::Create, &row, w).await
+            })
+        })
+        .await
     }
 
     /// Gives up a reservation after a failed store: the row goes, and its watermark is queued

@@ -17,6 +17,9 @@ use crate::{Result, Tx};
 /// How many times a migration that lost a race with another process is run again.
 const MIGRATION_ATTEMPTS: u32 = 20;
 
+/// The URL of a private in-memory database.
+const MEMORY_URL: &str = "sqlite::memory:";
+
 /// Claims due removals (binds as in `Engine::claim_removals_sql`).
 pub(crate) const CLAIM_REMOVALS: &str =
     "UPDATE deleted_instances SET cleanup_after = $1, claimed_by = $5
@@ -25,11 +28,40 @@ pub(crate) const CLAIM_REMOVALS: &str =
        AND cleanup_after <= $2
      RETURNING watermark, study_uid, series_uid, sop_uid, retry_count";
 
+/// Connections a SQLite index reads through.
+const READ_CONNECTIONS: u32 = 4;
+
+/// The pools of a SQLite index: readers, and the one connection every write transaction of
+/// this process goes through.
+pub(crate) struct Pools {
+    pub(crate) read: AnyPool,
+    /// One connection, so this process's writers queue in the pool (in order, without
+    /// waking) instead of in SQLite's busy handler, which polls with sleeps of up to 100 ms
+    /// and, under concurrent stores, left the write lock idle between them. An in-memory
+    /// database is private to its pool, so there this is the read pool.
+    pub(crate) write: AnyPool,
+}
+
 /// Opens the file (creating it and its folder), sets WAL and brings the schema up to date.
-pub(crate) async fn open(url: &str) -> Result<AnyPool, String> {
+pub(crate) async fn open(url: &str) -> Result<Pools, String> {
     let url = sqlite_url(url)?;
-    let pool = AnyPoolOptions::new()
-        .max_connections(4)
+    let read = connect(&url, READ_CONNECTIONS).await?;
+    sqlx::query("PRAGMA journal_mode = WAL")
+        .execute(&read)
+        .await
+        .map_err(|e| e.to_string())?;
+    migrate(&read).await?;
+    let write = if url == MEMORY_URL {
+        read.clone()
+    } else {
+        connect(&url, 1).await?
+    };
+    Ok(Pools { read, write })
+}
+
+async fn connect(url: &str, connections: u32) -> Result<AnyPool, String> {
+    AnyPoolOptions::new()
+        .max_connections(connections)
         .after_connect(|connection, _| {
             Box::pin(async move {
                 sqlx::query("PRAGMA busy_timeout = 10000")
@@ -41,15 +73,9 @@ pub(crate) async fn open(url: &str) -> Result<AnyPool, String> {
                 Ok(())
             })
         })
-        .connect(&url)
+        .connect(url)
         .await
-        .map_err(|e| e.to_string())?;
-    sqlx::query("PRAGMA journal_mode = WAL")
-        .execute(&pool)
-        .await
-        .map_err(|e| e.to_string())?;
-    migrate(&pool).await?;
-    Ok(pool)
+        .map_err(|e| e.to_string())
 }
 
 /// Runs the migrations, again when one failed because another process applied it first.
@@ -113,7 +139,7 @@ fn sqlite_url(url: &str) -> Result<String, String> {
         .trim_start_matches("sqlite://")
         .trim_start_matches("sqlite:");
     if path == ":memory:" || path.is_empty() {
-        return Ok("sqlite::memory:".into());
+        return Ok(MEMORY_URL.into());
     }
     let path = path.split('?').next().unwrap_or(path);
     if let Some(parent) = std::path::Path::new(path)

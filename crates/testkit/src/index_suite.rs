@@ -842,6 +842,34 @@ pub async fn concurrent_reservations_get_distinct_watermarks(t: &TestIndex) {
         }
     }
     assert_eq!(won, 1);
+
+    // Losers among winners (on SQLite they share group commits): each loser's writes are
+    // undone alone, and every other reservation stands.
+    let mixed: Vec<_> = (0..12)
+        .map(|n| {
+            let index = t.index.clone();
+            let sop = if n % 2 == 0 {
+                "1.2.3.78".to_owned()
+            } else {
+                format!("1.2.3.79.{n}")
+            };
+            tokio::spawn(async move {
+                let w = index.begin_create(&new(&sop)).await?;
+                index.end_create(w, 1, "c", false).await.map(|()| w)
+            })
+        })
+        .collect();
+    let (mut won, mut lost, mut distinct) = (0, 0, BTreeSet::new());
+    for (n, task) in mixed.into_iter().enumerate() {
+        match (n % 2, task.await.unwrap()) {
+            (0, Ok(_)) => won += 1,
+            (0, Err(IndexError::AlreadyExists { .. })) => lost += 1,
+            (_, Ok(w)) => assert!(distinct.insert(w)),
+            (_, Err(other)) => panic!("a distinct instance failed: {other}"),
+        }
+    }
+    assert_eq!((won, lost, distinct.len()), (1, 5, 6));
+    assert_eq!(t.index.count_created().await.unwrap(), 80 + 1 + 6);
 }
 
 pub async fn concurrent_claims_never_share_a_removal(t: &TestIndex) {

@@ -1,0 +1,156 @@
+//! Group commit for SQLite: the write transactions of concurrent requests share one commit.
+//!
+//! SQLite has one writer, and every durable commit waits for its WAL to reach the disk. With
+//! a transaction per request, concurrent stores queue for the write lock and pay one flush
+//! each. Here one task takes whatever writes are waiting, runs each in its own savepoint of
+//! one transaction (a write that fails is undone alone), commits once, and only then answers
+//! them: acknowledged still means on disk. sqlx has no such batching, hence this module.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use sqlx::AnyPool;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{IndexError, Result, Tx};
+
+/// The most writes one commit carries; more wait for the next.
+const MOST_WRITES_PER_COMMIT: usize = 64;
+/// Writes waiting for a commit before callers wait to queue.
+const QUEUE_LENGTH: usize = 1024;
+
+/// The work of one write, holding the group's transaction while it runs.
+pub(crate) type WriteFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// A queued write, its result type erased.
+trait Write: Send {
+    /// Runs the work in `tx`; says whether it succeeded (its result is kept for the answer).
+    fn run<'a>(
+        &'a mut self,
+        tx: &'a mut Tx<'static>,
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+
+    /// Answers the caller once the group's fate is known: a failed write with its own error
+    /// (its writes were undone either way), a successful one with its result if the group
+    /// committed, else with why it did not.
+    fn answer(self: Box<Self>, group: Result<(), Arc<IndexError>>);
+}
+
+struct Pending<T, F> {
+    work: Option<F>,
+    result: Option<Result<T>>,
+    reply: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> Write for Pending<T, F>
+where
+    T: Send + 'static,
+    F: for<'a> FnOnce(&'a mut Tx<'static>) -> WriteFuture<'a, T> + Send + 'static,
+{
+    fn run<'a>(
+        &'a mut self,
+        tx: &'a mut Tx<'static>,
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+        Box::pin(async move {
+            let Some(work) = self.work.take() else {
+                return false;
+            };
+            let result = work(tx).await;
+            let succeeded = result.is_ok();
+            self.result = Some(result);
+            succeeded
+        })
+    }
+
+    fn answer(self: Box<Self>, group: Result<(), Arc<IndexError>>) {
+        let reply = match (self.result, group) {
+            (Some(Err(own)), _) => Err(own),
+            (Some(Ok(value)), Ok(())) => Ok(value),
+            (_, Err(error)) => Err(IndexError::Grouped(error)),
+            (None, Ok(())) => Err(IndexError::Grouped(Arc::new(IndexError::Stopped))),
+        };
+        // The caller may have gone (its request was dropped); the write stands regardless.
+        let _ = self.reply.send(reply);
+    }
+}
+
+/// The queue of writes waiting for the next group commit; cloned with the index.
+#[derive(Clone, Debug)]
+pub(crate) struct CommitGroups {
+    queue: mpsc::Sender<Box<dyn Write>>,
+}
+
+impl CommitGroups {
+    /// Starts the task that commits groups on `writer` (a pool of one connection). It ends
+    /// when the last handle to the queue is dropped.
+    pub(crate) fn start(writer: AnyPool) -> Self {
+        let (queue, waiting) = mpsc::channel(QUEUE_LENGTH);
+        tokio::spawn(commit_groups(writer, waiting));
+        Self { queue }
+    }
+
+    /// Runs `work` in the next group's transaction and returns its result once that
+    /// transaction is committed. When `work` fails, its writes are undone and its error
+    /// returned; the rest of the group commits.
+    pub(crate) async fn write<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'a> FnOnce(&'a mut Tx<'static>) -> WriteFuture<'a, T> + Send + 'static,
+    {
+        let (reply, replied) = oneshot::channel();
+        let pending = Pending {
+            work: Some(work),
+            result: None,
+            reply,
+        };
+        let stopped = || IndexError::Grouped(Arc::new(IndexError::Stopped));
+        self.queue
+            .send(Box::new(pending))
+            .await
+            .map_err(|_| stopped())?;
+        replied.await.map_err(|_| stopped())?
+    }
+}
+
+/// Takes the waiting writes in groups until every handle to the queue is gone.
+async fn commit_groups(writer: AnyPool, mut waiting: mpsc::Receiver<Box<dyn Write>>) {
+    let mut group = Vec::with_capacity(MOST_WRITES_PER_COMMIT);
+    while waiting.recv_many(&mut group, MOST_WRITES_PER_COMMIT).await > 0 {
+        let outcome = run_group(&writer, &mut group).await;
+        for write in group.drain(..) {
+            write.answer(outcome.clone());
+        }
+    }
+}
+
+/// Runs one group's writes in one transaction and commits it. An error here (a savepoint
+/// that cannot be taken or undone, a failed commit) fails the whole group: nothing of it
+/// was committed.
+async fn run_group(writer: &AnyPool, group: &mut [Box<dyn Write>]) -> Result<(), Arc<IndexError>> {
+    let shared = |error: sqlx::Error| Arc::new(IndexError::Database(error));
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(shared)?;
+    if let [write] = group {
+        // Alone, a write needs no savepoint: if it fails, the dropped transaction undoes it.
+        if write.run(&mut tx).await {
+            tx.commit().await.map_err(shared)?;
+        }
+        return Ok(());
+    }
+    for write in group.iter_mut() {
+        execute(&mut tx, "SAVEPOINT grouped")
+            .await
+            .map_err(shared)?;
+        if !write.run(&mut tx).await {
+            execute(&mut tx, "ROLLBACK TO grouped")
+                .await
+                .map_err(shared)?;
+        }
+        execute(&mut tx, "RELEASE grouped").await.map_err(shared)?;
+    }
+    tx.commit().await.map_err(shared)
+}
+
+async fn execute(tx: &mut Tx<'static>, sql: &'static str) -> Result<(), sqlx::Error> {
+    sqlx::query(sql).execute(&mut **tx).await.map(|_| ())
+}
