@@ -100,6 +100,7 @@ async fn load(
                 id,
                 transfer_syntax: "1.2.840.10008.1.2.1".into(),
                 attributes,
+                native_frames: None,
             };
             let watermark = index.begin_create(&new).await?;
             index.end_create(watermark, 1, "xxh3-128:0", false).await?;

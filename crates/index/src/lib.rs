@@ -39,8 +39,8 @@ use tessera_core::{Watermark, person_name_search_forms};
 
 pub use adoption::{Adoption, FoundInstance};
 pub use model::{
-    ChangeAction, ChangeFeedEntry, ChangeState, DeletedInstance, NewInstance, RetrieveScope,
-    StoredInstance,
+    ChangeAction, ChangeFeedEntry, ChangeState, DeletedInstance, NativeFrames, NewInstance,
+    RetrieveScope, StoredInstance,
 };
 pub use operations::{Acquisition, OperationRecord, OperationResults, OperationStatus};
 pub use processes::{GoneProbe, ProcessId, ProcessInfo, RegisteredProcess};
@@ -369,7 +369,8 @@ impl InstanceIndex {
         }
         let inserted = sqlx::query(
             "INSERT INTO instances (watermark, study_uid, series_uid, sop_uid, sop_class_uid, transfer_syntax,
-                 status, created_at, updated_at, owner_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
+                 status, created_at, updated_at, owner_id, native_frame_offset, native_frame_length,
+                 native_frame_count) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $11, $12)",
         )
         .bind(next)
         .bind(id.study.as_str())
@@ -380,6 +381,9 @@ impl InstanceIndex {
         .bind(CREATING)
         .bind(now)
         .bind(self.owner.map(|o| o.to_string()))
+        .bind(native(instance.native_frames.map(|n| n.offset))?)
+        .bind(native(instance.native_frames.map(|n| n.length))?)
+        .bind(native(instance.native_frames.map(|n| n.count))?)
         .execute(&mut **tx)
         .await;
         match inserted {
@@ -630,7 +634,17 @@ pub(crate) const CHANGE_FEED_SELECT: &str =
 
 pub(crate) const INSTANCE_SELECT: &str =
     "SELECT watermark, study_uid, series_uid, sop_uid, sop_class_uid, transfer_syntax,
-    content_length, checksum, has_frame_ranges FROM instances";
+    content_length, checksum, has_frame_ranges, native_frame_offset, native_frame_length,
+    native_frame_count FROM instances";
+
+/// A native frame layout's number as the index stores it (at most `i64::MAX`).
+fn native(value: Option<u64>) -> Result<Option<i64>> {
+    value
+        .map(|v| {
+            i64::try_from(v).map_err(|_| IndexError::Corrupt(format!("native frame value {v}")))
+        })
+        .transpose()
+}
 
 /// A watermark as the index stores it (`Watermark` is at most `i64::MAX`).
 pub(crate) fn db_watermark(watermark: Watermark) -> i64 {

@@ -12,6 +12,46 @@ pub struct NewInstance {
     pub transfer_syntax: String,
     /// Searchable attributes.
     pub attributes: SearchableAttributes,
+    /// Where the frames of native pixel data lie; `None` for encapsulated or no pixel data.
+    pub native_frames: Option<NativeFrames>,
+}
+
+/// The frames of native pixel data follow each other, all of one length, so three numbers
+/// locate every one of them: kept in the index, they spare a store its frame-range blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NativeFrames {
+    /// Offset of the first frame in the file.
+    pub offset: u64,
+    /// Length of each frame in bytes.
+    pub length: u64,
+    /// Number of frames.
+    pub count: u64,
+}
+
+impl NativeFrames {
+    /// `count` frames of `length` bytes from `offset`, if they fit in a pixel data value of
+    /// `value_length` bytes.
+    pub fn fitting(offset: u64, length: u64, count: u64, value_length: u64) -> Option<Self> {
+        let fits = length
+            .checked_mul(count)
+            .is_some_and(|total| total <= value_length);
+        (length > 0 && count > 0 && fits).then_some(Self {
+            offset,
+            length,
+            count,
+        })
+    }
+
+    /// Offset and length of the frame at 0-based `index`, if there is one.
+    pub fn frame(&self, index: u64) -> Option<(u64, u64)> {
+        if index >= self.count {
+            return None;
+        }
+        let offset = index
+            .checked_mul(self.length)
+            .and_then(|start| start.checked_add(self.offset))?;
+        Some((offset, self.length))
+    }
 }
 
 /// A `Created` instance as the index knows it.
@@ -29,6 +69,8 @@ pub struct StoredInstance {
     pub checksum: Option<String>,
     /// Whether a frame-range blob exists.
     pub has_frame_ranges: bool,
+    /// Where the frames of native pixel data lie, when recorded in the index.
+    pub native_frames: Option<NativeFrames>,
 }
 
 /// Which instances a retrieve or delete addresses.
@@ -118,4 +160,20 @@ pub struct ChangeFeedEntry {
     pub state: ChangeState,
     /// The instance's current watermark, when it still exists.
     pub current_watermark: Option<Watermark>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NativeFrames;
+
+    #[test]
+    fn native_frames_fit_their_value_and_locate_each_frame() {
+        assert_eq!(NativeFrames::fitting(100, 10, 3, 29), None);
+        assert_eq!(NativeFrames::fitting(100, 0, 3, 30), None);
+        assert_eq!(NativeFrames::fitting(100, u64::MAX, 2, u64::MAX), None);
+        let frames = NativeFrames::fitting(100, 10, 3, 30).unwrap();
+        assert_eq!(frames.frame(0), Some((100, 10)));
+        assert_eq!(frames.frame(2), Some((120, 10)));
+        assert_eq!(frames.frame(3), None);
+    }
 }

@@ -5,7 +5,7 @@ use tessera_core::{InstanceIdentifier, Uid, VersionedInstance, Watermark};
 
 use crate::processes::{ProcessId, ProcessInfo, RegisteredProcess};
 use crate::{
-    ChangeAction, ChangeFeedEntry, ChangeState, DeletedInstance, IndexError, Result,
+    ChangeAction, ChangeFeedEntry, ChangeState, DeletedInstance, IndexError, NativeFrames, Result,
     StoredInstance, from_micros,
 };
 
@@ -59,6 +59,9 @@ pub(crate) struct InstanceRow {
     content_length: Option<i64>,
     checksum: Option<String>,
     has_frame_ranges: i16,
+    native_frame_offset: Option<i64>,
+    native_frame_length: Option<i64>,
+    native_frame_count: Option<i64>,
 }
 
 impl InstanceRow {
@@ -73,6 +76,19 @@ impl InstanceRow {
                 .transpose()?,
             checksum: self.checksum,
             has_frame_ranges: self.has_frame_ranges != 0,
+            native_frames: match (
+                self.native_frame_offset,
+                self.native_frame_length,
+                self.native_frame_count,
+            ) {
+                (Some(offset), Some(length), Some(count)) => Some(NativeFrames {
+                    offset: unsigned(offset, "native frame offset")?,
+                    length: unsigned(length, "native frame length")?,
+                    count: unsigned(count, "native frame count")?,
+                }),
+                (None, None, None) => None,
+                _ => return Err(IndexError::Corrupt("a partial native frame layout".into())),
+            },
         })
     }
 }

@@ -51,6 +51,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         sop_class_uid: "1.2.840.10008.5.1.4.1.1.7".into(),
                         ..Default::default()
                     },
+                    native_frames: None,
                 };
                 let watermark = index.begin_create(&new).await.expect("reserve");
                 let instance = VersionedInstance::new(id, watermark);

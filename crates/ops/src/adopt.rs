@@ -506,6 +506,9 @@ async fn adopt_one(
             id,
             transfer_syntax: read.header.transfer_syntax().to_owned(),
             attributes,
+            // Adopted instances keep the frame-range blobs the original wrote (or that adoption
+            // writes in their place).
+            native_frames: None,
         },
         watermark,
         content_length: read.length,

@@ -46,6 +46,7 @@ async fn instance_with_bad_new_file(
                 patient_id: Some("P1".into()),
                 ..Default::default()
             },
+            native_frames: None,
         })
         .await
         .expect("reserve");

@@ -367,8 +367,8 @@ async fn delete_hides_at_once_and_removes_blobs_after_the_delay(backend: Backend
     );
     assert_eq!(
         blobs.all_names().await.len(),
-        3,
-        "file, metadata, frame ranges"
+        2,
+        "file and metadata (native frames are located by the index)"
     );
     let path = instance_path(&(
         synthetic.study.clone(),
@@ -479,25 +479,17 @@ async fn each_format_type_writes_exactly_its_names(backend: Backend) {
         (
             "Old",
             vec!["1.2.3.600/1.2.3.600.1/1.2.3.600.1.1_1.dcm"],
-            vec![
-                "132_1_frames_range.json",
-                "1.2.3.600/1.2.3.600.1/1.2.3.600.1.1_1_metadata.json",
-            ],
+            vec!["1.2.3.600/1.2.3.600.1/1.2.3.600.1.1_1_metadata.json"],
         ),
         (
             "Dual",
             vec!["1.2.3.600/1.2.3.600.1/1.2.3.600.1.1_1.dcm", "132_1.dcm"],
             vec![
-                "132_1_frames_range.json",
                 "132_1_metadata.json",
                 "1.2.3.600/1.2.3.600.1/1.2.3.600.1.1_1_metadata.json",
             ],
         ),
-        (
-            "New",
-            vec!["132_1.dcm"],
-            vec!["132_1_frames_range.json", "132_1_metadata.json"],
-        ),
+        ("New", vec!["132_1.dcm"], vec!["132_1_metadata.json"]),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let Some(blobs) = ServerBlobs::new(backend, dir.path()).await else {

@@ -71,21 +71,32 @@ impl DicomService {
         numbers: &[u32],
     ) -> Result<(StoredInstance, Vec<FrameRange>), ServiceError> {
         let instance = self.instances(scope).await?.remove(0);
-        if !instance.has_frame_ranges {
-            return Err(ServiceError::FramesUnavailable);
-        }
-        let json = self
-            .blobs
-            .get_frame_ranges(instance.instance.watermark())
-            .await?
-            .ok_or(ServiceError::FramesUnavailable)?;
-        let ranges = FrameRanges::from_json(&json).ok_or(ServiceError::FramesUnavailable)?;
+        // Native frames are located by the index; others by the frame-range blob.
+        let ranges = match instance.native_frames {
+            Some(_) => None,
+            None if instance.has_frame_ranges => {
+                let json = self
+                    .blobs
+                    .get_frame_ranges(instance.instance.watermark())
+                    .await?
+                    .ok_or(ServiceError::FramesUnavailable)?;
+                Some(FrameRanges::from_json(&json).ok_or(ServiceError::FramesUnavailable)?)
+            }
+            None => return Err(ServiceError::FramesUnavailable),
+        };
         let mut selected = Vec::with_capacity(numbers.len());
         for &number in numbers {
-            let range = number
+            let index = number
                 .checked_sub(1)
-                .and_then(|i| ranges.0.get(i as usize))
                 .ok_or(ServiceError::FrameNotFound(number))?;
+            let range = match (&ranges, instance.native_frames) {
+                (Some(ranges), _) => ranges.0.get(index as usize).copied(),
+                (None, Some(native)) => native
+                    .frame(u64::from(index))
+                    .map(|(offset, length)| FrameRange { offset, length }),
+                (None, None) => None,
+            }
+            .ok_or(ServiceError::FrameNotFound(number))?;
             let end = range.offset.checked_add(range.length);
             let inside = match (end, instance.content_length) {
                 (Some(end), Some(length)) => end <= length,
@@ -99,7 +110,7 @@ impl DicomService {
                     "frame {number} of watermark {watermark} lies beyond its file"
                 )));
             }
-            selected.push(*range);
+            selected.push(range);
         }
         Ok((instance, selected))
     }

@@ -13,7 +13,7 @@ use tessera_dicom::{
     DataSetWalker, DicomError, FrameRanges, HeaderReader, InstanceHeader, PixelData,
     ValidationError,
 };
-use tessera_index::{IndexError, NewInstance};
+use tessera_index::{IndexError, NativeFrames, NewInstance};
 
 use crate::DicomService;
 
@@ -163,10 +163,18 @@ impl DicomService {
         if !failed_attributes.is_empty() {
             warnings.push(WarningReason::DatasetHasValidationWarnings);
         }
+        // Native frames follow from the header alone, and go to the index with the row.
+        let native_frames = match header.pixel_data() {
+            Some(PixelData::Native { offset, length }) => header
+                .native_frame_size()
+                .and_then(|size| NativeFrames::fitting(offset, size, header.frame_count(), length)),
+            _ => None,
+        };
         let new = NewInstance {
             id: id.clone(),
             transfer_syntax: header.transfer_syntax().to_owned(),
             attributes: attributes.clone(),
+            native_frames,
         };
         let watermark = match self.index.begin_create(&new).await {
             Ok(watermark) => watermark,
@@ -262,37 +270,18 @@ impl DicomService {
         let metadata = header
             .metadata_json()
             .map_err(|e| crate::ServiceError::Blob(tessera_blob::BlobError::Body(Box::new(e))))?;
-        // Native frame ranges follow from the header alone; encapsulated ones from the walk.
-        let native_ranges = match header.pixel_data() {
-            Some(PixelData::Native { offset, length }) => header
-                .native_frame_size()
-                .and_then(|size| FrameRanges::native(offset, size, header.frame_count(), length)),
-            _ => None,
-        };
-        // The metadata (and native frame ranges) are written while the file streams: each
-        // durable write waits on its own flushes, so side by side they cost one wait, not three.
-        // Whatever of them was written when another fails is removed by the caller's roll-back.
-        let ranges_write = async {
-            match &native_ranges {
-                Some(ranges) => {
-                    self.blobs
-                        .put_frame_ranges(instance.watermark(), ranges.to_json().into())
-                        .await
-                }
-                None => Ok(()),
-            }
-        };
-        let (file, metadata, ranges) = tokio::join!(
+        // The metadata is written while the file streams: each durable write waits on its own
+        // flushes, so side by side they cost one wait, not two. Whatever of them was written
+        // when the other fails is removed by the caller's roll-back.
+        let (file, metadata) = tokio::join!(
             self.blobs.put_file(instance, observed),
             self.blobs.put_metadata(instance, metadata.into()),
-            ranges_write
         );
         file?;
         metadata?;
-        ranges?;
-        let ranges = match (native_ranges, header.pixel_data(), &tee.walker) {
-            (Some(native), _, _) => Some(native),
-            (None, Some(PixelData::Encapsulated { .. }), Some(walker)) => {
+        // Encapsulated frames are known once the walk has seen every fragment.
+        let ranges = match (header.pixel_data(), &tee.walker) {
+            (Some(PixelData::Encapsulated { .. }), Some(walker)) => {
                 let ranges = FrameRanges::encapsulated(walker, header.frame_count());
                 if let Some(ranges) = &ranges {
                     self.blobs

@@ -13,7 +13,8 @@ use tessera_core::{
 };
 use tessera_index::{
     Acquisition, Adoption, ChangeAction, ChangeState, FoundInstance, GoneProbe, IndexError,
-    InstanceIndex, NewInstance, OperationStatus, ProcessId, ProcessInfo, RetrieveScope,
+    InstanceIndex, NativeFrames, NewInstance, OperationStatus, ProcessId, ProcessInfo,
+    RetrieveScope,
 };
 
 use crate::index::{FreshDatabase, TestIndex};
@@ -27,6 +28,7 @@ fn new(sop: &str) -> NewInstance {
             patient_id: Some("P1".into()),
             ..Default::default()
         },
+        native_frames: None,
     }
 }
 
@@ -73,8 +75,28 @@ pub async fn reserve_complete_retrieve(t: &TestIndex) {
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].instance.watermark(), w1);
     assert_eq!(found[0].content_length, Some(10));
+    assert_eq!(found[0].native_frames, None);
+
+    // A native frame layout recorded at reservation comes back with the row.
+    let frames = NativeFrames::fitting(1_000, 512, 3, 1_600).unwrap();
+    let w3 = index
+        .begin_create(&NewInstance {
+            native_frames: Some(frames),
+            ..new("1.2.3.3")
+        })
+        .await
+        .unwrap();
+    index
+        .end_create(w3, 2_600, "xxh3-128:00", false)
+        .await
+        .unwrap();
+    let scope =
+        RetrieveScope::Instance(InstanceIdentifier::parse("1.2", "1.2.3", "1.2.3.3").unwrap());
+    let found = index.instances(&scope).await.unwrap();
+    assert_eq!(found[0].native_frames, Some(frames));
+    assert!(!found[0].has_frame_ranges);
     let feed = index.change_feed_by_sequence(0, 10).await.unwrap();
-    assert_eq!(feed.len(), 1);
+    assert_eq!(feed.len(), 2);
     assert_eq!(
         (feed[0].action, feed[0].state),
         (ChangeAction::Create, ChangeState::Current)
@@ -365,6 +387,7 @@ fn instance(study: &str, series: &str, sop: &str, attributes: SearchableAttribut
             sop_class_uid: "1.2.840.10008.5.1.4.1.1.7".into(),
             ..attributes
         },
+        native_frames: None,
     }
 }
 
