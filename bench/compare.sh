@@ -69,7 +69,8 @@ run_tessera() { # name, then bench args
   python3 "$bench" --base "http://127.0.0.1:$port/v2" --pid "$tessera_pid" --server-storage "$dir" \
     --label "tessera $name" --out "$results/tessera.$name.jsonl" "$@" >/dev/null
   kill "$tessera_pid"; wait "$tessera_pid" 2>/dev/null || true; tessera_pid=""
-  rm -rf "$dir"
+  # Kept until the end: on ext4 without a journal, files deleted in the last minutes slow down
+  # every file the next run creates (the inode allocator skips recently freed inodes).
 }
 
 # One run against a fresh Orthanc (../shared/peer/orthanc.sh: its own network namespace).
