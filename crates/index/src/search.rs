@@ -117,6 +117,17 @@ fn escape_like(value: &str) -> String {
     like_pattern(&value.replace(['*', '?'], ""))
 }
 
+/// `EXISTS (SELECT 1 FROM {from_where} LIMIT 1)`: whether a row matches.
+///
+/// The `LIMIT 1` changes nothing the condition means (PostgreSQL drops it) but keeps SQLite
+/// (3.51) from rewriting the subquery into a join ("EXISTS-to-JOIN", which it skips for a
+/// subquery with a LIMIT): when a search walks an index in result order, that join counts OFFSET
+/// once per matching inner row instead of once per result, and pages skip results (series by
+/// Modality with 5 instances per series: OFFSET 5 skipped one series).
+fn exists(from_where: &str) -> String {
+    format!("EXISTS (SELECT 1 FROM {from_where} LIMIT 1)")
+}
+
 /// Builds SQL conditions and their values, numbering placeholders from `binds.len() + 1`.
 fn condition(attribute: QueryAttribute, matcher: &Matcher, binds: &mut Vec<Bind>) -> String {
     let mut bind = |value: String| placeholder(binds, Bind::Text(value));
@@ -132,9 +143,9 @@ fn condition(attribute: QueryAttribute, matcher: &Matcher, binds: &mut Vec<Bind>
             Matcher::Range(..) => String::new(),
         };
         let p = bind(value.to_lowercase());
-        return format!(
-            "EXISTS (SELECT 1 FROM series m WHERE m.study_uid = s.study_uid AND lower(m.modality) = {p})"
-        );
+        return exists(&format!(
+            "series m WHERE m.study_uid = s.study_uid AND lower(m.modality) = {p}"
+        ));
     }
     match matcher {
         Matcher::Exact(value) if is_name => {
@@ -194,7 +205,9 @@ impl InstanceIndex {
         let created = placeholder(&mut binds, Bind::Integer(CREATED.into()));
         let mut conditions = Vec::new();
         let visible_in = |scope: &str| {
-            format!("EXISTS (SELECT 1 FROM instances v WHERE {scope} AND v.status = {created})")
+            exists(&format!(
+                "instances v WHERE {scope} AND v.status = {created}"
+            ))
         };
         let (from, order, extra_columns) = match query.level {
             QueryLevel::Study => {
