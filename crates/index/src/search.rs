@@ -3,7 +3,7 @@
 use tessera_core::{Matcher, QidoQuery, QueryAttribute, QueryLevel, fold_person_name};
 
 use crate::rows::unsigned;
-use crate::{CREATED, InstanceIndex, Result};
+use crate::{CREATED, CREATING, InstanceIndex, Result};
 
 /// A value bound to a search's numbered placeholder.
 enum Bind {
@@ -203,18 +203,30 @@ impl InstanceIndex {
     pub async fn search(&self, query: &QidoQuery) -> Result<Vec<QidoRow>> {
         let mut binds = Vec::new();
         let created = placeholder(&mut binds, Bind::Integer(CREATED.into()));
+        let creating = placeholder(&mut binds, Bind::Integer(CREATING.into()));
         let mut conditions = Vec::new();
-        let visible_in = |scope: &str| {
-            exists(&format!(
-                "instances v WHERE {scope} AND v.status = {created}"
-            ))
+        // Visible: with a `Created` instance. A study or series row always has an instance row
+        // (it is written with its first instance and removed with its last, see
+        // `remove_empty_parents`), so only those with a `Creating` instance (a short list,
+        // read once per search) can lack one; the others pass without a look at their
+        // instances, which at a million instances costs more than the rest of the search.
+        let visible = |table: &str, key: &str, scope: &str| {
+            format!(
+                "({table}.{key} NOT IN (SELECT c.{key} FROM instances c WHERE c.status = {creating}) OR {})",
+                exists(&format!(
+                    "instances v WHERE {scope} AND v.status = {created}"
+                )),
+            )
         };
-        let (from, order, extra_columns) = match query.level {
+        let (from, order, page_keys, page_from, page_order, extra_columns) = match query.level {
             QueryLevel::Study => {
-                conditions.push(visible_in("v.study_uid = s.study_uid"));
+                conditions.push(visible("s", "study_uid", "v.study_uid = s.study_uid"));
                 (
                     "studies s",
                     "s.updated_at DESC, s.study_uid",
+                    "s.study_uid AS page_study_uid, s.updated_at AS page_updated_at",
+                    "JOIN studies s ON s.study_uid = page.page_study_uid",
+                    "page.page_updated_at DESC, page.page_study_uid",
                     format!(
                         "NULL AS series_uid, NULL AS modality, NULL AS performed_procedure_step_start_date,
                          NULL AS manufacturer_model_name, NULL AS sop_uid, NULL AS sop_class_uid,
@@ -225,12 +237,19 @@ impl InstanceIndex {
                 )
             }
             QueryLevel::Series => {
-                conditions.push(visible_in(
+                conditions.push(visible(
+                    "se",
+                    "series_uid",
                     "v.study_uid = se.study_uid AND v.series_uid = se.series_uid",
                 ));
                 (
                     "series se JOIN studies s ON s.study_uid = se.study_uid",
                     "se.updated_at DESC, se.series_uid",
+                    "se.study_uid AS page_study_uid, se.series_uid AS page_series_uid,
+                     se.updated_at AS page_updated_at",
+                    "JOIN series se ON se.study_uid = page.page_study_uid AND se.series_uid = page.page_series_uid
+                     JOIN studies s ON s.study_uid = se.study_uid",
+                    "page.page_updated_at DESC, page.page_series_uid",
                     format!(
                         "se.series_uid, se.modality, se.performed_procedure_step_start_date, se.manufacturer_model_name,
                          NULL AS sop_uid, NULL AS sop_class_uid,
@@ -247,6 +266,11 @@ impl InstanceIndex {
                     "instances i JOIN series se ON se.study_uid = i.study_uid AND se.series_uid = i.series_uid
                      JOIN studies s ON s.study_uid = i.study_uid",
                     "i.watermark DESC",
+                    "i.watermark AS page_watermark",
+                    "JOIN instances i ON i.watermark = page.page_watermark
+                     JOIN series se ON se.study_uid = i.study_uid AND se.series_uid = i.series_uid
+                     JOIN studies s ON s.study_uid = i.study_uid",
+                    "page.page_watermark DESC",
                     format!(
                         "se.series_uid, se.modality, se.performed_procedure_step_start_date, se.manufacturer_model_name,
                          i.sop_uid, i.sop_class_uid,
@@ -274,12 +298,16 @@ impl InstanceIndex {
             .iter()
             .map(|(_, c)| format!("{c} AS {}", c.trim_start_matches("s.")))
             .collect();
+        // The page's keys first, then the columns of its rows only: the counts and the newest
+        // instance cost index lookups that a sort over every match would otherwise pay for all.
         let sql = format!(
             "SELECT {}, {extra_columns},
                  (SELECT COUNT(*) FROM series x WHERE x.study_uid = s.study_uid) AS study_series,
                  (SELECT COUNT(*) FROM instances v WHERE v.study_uid = s.study_uid AND v.status = {created})
                      AS study_instances
-             FROM {from} WHERE {} ORDER BY {order} LIMIT {limit} OFFSET {offset}",
+             FROM (SELECT {page_keys} FROM {from} WHERE {} ORDER BY {order} LIMIT {limit} OFFSET {offset}) page
+                 {page_from}
+             ORDER BY {page_order}",
             study_columns.join(", "),
             conditions.join(" AND "),
         );

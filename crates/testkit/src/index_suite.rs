@@ -473,6 +473,11 @@ pub async fn qido_search(t: &TestIndex) {
         .begin_create(&instance("3.3", "3.3.1", "3.3.1.1", ct(doe.clone())))
         .await
         .unwrap();
+    // A reservation beside a stored instance: its study and series stay visible.
+    index
+        .begin_create(&instance("2.2", "2.2.1", "2.2.1.9", mr(doe.clone())))
+        .await
+        .unwrap();
 
     let query = |level, filters: Vec<(QueryAttribute, Matcher)>| QidoQuery {
         level,
