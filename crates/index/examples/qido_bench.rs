@@ -336,6 +336,14 @@ async fn bulk_load(
         .bind(watermark + 1)
         .execute(&mut connection)
         .await?;
+    if index.engine() == Engine::Postgres {
+        // What autovacuum keeps up as an index fills over time (statistics, the visibility map
+        // index-only scans rely on); a bulk load outruns it, and the planner would otherwise
+        // plan the searches for empty tables.
+        sqlx::query("VACUUM ANALYZE")
+            .execute(&mut connection)
+            .await?;
+    }
     Ok(())
 }
 

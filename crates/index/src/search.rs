@@ -203,20 +203,27 @@ impl InstanceIndex {
     pub async fn search(&self, query: &QidoQuery) -> Result<Vec<QidoRow>> {
         let mut binds = Vec::new();
         let created = placeholder(&mut binds, Bind::Integer(CREATED.into()));
-        let creating = placeholder(&mut binds, Bind::Integer(CREATING.into()));
         let mut conditions = Vec::new();
         // Visible: with a `Created` instance. A study or series row always has an instance row
         // (it is written with its first instance and removed with its last, see
-        // `remove_empty_parents`), so only those with a `Creating` instance (a short list,
-        // read once per search) can lack one; the others pass without a look at their
-        // instances, which at a million instances costs more than the rest of the search.
+        // `remove_empty_parents`), so only those with a `Creating` instance (a short list) can
+        // lack one; where the engine screens by that list, the others pass without the lookup
+        // in their instances, which at a million instances costs more than the rest of a search
+        // that sorts its matches.
+        let creating = self
+            .engine
+            .screens_visibility_by_reservations()
+            .then(|| placeholder(&mut binds, Bind::Integer(CREATING.into())));
         let visible = |table: &str, key: &str, scope: &str| {
-            format!(
-                "({table}.{key} NOT IN (SELECT c.{key} FROM instances c WHERE c.status = {creating}) OR {})",
-                exists(&format!(
-                    "instances v WHERE {scope} AND v.status = {created}"
-                )),
-            )
+            let has_created = exists(&format!(
+                "instances v WHERE {scope} AND v.status = {created}"
+            ));
+            match &creating {
+                Some(creating) => format!(
+                    "({table}.{key} NOT IN (SELECT c.{key} FROM instances c WHERE c.status = {creating}) OR {has_created})"
+                ),
+                None => has_created,
+            }
         };
         let (from, order, page_keys, page_from, page_order, extra_columns) = match query.level {
             QueryLevel::Study => {
