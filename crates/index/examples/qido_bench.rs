@@ -493,6 +493,18 @@ async fn search(index: &InstanceIndex, studies: u32) -> Result<(), Box<dyn std::
             ),
         ),
         ("all studies (limit 100)", query(QueryLevel::Study, vec![])),
+        ("all series (limit 100)", query(QueryLevel::Series, vec![])),
+        (
+            "all instances (limit 100)",
+            query(QueryLevel::Instance, vec![]),
+        ),
+        (
+            "instances by Modality (limit 100)",
+            query(
+                QueryLevel::Instance,
+                vec![(QueryAttribute::Modality, Matcher::Exact("MR".into()))],
+            ),
+        ),
     ];
     for (label, query) in kinds {
         let mut times = Vec::new();

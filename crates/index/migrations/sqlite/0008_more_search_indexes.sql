@@ -6,3 +6,6 @@ CREATE INDEX series_by_study_modality ON series (study_uid, lower(modality));
 -- holds them all, so the sort reads no table rows. It supersedes the index on study_date alone.
 CREATE INDEX studies_by_study_date_updated ON studies (study_date, updated_at DESC, study_uid);
 DROP INDEX studies_by_study_date;
+-- Instance searches are ordered by watermark (newest first) among `Created` rows: walking this
+-- index, a page stops after its rows instead of sorting every instance.
+CREATE INDEX instances_by_status_watermark ON instances (status, watermark);
