@@ -269,9 +269,24 @@ impl InstanceIndex {
             }
             QueryLevel::Instance => {
                 conditions.push(format!("i.status = {created}"));
+                // Every instance row has its series and study rows (written with it), so the page
+                // joins them only to match their attributes: PostgreSQL misjudges how many rows the
+                // two-column join to series leaves, and sorts every instance instead of walking
+                // them newest first.
+                let matches_parents = query.filters.iter().any(|(attribute, _)| {
+                    *attribute == QueryAttribute::ModalitiesInStudy
+                        || STUDY_COLUMNS
+                            .iter()
+                            .chain(SERIES_COLUMNS.iter())
+                            .any(|(a, _)| a == attribute)
+                });
                 (
-                    "instances i JOIN series se ON se.study_uid = i.study_uid AND se.series_uid = i.series_uid
-                     JOIN studies s ON s.study_uid = i.study_uid",
+                    if matches_parents {
+                        "instances i JOIN series se ON se.study_uid = i.study_uid AND se.series_uid = i.series_uid
+                         JOIN studies s ON s.study_uid = i.study_uid"
+                    } else {
+                        "instances i"
+                    },
                     "i.watermark DESC",
                     "i.watermark AS page_watermark",
                     "JOIN instances i ON i.watermark = page.page_watermark
@@ -288,13 +303,17 @@ impl InstanceIndex {
                 )
             }
         };
+        let (study_key, series_key) = match query.level {
+            QueryLevel::Instance => ("i.study_uid", "i.series_uid"),
+            _ => ("s.study_uid", "se.series_uid"),
+        };
         if let Some(study) = &query.study {
             let p = placeholder(&mut binds, Bind::Text(study.to_string()));
-            conditions.push(format!("s.study_uid = {p}"));
+            conditions.push(format!("{study_key} = {p}"));
         }
         if let Some(series) = &query.series {
             let p = placeholder(&mut binds, Bind::Text(series.to_string()));
-            conditions.push(format!("se.series_uid = {p}"));
+            conditions.push(format!("{series_key} = {p}"));
         }
         for (attribute, matcher) in &query.filters {
             conditions.push(condition(*attribute, matcher, &mut binds));
