@@ -269,24 +269,8 @@ impl InstanceIndex {
             }
             QueryLevel::Instance => {
                 conditions.push(format!("i.status = {created}"));
-                // Every instance row has its series and study rows (written with it), so the page
-                // joins them only to match their attributes: PostgreSQL misjudges how many rows the
-                // two-column join to series leaves, and sorts every instance instead of walking
-                // them newest first.
-                let matches_parents = query.filters.iter().any(|(attribute, _)| {
-                    *attribute == QueryAttribute::ModalitiesInStudy
-                        || STUDY_COLUMNS
-                            .iter()
-                            .chain(SERIES_COLUMNS.iter())
-                            .any(|(a, _)| a == attribute)
-                });
                 (
-                    if matches_parents {
-                        "instances i JOIN series se ON se.study_uid = i.study_uid AND se.series_uid = i.series_uid
-                         JOIN studies s ON s.study_uid = i.study_uid"
-                    } else {
-                        "instances i"
-                    },
+                    "instances i",
                     "i.watermark DESC",
                     "i.watermark AS page_watermark",
                     "JOIN instances i ON i.watermark = page.page_watermark
@@ -315,8 +299,30 @@ impl InstanceIndex {
             let p = placeholder(&mut binds, Bind::Text(series.to_string()));
             conditions.push(format!("{series_key} = {p}"));
         }
+        // An instance search matches its series' and study's attributes in a subquery rather than
+        // a join: PostgreSQL misjudges how many rows the two-column join to series leaves, and
+        // sorts every instance instead of walking them newest first. (Every instance row has its
+        // series and study rows, written with it, so without such a match it reads instances only.)
+        let mut parent_conditions = Vec::new();
         for (attribute, matcher) in &query.filters {
-            conditions.push(condition(*attribute, matcher, &mut binds));
+            let sql = condition(*attribute, matcher, &mut binds);
+            let of_parent = *attribute == QueryAttribute::ModalitiesInStudy
+                || STUDY_COLUMNS
+                    .iter()
+                    .chain(SERIES_COLUMNS.iter())
+                    .any(|(a, _)| a == attribute);
+            if query.level == QueryLevel::Instance && of_parent {
+                parent_conditions.push(sql);
+            } else {
+                conditions.push(sql);
+            }
+        }
+        if !parent_conditions.is_empty() {
+            conditions.push(exists(&format!(
+                "series se JOIN studies s ON s.study_uid = se.study_uid
+                 WHERE se.study_uid = i.study_uid AND se.series_uid = i.series_uid AND {}",
+                parent_conditions.join(" AND ")
+            )));
         }
         let limit = placeholder(&mut binds, Bind::Integer(i64::from(query.limit)));
         let offset = placeholder(&mut binds, Bind::Integer(i64::from(query.offset)));
