@@ -113,6 +113,15 @@ impl Engine {
         }
     }
 
+    /// Whether a search passes a study or series as visible on its absence from the list of
+    /// keys with a `Creating` instance before it looks for a `Created` instance (see
+    /// `InstanceIndex::search`). SQLite reads that short list once per search and saves a
+    /// lookup per candidate row; PostgreSQL's planner may turn the `EXISTS` under that `OR` into
+    /// a hash of every visible instance, so it keeps the plain `EXISTS` (a cheap semi-join).
+    fn screens_visibility_by_reservations(self) -> bool {
+        self == Self::Sqlite
+    }
+
     /// Claims due removals: binds `$1` new `cleanup_after`, `$2` now, `$3` max retries,
     /// `$4` limit, `$5` claimer; returns the claimed rows.
     fn claim_removals_sql(self) -> &'static str {

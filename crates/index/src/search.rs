@@ -3,7 +3,7 @@
 use tessera_core::{Matcher, QidoQuery, QueryAttribute, QueryLevel, fold_person_name};
 
 use crate::rows::unsigned;
-use crate::{CREATED, InstanceIndex, Result};
+use crate::{CREATED, CREATING, InstanceIndex, Result};
 
 /// A value bound to a search's numbered placeholder.
 enum Bind {
@@ -117,6 +117,17 @@ fn escape_like(value: &str) -> String {
     like_pattern(&value.replace(['*', '?'], ""))
 }
 
+/// `EXISTS (SELECT 1 FROM {from_where} LIMIT 1)`: whether a row matches.
+///
+/// The `LIMIT 1` changes nothing the condition means (PostgreSQL drops it) but keeps SQLite
+/// (3.51) from rewriting the subquery into a join ("EXISTS-to-JOIN", which it skips for a
+/// subquery with a LIMIT): when a search walks an index in result order, that join counts OFFSET
+/// once per matching inner row instead of once per result, and pages skip results (series by
+/// Modality with 5 instances per series: OFFSET 5 skipped one series).
+fn exists(from_where: &str) -> String {
+    format!("EXISTS (SELECT 1 FROM {from_where} LIMIT 1)")
+}
+
 /// Builds SQL conditions and their values, numbering placeholders from `binds.len() + 1`.
 fn condition(attribute: QueryAttribute, matcher: &Matcher, binds: &mut Vec<Bind>) -> String {
     let mut bind = |value: String| placeholder(binds, Bind::Text(value));
@@ -132,9 +143,9 @@ fn condition(attribute: QueryAttribute, matcher: &Matcher, binds: &mut Vec<Bind>
             Matcher::Range(..) => String::new(),
         };
         let p = bind(value.to_lowercase());
-        return format!(
-            "EXISTS (SELECT 1 FROM series m WHERE m.study_uid = s.study_uid AND lower(m.modality) = {p})"
-        );
+        return exists(&format!(
+            "series m WHERE m.study_uid = s.study_uid AND lower(m.modality) = {p}"
+        ));
     }
     match matcher {
         Matcher::Exact(value) if is_name => {
@@ -193,15 +204,36 @@ impl InstanceIndex {
         let mut binds = Vec::new();
         let created = placeholder(&mut binds, Bind::Integer(CREATED.into()));
         let mut conditions = Vec::new();
-        let visible_in = |scope: &str| {
-            format!("EXISTS (SELECT 1 FROM instances v WHERE {scope} AND v.status = {created})")
+        // Visible: with a `Created` instance. A study or series row always has an instance row
+        // (it is written with its first instance and removed with its last, see
+        // `remove_empty_parents`), so only those with a `Creating` instance (a short list) can
+        // lack one; where the engine screens by that list, the others pass without the lookup
+        // in their instances, which at a million instances costs more than the rest of a search
+        // that sorts its matches.
+        let creating = self
+            .engine
+            .screens_visibility_by_reservations()
+            .then(|| placeholder(&mut binds, Bind::Integer(CREATING.into())));
+        let visible = |table: &str, key: &str, scope: &str| {
+            let has_created = exists(&format!(
+                "instances v WHERE {scope} AND v.status = {created}"
+            ));
+            match &creating {
+                Some(creating) => format!(
+                    "({table}.{key} NOT IN (SELECT c.{key} FROM instances c WHERE c.status = {creating}) OR {has_created})"
+                ),
+                None => has_created,
+            }
         };
-        let (from, order, extra_columns) = match query.level {
+        let (from, order, page_keys, page_from, page_order, extra_columns) = match query.level {
             QueryLevel::Study => {
-                conditions.push(visible_in("v.study_uid = s.study_uid"));
+                conditions.push(visible("s", "study_uid", "v.study_uid = s.study_uid"));
                 (
                     "studies s",
                     "s.updated_at DESC, s.study_uid",
+                    "s.study_uid AS page_study_uid, s.updated_at AS page_updated_at",
+                    "JOIN studies s ON s.study_uid = page.page_study_uid",
+                    "page.page_updated_at DESC, page.page_study_uid",
                     format!(
                         "NULL AS series_uid, NULL AS modality, NULL AS performed_procedure_step_start_date,
                          NULL AS manufacturer_model_name, NULL AS sop_uid, NULL AS sop_class_uid,
@@ -212,12 +244,19 @@ impl InstanceIndex {
                 )
             }
             QueryLevel::Series => {
-                conditions.push(visible_in(
+                conditions.push(visible(
+                    "se",
+                    "series_uid",
                     "v.study_uid = se.study_uid AND v.series_uid = se.series_uid",
                 ));
                 (
                     "series se JOIN studies s ON s.study_uid = se.study_uid",
                     "se.updated_at DESC, se.series_uid",
+                    "se.study_uid AS page_study_uid, se.series_uid AS page_series_uid,
+                     se.updated_at AS page_updated_at",
+                    "JOIN series se ON se.study_uid = page.page_study_uid AND se.series_uid = page.page_series_uid
+                     JOIN studies s ON s.study_uid = se.study_uid",
+                    "page.page_updated_at DESC, page.page_series_uid",
                     format!(
                         "se.series_uid, se.modality, se.performed_procedure_step_start_date, se.manufacturer_model_name,
                          NULL AS sop_uid, NULL AS sop_class_uid,
@@ -231,9 +270,13 @@ impl InstanceIndex {
             QueryLevel::Instance => {
                 conditions.push(format!("i.status = {created}"));
                 (
-                    "instances i JOIN series se ON se.study_uid = i.study_uid AND se.series_uid = i.series_uid
-                     JOIN studies s ON s.study_uid = i.study_uid",
+                    "instances i",
                     "i.watermark DESC",
+                    "i.watermark AS page_watermark",
+                    "JOIN instances i ON i.watermark = page.page_watermark
+                     JOIN series se ON se.study_uid = i.study_uid AND se.series_uid = i.series_uid
+                     JOIN studies s ON s.study_uid = i.study_uid",
+                    "page.page_watermark DESC",
                     format!(
                         "se.series_uid, se.modality, se.performed_procedure_step_start_date, se.manufacturer_model_name,
                          i.sop_uid, i.sop_class_uid,
@@ -244,16 +287,42 @@ impl InstanceIndex {
                 )
             }
         };
+        let (study_key, series_key) = match query.level {
+            QueryLevel::Instance => ("i.study_uid", "i.series_uid"),
+            _ => ("s.study_uid", "se.series_uid"),
+        };
         if let Some(study) = &query.study {
             let p = placeholder(&mut binds, Bind::Text(study.to_string()));
-            conditions.push(format!("s.study_uid = {p}"));
+            conditions.push(format!("{study_key} = {p}"));
         }
         if let Some(series) = &query.series {
             let p = placeholder(&mut binds, Bind::Text(series.to_string()));
-            conditions.push(format!("se.series_uid = {p}"));
+            conditions.push(format!("{series_key} = {p}"));
         }
+        // An instance search matches its series' and study's attributes in a subquery rather than
+        // a join: PostgreSQL misjudges how many rows the two-column join to series leaves, and
+        // sorts every instance instead of walking them newest first. (Every instance row has its
+        // series and study rows, written with it, so without such a match it reads instances only.)
+        let mut parent_conditions = Vec::new();
         for (attribute, matcher) in &query.filters {
-            conditions.push(condition(*attribute, matcher, &mut binds));
+            let sql = condition(*attribute, matcher, &mut binds);
+            let of_parent = *attribute == QueryAttribute::ModalitiesInStudy
+                || STUDY_COLUMNS
+                    .iter()
+                    .chain(SERIES_COLUMNS.iter())
+                    .any(|(a, _)| a == attribute);
+            if query.level == QueryLevel::Instance && of_parent {
+                parent_conditions.push(sql);
+            } else {
+                conditions.push(sql);
+            }
+        }
+        if !parent_conditions.is_empty() {
+            conditions.push(exists(&format!(
+                "series se JOIN studies s ON s.study_uid = se.study_uid
+                 WHERE se.study_uid = i.study_uid AND se.series_uid = i.series_uid AND {}",
+                parent_conditions.join(" AND ")
+            )));
         }
         let limit = placeholder(&mut binds, Bind::Integer(i64::from(query.limit)));
         let offset = placeholder(&mut binds, Bind::Integer(i64::from(query.offset)));
@@ -261,12 +330,16 @@ impl InstanceIndex {
             .iter()
             .map(|(_, c)| format!("{c} AS {}", c.trim_start_matches("s.")))
             .collect();
+        // The page's keys first, then the columns of its rows only: the counts and the newest
+        // instance cost index lookups that a sort over every match would otherwise pay for all.
         let sql = format!(
             "SELECT {}, {extra_columns},
                  (SELECT COUNT(*) FROM series x WHERE x.study_uid = s.study_uid) AS study_series,
                  (SELECT COUNT(*) FROM instances v WHERE v.study_uid = s.study_uid AND v.status = {created})
                      AS study_instances
-             FROM {from} WHERE {} ORDER BY {order} LIMIT {limit} OFFSET {offset}",
+             FROM (SELECT {page_keys} FROM {from} WHERE {} ORDER BY {order} LIMIT {limit} OFFSET {offset}) page
+                 {page_from}
+             ORDER BY {page_order}",
             study_columns.join(", "),
             conditions.join(" AND "),
         );

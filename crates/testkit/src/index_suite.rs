@@ -496,6 +496,11 @@ pub async fn qido_search(t: &TestIndex) {
         .begin_create(&instance("3.3", "3.3.1", "3.3.1.1", ct(doe.clone())))
         .await
         .unwrap();
+    // A reservation beside a stored instance: its study and series stay visible.
+    index
+        .begin_create(&instance("2.2", "2.2.1", "2.2.1.9", mr(doe.clone())))
+        .await
+        .unwrap();
 
     let query = |level, filters: Vec<(QueryAttribute, Matcher)>| QidoQuery {
         level,
@@ -630,7 +635,8 @@ pub async fn qido_search(t: &TestIndex) {
 }
 
 /// Paging through a search gives every match exactly once, at each level, whatever index the
-/// engine picks for the search (an index in result order once made SQLite apply OFFSET wrongly).
+/// engine picks for the search (an index in result order once made SQLite apply OFFSET wrongly:
+/// it counted OFFSET once per instance of a matching series or study). Two instances per series.
 pub async fn qido_pages_are_disjoint_and_complete(t: &TestIndex) {
     let index = &t.index;
     for study in 0..60 {
@@ -641,11 +647,18 @@ pub async fn qido_pages_are_disjoint_and_complete(t: &TestIndex) {
                 ..Default::default()
             };
             let (study, series) = (format!("9.{study}"), format!("9.{study}.{series}"));
-            store(
-                index,
-                &instance(&study, &series, &format!("{series}.1"), attributes),
-            )
-            .await;
+            for sop in 1..=2 {
+                store(
+                    index,
+                    &instance(
+                        &study,
+                        &series,
+                        &format!("{series}.{sop}"),
+                        attributes.clone(),
+                    ),
+                )
+                .await;
+            }
         }
     }
     let cases = [
@@ -667,7 +680,7 @@ pub async fn qido_pages_are_disjoint_and_complete(t: &TestIndex) {
         (
             QueryLevel::Instance,
             vec![(QueryAttribute::Modality, Matcher::Exact("MR".into()))],
-            60,
+            120,
         ),
     ];
     for (level, filters, expected) in cases {
