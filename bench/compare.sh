@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): Tessera and Orthanc (with its DICOMweb plugin) side by side, in one
 # run, on the same data and with the same client (../shared/bench, ../shared/peer), and the
-# migration copy / delete-old next to `cp -r` and `cp -al` of the same tree. Writes BENCHMARKS.md.
+# migration copy / delete-old next to `cp -r` and `cp -al` of the same tree, and QIDO on an index of
+# 1,000,000 instances (bench/qido.sh). Writes BENCHMARKS.md.
 #
 # Usage: bash bench/compare.sh [--quick]
 #   --quick: a smaller small dataset (400 instances), no large dataset, no migration timing.
@@ -110,7 +111,13 @@ if [ "$quick" = 0 ]; then
   migration=$("$root/target/release/examples/migration_bench" 20000 16 2>&1)
 fi
 
+qido_1m=""
+if [ "$quick" = 0 ]; then
+  echo "== QIDO on an index of 1,000,000 instances"
+  qido_1m=$(bash bench/qido.sh 1000000 2>&1)
+fi
+
 echo "== writing BENCHMARKS.md"
 python3 bench/compare_table.py --results "$results" --command "bash bench/compare.sh $*" \
-  --migration "$migration" >BENCHMARKS.md
+  --migration "$migration" --qido-1m "$qido_1m" >BENCHMARKS.md
 echo "wrote BENCHMARKS.md"

@@ -2,6 +2,7 @@
 """Writes BENCHMARKS.md (to stdout) from the JSON lines of bench/compare.sh: each phase of each run
 with Tessera's and Orthanc's figures side by side, their ratios, and the issue's targets checked."""
 import argparse
+import re
 import datetime
 import glob
 import json
@@ -13,6 +14,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--results", required=True)
 ap.add_argument("--command", required=True)
 ap.add_argument("--migration", default="")
+ap.add_argument("--qido-1m", default="", help="what bench/qido.sh 1000000 printed")
 a = ap.parse_args()
 
 
@@ -106,7 +108,7 @@ for key in keys:
     if run == "small-single-c1" and phase in ("wado_instance", "wado_metadata_instance"):
         tp, op = t["lat_ms"]["p50"], o["lat_ms"]["p50"]
         check(f"{run} {phase}: p50 ≤ ⅓ Orthanc's", tp <= op / 3, f"{f(tp)} vs {f(op)} ms")
-    if run == "small-single-c8" and phase == "stow":
+    if run == "small-single-c8" and phase == "stow_single":
         tp, op = t["lat_ms"]["p99"], o["lat_ms"]["p99"]
         check("STOW c=8: p99 ≤ Orthanc's", tp <= op, f"{f(tp)} vs {f(op)} ms")
     if run.startswith("large"):
@@ -133,6 +135,13 @@ if "cp -r" in migration and "copy" in migration:
     check("migration copy: ≥ ½ the files/s of cp -r", migration["copy"] >= migration["cp -r"] / 2,
           f"{migration['copy']:.0f} vs {migration['cp -r']:.0f} files/s")
 
+# bench/qido.sh lines: "<kind> [(limit 100)]  p50  0.23 ms  p95  2.20 ms  (2 results)".
+qido_1m = re.findall(r"^(.+?)\s+p50\s+([\d.]+) ms\s+p95\s+([\d.]+) ms", a.qido_1m, re.M)
+for kind, p50, _ in qido_1m:
+    kind = kind.strip()
+    bound = 2.0 if kind.startswith("studies by") and kind.split()[2] in ("PatientID", "StudyInstanceUID", "AccessionNumber") else 10.0
+    check(f"QIDO at 1,000,000 instances, {kind}: p50 < {bound:g} ms", float(p50) < bound, f"{p50} ms")
+
 w(f"{sum(ok for _, ok, _ in checks)} of {len(checks)} met.")
 w("")
 w("| target | met | figures |")
@@ -146,5 +155,12 @@ if a.migration:
     w("")
     w("```")
     w(a.migration.strip())
+    w("```")
+if a.qido_1m:
+    w("")
+    w("## QIDO on an index of 1,000,000 instances (embedded SQLite, `bash bench/qido.sh 1000000`)")
+    w("")
+    w("```")
+    w(a.qido_1m.strip())
     w("```")
 print("\n".join(lines))
