@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::MigrateError;
 
 use crate::{Result, Tx};
 
 /// How many times a migration that lost a race with another process is run again.
-const MIGRATION_ATTEMPTS: u32 = 20;
+const MIGRATION_ATTEMPTS: u32 = 100;
 
 /// The URL of a private in-memory database.
 const MEMORY_URL: &str = "sqlite::memory:";
@@ -46,10 +47,6 @@ pub(crate) struct Pools {
 pub(crate) async fn open(url: &str) -> Result<Pools, String> {
     let url = sqlite_url(url)?;
     let read = connect(&url, READ_CONNECTIONS).await?;
-    sqlx::query("PRAGMA journal_mode = WAL")
-        .execute(&read)
-        .await
-        .map_err(|e| e.to_string())?;
     migrate(&read).await?;
     let write = if url == MEMORY_URL {
         read.clone()
@@ -78,24 +75,46 @@ async fn connect(url: &str, connections: u32) -> Result<AnyPool, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Runs the migrations, again when one failed because another process applied it first.
+/// Sets WAL and runs the migrations, again when either failed because another process was
+/// doing the same: the database was busy (SQLite answers a lock upgrade that could deadlock
+/// at once, without waiting), or a migration was applied meanwhile.
 async fn migrate(pool: &AnyPool) -> Result<(), String> {
     let migrator = sqlx::migrate!("./migrations/sqlite");
     let mut attempt = 1;
     loop {
         let before = applied_migrations(pool).await;
-        let Err(error) = migrator.run(pool).await else {
+        let outcome = match sqlx::query("PRAGMA journal_mode = WAL").execute(pool).await {
+            Ok(_) => migrator.run(pool).await.map_err(|error| {
+                let busy = match &error {
+                    MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) => is_busy(e),
+                    _ => false,
+                };
+                (error.to_string(), busy)
+            }),
+            Err(error) => Err((error.to_string(), is_busy(&error))),
+        };
+        let Err((error, busy)) = outcome else {
             return Ok(());
         };
         // A failure while another process applied migrations is that race (a table that
-        // "already exists", a busy database); one with no progress elsewhere is ours.
-        if applied_migrations(pool).await <= before || attempt >= MIGRATION_ATTEMPTS {
-            return Err(error.to_string());
+        // "already exists"); one that is neither busy nor met progress elsewhere is ours.
+        let raced = busy || applied_migrations(pool).await > before;
+        if !raced || attempt >= MIGRATION_ATTEMPTS {
+            return Err(error);
         }
         tracing::debug!(attempt, %error, "another process migrated the index meanwhile; again");
         attempt += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// SQLITE_BUSY or SQLITE_LOCKED, in any of their extended forms.
+fn is_busy(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, 5 | 6))
 }
 
 /// How many migrations are recorded as applied (0 before the migrator's table exists).
