@@ -11,7 +11,8 @@ use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{
-    CopyMode, CopyOptions, ObjectStore, ObjectStoreExt, PutMode, PutPayload, WriteMultipart,
+    CopyMode, CopyOptions, GetResultPayload, ObjectStore, ObjectStoreExt, PutMode, PutPayload,
+    WriteMultipart,
 };
 
 use crate::faults::{FaultInjectingStore, FaultInjector, FaultTally};
@@ -25,6 +26,11 @@ pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
 /// Parts of one upload in flight at once; with the part being filled, this bounds the memory
 /// one upload uses to about `(MAX_PARTS_IN_FLIGHT + 1) × part size`.
 const MAX_PARTS_IN_FLIGHT: usize = 2;
+
+/// Chunk size of reads from a local file. object_store's own `GetResult::into_stream` reads
+/// 8 KiB per blocking task, so a 132 KB instance cost 17 thread hand-offs, which dominated the
+/// CPU of a WADO retrieve; a response holds at most two chunks (one sent, one read ahead).
+const LOCAL_READ_CHUNK: u64 = 1024 * 1024;
 
 /// A stream of blob bytes, as read from a store.
 pub type BlobStream = BoxStream<'static, Result<Bytes, BlobError>>;
@@ -345,10 +351,12 @@ impl BlobStore {
             .map_err(|e| self.error(name, e))?;
         let size = result.meta.size;
         let (container, name) = (self.container.clone(), name.clone());
-        let stream = result
-            .into_stream()
-            .map_err(move |source| map_error(&container, &name, source))
-            .boxed();
+        let stream = match result.payload {
+            GetResultPayload::File(file, _) => local_file_stream(file, result.range),
+            GetResultPayload::Stream(stream) => stream,
+        }
+        .map_err(move |source| map_error(&container, &name, source))
+        .boxed();
         Ok(BlobRead { size, stream })
     }
 
@@ -412,6 +420,63 @@ impl BlobStore {
     }
 }
 
+/// `range` of a local file opened by the store, read in [`LOCAL_READ_CHUNK`]s on blocking
+/// threads, each chunk's read started as the one before it is handed out (hand-written because
+/// object_store reads local files 8 KiB at a time and takes no chunk size).
+fn local_file_stream(
+    file: std::fs::File,
+    range: Range<u64>,
+) -> BoxStream<'static, Result<Bytes, object_store::Error>> {
+    use std::io::{Read, Seek, SeekFrom};
+
+    type Pending = tokio::task::JoinHandle<std::io::Result<(std::fs::File, Vec<u8>)>>;
+
+    fn read_next(mut file: std::fs::File, seek: Option<u64>, len: u64) -> Pending {
+        tokio::task::spawn_blocking(move || {
+            if let Some(offset) = seek {
+                file.seek(SeekFrom::Start(offset))?;
+            }
+            // `len` is at most LOCAL_READ_CHUNK, so it fits a usize.
+            let mut chunk = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+            (&mut file).take(len).read_to_end(&mut chunk)?;
+            if (chunk.len() as u64) < len {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the file is shorter than the size it had when opened",
+                ));
+            }
+            Ok((file, chunk))
+        })
+    }
+
+    let total = range.end.saturating_sub(range.start);
+    let first = total.min(LOCAL_READ_CHUNK);
+    let seek = (range.start > 0).then_some(range.start);
+    let start = (total > 0).then(|| (read_next(file, seek, first), total - first));
+    futures::stream::unfold(start, |pending| async move {
+        let (read, remaining) = pending?;
+        let result = match read.await {
+            Ok(result) => result,
+            Err(join) => Err(std::io::Error::other(join)),
+        };
+        Some(match result {
+            Ok((file, chunk)) => {
+                let len = remaining.min(LOCAL_READ_CHUNK);
+                let next = (remaining > 0).then(|| (read_next(file, None, len), remaining - len));
+                (Ok(Bytes::from(chunk)), next)
+            }
+            Err(source) => (
+                Err(object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: Box::new(source),
+                }),
+                None,
+            ),
+        })
+    })
+    .boxed()
+}
+
 /// The one place `object_store` errors become [`BlobError`]s.
 fn map_error(container: &str, name: &Path, source: object_store::Error) -> BlobError {
     let (container, name) = (container.to_owned(), name.to_string());
@@ -425,5 +490,62 @@ fn map_error(container: &str, name: &Path, source: object_store::Error) -> BlobE
             name,
             source,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local_store(folder: &std::path::Path) -> BlobStore {
+        let store = object_store::local::LocalFileSystem::new_with_prefix(folder).unwrap();
+        BlobStore::new(Arc::new(store), "files")
+    }
+
+    #[tokio::test]
+    async fn a_local_file_streams_whole_in_bounded_chunks() {
+        let folder = tempfile::tempdir().unwrap();
+        let store = local_store(folder.path());
+        let body: Vec<u8> = (0..(2 * LOCAL_READ_CHUNK + 12_345))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let name = Path::from("a/b.dcm");
+        store
+            .put_create(&name, Bytes::from(body.clone()))
+            .await
+            .unwrap();
+        let read = store.get(&name).await.unwrap();
+        assert_eq!(read.size, body.len() as u64);
+        let chunks: Vec<Bytes> = read.stream.try_collect().await.unwrap();
+        assert_eq!(chunks.len(), 3);
+        assert!(chunks.iter().all(|c| c.len() as u64 <= LOCAL_READ_CHUNK));
+        assert_eq!(chunks.concat(), body);
+
+        let empty = Path::from("empty.dcm");
+        store.put_create(&empty, Bytes::new()).await.unwrap();
+        let read = store.get(&empty).await.unwrap();
+        let chunks: Vec<Bytes> = read.stream.try_collect().await.unwrap();
+        assert!(chunks.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_local_file_cut_short_while_read_fails() {
+        let folder = tempfile::tempdir().unwrap();
+        let store = local_store(folder.path());
+        let name = Path::from("cut.dcm");
+        let len = LOCAL_READ_CHUNK as usize + 10;
+        store
+            .put_create(&name, Bytes::from(vec![7u8; len]))
+            .await
+            .unwrap();
+        let read = store.get(&name).await.unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(folder.path().join("cut.dcm"))
+            .unwrap()
+            .set_len(100)
+            .unwrap();
+        let result: Result<Vec<Bytes>, BlobError> = read.stream.try_collect().await;
+        assert!(matches!(result, Err(BlobError::Store { .. })), "{result:?}");
     }
 }
