@@ -9,6 +9,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
+use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
     CopyMode, CopyOptions, GetResultPayload, ObjectStore, ObjectStoreExt, PutMode, PutPayload,
@@ -31,6 +32,18 @@ const MAX_PARTS_IN_FLIGHT: usize = 2;
 /// 8 KiB per blocking task, so a 132 KB instance cost 17 thread hand-offs, which dominated the
 /// CPU of a WADO retrieve; a response holds at most two chunks (one sent, one read ahead).
 const LOCAL_READ_CHUNK: u64 = 1024 * 1024;
+
+/// A container that is a folder of a local filesystem.
+#[derive(Clone)]
+struct LocalContainer {
+    /// The folder; unfinished multipart uploads are files in it that `object_store` does not
+    /// list.
+    folder: Arc<std::path::Path>,
+    /// The backend, which maps blob names to paths.
+    files: Arc<LocalFileSystem>,
+    /// The `backend` label of its metrics.
+    backend: &'static str,
+}
 
 /// A stream of blob bytes, as read from a store.
 pub type BlobStream = BoxStream<'static, Result<Bytes, BlobError>>;
@@ -81,9 +94,8 @@ pub struct BlobStore {
     container: Arc<str>,
     single_put_limit: usize,
     part_size: usize,
-    /// The container's folder when it is on a local filesystem, where unfinished multipart
-    /// uploads are files `object_store` does not list.
-    local_folder: Option<Arc<std::path::Path>>,
+    /// The container when it is a folder of a local filesystem.
+    local: Option<LocalContainer>,
     /// The fault injector wrapped around `inner`, when tests asked for one.
     faults: Option<Arc<FaultInjector>>,
 }
@@ -105,7 +117,7 @@ impl BlobStore {
             container: container.into(),
             single_put_limit: DEFAULT_SINGLE_PUT_LIMIT,
             part_size: DEFAULT_PART_SIZE,
-            local_folder: None,
+            local: None,
             faults: None,
         }
     }
@@ -122,9 +134,19 @@ impl BlobStore {
         self.faults.as_ref().map(|faults| faults.tally())
     }
 
-    /// Notes that the container is the folder `folder` of a local filesystem.
-    pub(crate) fn with_local_folder(mut self, folder: std::path::PathBuf) -> Self {
-        self.local_folder = Some(folder.into());
+    /// Notes that the container is the folder `folder` of a local filesystem, which `files`
+    /// (the backend inside `inner`'s metrics) maps names into.
+    pub(crate) fn with_local_folder(
+        mut self,
+        folder: std::path::PathBuf,
+        files: Arc<LocalFileSystem>,
+        backend: &'static str,
+    ) -> Self {
+        self.local = Some(LocalContainer {
+            folder: folder.into(),
+            files,
+            backend,
+        });
         self
     }
 
@@ -142,7 +164,7 @@ impl BlobStore {
             self.delete_if_exists(&meta.name).await?;
         }
         let mut removed = stale.len();
-        if let Some(folder) = &self.local_folder {
+        if let Some(LocalContainer { folder, .. }) = &self.local {
             let staging = folder.join(STAGING_PREFIX);
             let cutoff = std::time::SystemTime::from(cutoff);
             for entry in std::fs::read_dir(&staging).into_iter().flatten().flatten() {
@@ -344,6 +366,9 @@ impl BlobStore {
 
     /// Opens a blob for streaming.
     pub async fn get(&self, name: &Path) -> Result<BlobRead, BlobError> {
+        if let (Some(local), None) = (&self.local, &self.faults) {
+            return self.get_local(local, name).await;
+        }
         let result = self
             .inner
             .get(name)
@@ -357,6 +382,59 @@ impl BlobStore {
         }
         .map_err(move |source| map_error(&container, &name, source))
         .boxed();
+        Ok(BlobRead { size, stream })
+    }
+
+    /// Opens a local file and reads its first chunk in one blocking task (through object_store,
+    /// opening and reading are two tasks, each a thread hand-off that cost about as much CPU
+    /// as serving a small instance's bytes); the rest streams as [`local_file_stream`] reads it.
+    async fn get_local(&self, local: &LocalContainer, name: &Path) -> Result<BlobRead, BlobError> {
+        let path = local
+            .files
+            .path_to_filesystem(name)
+            .map_err(|e| self.error(name, e))?;
+        let opened = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut file = std::fs::File::open(&path)?;
+            let metadata = file.metadata()?;
+            if !metadata.is_file() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "not a file",
+                ));
+            }
+            let size = metadata.len();
+            let first = size.min(LOCAL_READ_CHUNK);
+            let mut chunk = Vec::with_capacity(usize::try_from(first).unwrap_or(0));
+            (&mut file).take(first).read_to_end(&mut chunk)?;
+            Ok((file, size, chunk))
+        })
+        .await
+        .unwrap_or_else(|join| Err(std::io::Error::other(join)));
+        let result = opened.map_err(|source| {
+            let kind = source.kind();
+            let source = if kind == std::io::ErrorKind::NotFound {
+                object_store::Error::NotFound {
+                    path: name.to_string(),
+                    source: Box::new(source),
+                }
+            } else {
+                object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: Box::new(source),
+                }
+            };
+            self.error(name, source)
+        });
+        crate::metered::record_local_get(local.backend, &result, |(_, size, _)| *size);
+        let (file, size, chunk) = result?;
+        let read = chunk.len() as u64;
+        let first = futures::stream::once(async move { Ok(Bytes::from(chunk)) });
+        let (container, name) = (self.container.clone(), name.clone());
+        let stream = first
+            .chain(local_file_stream(file, read..size))
+            .map_err(move |source| map_error(&container, &name, source))
+            .boxed();
         Ok(BlobRead { size, stream })
     }
 
@@ -497,55 +575,83 @@ fn map_error(container: &str, name: &Path, source: object_store::Error) -> BlobE
 mod tests {
     use super::*;
 
-    fn local_store(folder: &std::path::Path) -> BlobStore {
-        let store = object_store::local::LocalFileSystem::new_with_prefix(folder).unwrap();
-        BlobStore::new(Arc::new(store), "files")
+    /// The same folder as a plain object_store container and as the opened local container
+    /// (which reads files itself), so both read paths are checked.
+    async fn stores(folder: &std::path::Path) -> [BlobStore; 2] {
+        let location = crate::BlobStoreLocation::FileSystem {
+            root: folder.into(),
+        };
+        let containers = location
+            .open(None, &crate::ContainerNames::default())
+            .await
+            .unwrap();
+        assert!(containers.files.local.is_some());
+        let plain = object_store::local::LocalFileSystem::new_with_prefix(
+            folder.join(containers.files.container()),
+        )
+        .unwrap();
+        [
+            containers.files,
+            BlobStore::new(Arc::new(plain), "dicomwebcontainer"),
+        ]
     }
 
     #[tokio::test]
     async fn a_local_file_streams_whole_in_bounded_chunks() {
         let folder = tempfile::tempdir().unwrap();
-        let store = local_store(folder.path());
-        let body: Vec<u8> = (0..(2 * LOCAL_READ_CHUNK + 12_345))
-            .map(|i| (i % 251) as u8)
-            .collect();
-        let name = Path::from("a/b.dcm");
-        store
-            .put_create(&name, Bytes::from(body.clone()))
-            .await
-            .unwrap();
-        let read = store.get(&name).await.unwrap();
-        assert_eq!(read.size, body.len() as u64);
-        let chunks: Vec<Bytes> = read.stream.try_collect().await.unwrap();
-        assert_eq!(chunks.len(), 3);
-        assert!(chunks.iter().all(|c| c.len() as u64 <= LOCAL_READ_CHUNK));
-        assert_eq!(chunks.concat(), body);
+        for (i, store) in stores(folder.path()).await.into_iter().enumerate() {
+            let body: Vec<u8> = (0..(2 * LOCAL_READ_CHUNK + 12_345))
+                .map(|i| (i % 251) as u8)
+                .collect();
+            let name = Path::from(format!("a/{i}.dcm"));
+            store
+                .put_create(&name, Bytes::from(body.clone()))
+                .await
+                .unwrap();
+            let read = store.get(&name).await.unwrap();
+            assert_eq!(read.size, body.len() as u64);
+            let chunks: Vec<Bytes> = read.stream.try_collect().await.unwrap();
+            assert_eq!(chunks.len(), 3);
+            assert!(chunks.iter().all(|c| c.len() as u64 <= LOCAL_READ_CHUNK));
+            assert_eq!(chunks.concat(), body);
 
-        let empty = Path::from("empty.dcm");
-        store.put_create(&empty, Bytes::new()).await.unwrap();
-        let read = store.get(&empty).await.unwrap();
-        let chunks: Vec<Bytes> = read.stream.try_collect().await.unwrap();
-        assert!(chunks.is_empty());
+            let empty = Path::from(format!("empty{i}.dcm"));
+            store.put_create(&empty, Bytes::new()).await.unwrap();
+            let read = store.get(&empty).await.unwrap();
+            let chunks: Vec<Bytes> = read.stream.try_collect().await.unwrap();
+            assert_eq!(chunks.concat(), b"");
+
+            let missing = store.get(&Path::from("a/missing.dcm")).await;
+            assert!(matches!(missing, Err(BlobError::NotFound { .. })));
+            let folder = store.get(&Path::from("a")).await;
+            assert!(matches!(folder, Err(BlobError::NotFound { .. })));
+        }
     }
 
     #[tokio::test]
     async fn a_local_file_cut_short_while_read_fails() {
         let folder = tempfile::tempdir().unwrap();
-        let store = local_store(folder.path());
-        let name = Path::from("cut.dcm");
-        let len = LOCAL_READ_CHUNK as usize + 10;
-        store
-            .put_create(&name, Bytes::from(vec![7u8; len]))
-            .await
-            .unwrap();
-        let read = store.get(&name).await.unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(folder.path().join("cut.dcm"))
-            .unwrap()
-            .set_len(100)
-            .unwrap();
-        let result: Result<Vec<Bytes>, BlobError> = read.stream.try_collect().await;
-        assert!(matches!(result, Err(BlobError::Store { .. })), "{result:?}");
+        for (i, store) in stores(folder.path()).await.into_iter().enumerate() {
+            let name = Path::from(format!("cut{i}.dcm"));
+            let len = LOCAL_READ_CHUNK as usize + 10;
+            store
+                .put_create(&name, Bytes::from(vec![7u8; len]))
+                .await
+                .unwrap();
+            let read = store.get(&name).await.unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(
+                    folder
+                        .path()
+                        .join(store.container())
+                        .join(format!("cut{i}.dcm")),
+                )
+                .unwrap()
+                .set_len(100)
+                .unwrap();
+            let result: Result<Vec<Bytes>, BlobError> = read.stream.try_collect().await;
+            assert!(matches!(result, Err(BlobError::Store { .. })), "{result:?}");
+        }
     }
 }
