@@ -30,6 +30,9 @@ pub(crate) async fn open(url: &str) -> Result<AnyPool, String> {
     let url = sqlite_url(url)?;
     let pool = AnyPoolOptions::new()
         .max_connections(4)
+        // A connection to a local file cannot go stale, and the ping before each checkout was
+        // a round trip to the connection's worker thread in front of every statement.
+        .test_before_acquire(false)
         .after_connect(|connection, _| {
             Box::pin(async move {
                 sqlx::query("PRAGMA busy_timeout = 10000")
