@@ -535,6 +535,15 @@ impl BlobStore {
 
     /// Reads the whole blob; only for blobs known to be small (metadata, frame ranges).
     pub async fn get_bytes(&self, name: &Path) -> Result<Bytes, BlobError> {
+        if let (Some(local), None) = (&self.local, &self.faults) {
+            let read = self.get_local(local, name).await?;
+            let mut chunks: Vec<Bytes> = read.stream.try_collect().await?;
+            return Ok(match chunks.len() {
+                0 => Bytes::new(),
+                1 => chunks.swap_remove(0),
+                _ => Bytes::from(chunks.concat()),
+            });
+        }
         let result = self
             .inner
             .get(name)
@@ -609,13 +618,22 @@ mod read_buffers {
 
     static FREE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
-    /// An empty buffer that holds `len` bytes (at most [`LOCAL_READ_CHUNK`]).
+    /// Kept buffers this much larger than a read are not used for it.
+    const SPARE: usize = 256 * 1024;
+
+    /// An empty buffer that holds `len` bytes (at most [`LOCAL_READ_CHUNK`]): a kept one of
+    /// about that size, or a new one.
     pub(super) fn take(len: u64) -> Vec<u8> {
         let len = usize::try_from(len.min(LOCAL_READ_CHUNK)).unwrap_or(0);
-        let kept = FREE.lock().ok().and_then(|mut free| free.pop());
-        let mut buffer = kept.unwrap_or_default();
-        buffer.reserve_exact(len);
-        buffer
+        let fits = |buffer: &Vec<u8>| {
+            let capacity = buffer.capacity();
+            capacity >= len && capacity <= len.saturating_mul(4).max(SPARE)
+        };
+        let kept = FREE.lock().ok().and_then(|mut free| {
+            let at = free.iter().rposition(fits)?;
+            Some(free.swap_remove(at))
+        });
+        kept.unwrap_or_else(|| Vec::with_capacity(len))
     }
 
     /// `buffer`'s bytes, which go back to the free list once every clone is dropped.
