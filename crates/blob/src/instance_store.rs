@@ -156,6 +156,51 @@ impl InstanceBlobStore {
         .await
     }
 
+    /// Opens the files of instances from the front of `instances`, as many as
+    /// [`crate::BlobStore::get_local_batch`] opens at once within `budget` bytes on a local
+    /// filesystem, or the first one elsewhere: at least one when `instances` is not empty.
+    pub async fn get_files(
+        &self,
+        instances: &[VersionedInstance],
+        budget: u64,
+    ) -> Vec<Result<BlobRead, BlobError>> {
+        let Some(first_instance) = instances.first() else {
+            return Vec::new();
+        };
+        let (first, fallback) = self.policy.read_layouts();
+        let candidates = instances
+            .iter()
+            .take(crate::store::MAX_BATCH_BLOBS)
+            .map(|instance| {
+                std::iter::once(first)
+                    .chain(fallback)
+                    .map(|layout| name(layout, Kind::File, instance))
+                    .collect()
+            })
+            .collect();
+        let Some(opened) = self
+            .containers
+            .files
+            .get_local_batch(candidates, budget)
+            .await
+        else {
+            return vec![self.get_file(first_instance).await];
+        };
+        opened
+            .into_iter()
+            .zip(instances)
+            .map(|(result, instance)| {
+                self.note_layout(instance, first, "read");
+                let (used, read) = result?;
+                if let (1, Some(fallback)) = (used, fallback) {
+                    self.note_fallback(instance);
+                    self.note_layout(instance, fallback, "read");
+                }
+                Ok(read)
+            })
+            .collect()
+    }
+
     /// Reads a byte range of the instance's file (frame retrieval).
     pub async fn get_file_range(
         &self,

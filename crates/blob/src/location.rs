@@ -176,8 +176,11 @@ impl BlobStoreLocation {
                     .map_err(|e| open_error(e.to_string()))?
                     .with_automatic_cleanup(true)
                     .with_fsync(true);
-                let metered = MeteredStore::new(Arc::new(store), self.backend_label());
-                return Ok(BlobStore::new(Arc::new(metered), container).with_local_folder(folder));
+                let store = Arc::new(store);
+                let backend = self.backend_label();
+                let metered = MeteredStore::new(store.clone(), backend);
+                return Ok(BlobStore::new(Arc::new(metered), container)
+                    .with_local_folder(folder, store, backend));
             }
             Self::Azure => {
                 let connection_string = connection_string

@@ -65,6 +65,25 @@ fn record<T>(backend: &'static str, operation: &'static str, result: &Result<T>)
     }
 }
 
+/// Counts a read of a local file that bypassed the store (as [`MeteredStore`] counts a `get`):
+/// the call, a failure, and `size` bytes of what it opened.
+pub(crate) fn record_local_get<T>(
+    backend: &'static str,
+    result: &std::result::Result<T, crate::BlobError>,
+    size: impl FnOnce(&T) -> u64,
+) {
+    metrics::counter!(CALLS, "backend" => backend, "operation" => "get").increment(1);
+    match result {
+        Ok(opened) => {
+            metrics::counter!(BYTES_READ, "backend" => backend).increment(size(opened));
+        }
+        Err(crate::BlobError::NotFound { .. }) => {}
+        Err(_) => {
+            metrics::counter!(ERRORS, "backend" => backend, "operation" => "get").increment(1);
+        }
+    }
+}
+
 fn count_read(backend: &'static str, result: &Result<Bytes>) {
     if let Ok(chunk) = result {
         metrics::counter!(BYTES_READ, "backend" => backend).increment(chunk.len() as u64);

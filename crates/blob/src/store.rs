@@ -9,9 +9,11 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
+use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
-    CopyMode, CopyOptions, ObjectStore, ObjectStoreExt, PutMode, PutPayload, WriteMultipart,
+    CopyMode, CopyOptions, GetResultPayload, ObjectStore, ObjectStoreExt, PutMode, PutPayload,
+    WriteMultipart,
 };
 
 use crate::faults::{FaultInjectingStore, FaultInjector, FaultTally};
@@ -25,6 +27,26 @@ pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
 /// Parts of one upload in flight at once; with the part being filled, this bounds the memory
 /// one upload uses to about `(MAX_PARTS_IN_FLIGHT + 1) × part size`.
 const MAX_PARTS_IN_FLIGHT: usize = 2;
+
+/// Chunk size of reads from a local file. object_store's own `GetResult::into_stream` reads
+/// 8 KiB per blocking task, so a 132 KB instance cost 17 thread hand-offs, which dominated the
+/// CPU of a WADO retrieve; a response holds at most two chunks (one sent, one read ahead).
+const LOCAL_READ_CHUNK: u64 = 1024 * 1024;
+
+/// A container that is a folder of a local filesystem.
+#[derive(Clone)]
+struct LocalContainer {
+    /// The folder; unfinished multipart uploads are files in it that `object_store` does not
+    /// list.
+    folder: Arc<std::path::Path>,
+    /// The backend, which maps blob names to paths.
+    files: Arc<LocalFileSystem>,
+    /// The `backend` label of its metrics.
+    backend: &'static str,
+}
+
+/// Most blobs [`BlobStore::get_local_batch`] opens at once (each may hold a file open).
+pub const MAX_BATCH_BLOBS: usize = 64;
 
 /// A stream of blob bytes, as read from a store.
 pub type BlobStream = BoxStream<'static, Result<Bytes, BlobError>>;
@@ -75,9 +97,8 @@ pub struct BlobStore {
     container: Arc<str>,
     single_put_limit: usize,
     part_size: usize,
-    /// The container's folder when it is on a local filesystem, where unfinished multipart
-    /// uploads are files `object_store` does not list.
-    local_folder: Option<Arc<std::path::Path>>,
+    /// The container when it is a folder of a local filesystem.
+    local: Option<LocalContainer>,
     /// The fault injector wrapped around `inner`, when tests asked for one.
     faults: Option<Arc<FaultInjector>>,
 }
@@ -99,7 +120,7 @@ impl BlobStore {
             container: container.into(),
             single_put_limit: DEFAULT_SINGLE_PUT_LIMIT,
             part_size: DEFAULT_PART_SIZE,
-            local_folder: None,
+            local: None,
             faults: None,
         }
     }
@@ -116,9 +137,19 @@ impl BlobStore {
         self.faults.as_ref().map(|faults| faults.tally())
     }
 
-    /// Notes that the container is the folder `folder` of a local filesystem.
-    pub(crate) fn with_local_folder(mut self, folder: std::path::PathBuf) -> Self {
-        self.local_folder = Some(folder.into());
+    /// Notes that the container is the folder `folder` of a local filesystem, which `files`
+    /// (the backend inside `inner`'s metrics) maps names into.
+    pub(crate) fn with_local_folder(
+        mut self,
+        folder: std::path::PathBuf,
+        files: Arc<LocalFileSystem>,
+        backend: &'static str,
+    ) -> Self {
+        self.local = Some(LocalContainer {
+            folder: folder.into(),
+            files,
+            backend,
+        });
         self
     }
 
@@ -136,7 +167,7 @@ impl BlobStore {
             self.delete_if_exists(&meta.name).await?;
         }
         let mut removed = stale.len();
-        if let Some(folder) = &self.local_folder {
+        if let Some(LocalContainer { folder, .. }) = &self.local {
             let staging = folder.join(STAGING_PREFIX);
             let cutoff = std::time::SystemTime::from(cutoff);
             for entry in std::fs::read_dir(&staging).into_iter().flatten().flatten() {
@@ -338,6 +369,9 @@ impl BlobStore {
 
     /// Opens a blob for streaming.
     pub async fn get(&self, name: &Path) -> Result<BlobRead, BlobError> {
+        if let (Some(local), None) = (&self.local, &self.faults) {
+            return self.get_local(local, name).await;
+        }
         let result = self
             .inner
             .get(name)
@@ -345,8 +379,155 @@ impl BlobStore {
             .map_err(|e| self.error(name, e))?;
         let size = result.meta.size;
         let (container, name) = (self.container.clone(), name.clone());
-        let stream = result
-            .into_stream()
+        let stream = match result.payload {
+            GetResultPayload::File(file, _) => local_file_stream(file, result.range),
+            GetResultPayload::Stream(stream) => stream,
+        }
+        .map_err(move |source| map_error(&container, &name, source))
+        .boxed();
+        Ok(BlobRead { size, stream })
+    }
+
+    /// Opens a local file and reads its first chunk in one blocking task (through object_store,
+    /// opening and reading are two tasks, each a thread hand-off that cost about as much CPU
+    /// as serving a small instance's bytes); the rest streams as [`local_file_stream`] reads it.
+    async fn get_local(&self, local: &LocalContainer, name: &Path) -> Result<BlobRead, BlobError> {
+        let path = local
+            .files
+            .path_to_filesystem(name)
+            .map_err(|e| self.error(name, e))?;
+        let opened = tokio::task::spawn_blocking(move || open_local(&path))
+            .await
+            .unwrap_or_else(|join| Err(std::io::Error::other(join)));
+        self.local_read(local, name, opened)
+    }
+
+    /// Opens, on a local filesystem, the first existing name of each entry of `candidates`
+    /// (a blob's names in the order to try them) from the front, in one blocking task, as
+    /// long as the first chunks read stay within `budget` bytes (and at most
+    /// [`MAX_BATCH_BLOBS`]); at least one entry is opened, and none after the first that
+    /// fails. Each result says which candidate was found. `None` when the container is not
+    /// local (callers open one blob at a time there): a study of small instances was one
+    /// thread hand-off per instance, the largest cost of its retrieval left.
+    pub async fn get_local_batch(
+        &self,
+        candidates: Vec<Vec<Path>>,
+        budget: u64,
+    ) -> Option<Vec<Result<(usize, BlobRead), BlobError>>> {
+        let (Some(local), None) = (&self.local, &self.faults) else {
+            return None;
+        };
+        let mut paths = Vec::with_capacity(candidates.len().min(MAX_BATCH_BLOBS));
+        for names in candidates.iter().take(MAX_BATCH_BLOBS) {
+            let mut mapped = Vec::with_capacity(names.len());
+            for name in names {
+                match local.files.path_to_filesystem(name) {
+                    Ok(path) => mapped.push(path),
+                    Err(error) => {
+                        if paths.is_empty() {
+                            return Some(vec![Err(self.error(name, error))]);
+                        }
+                        break;
+                    }
+                }
+            }
+            if mapped.len() < names.len() {
+                break;
+            }
+            paths.push(mapped);
+        }
+        let opened = tokio::task::spawn_blocking(move || {
+            let mut opened = Vec::with_capacity(paths.len());
+            let mut held = 0u64;
+            for names in paths {
+                let mut found = Vec::with_capacity(names.len());
+                for path in &names {
+                    let result = open_local(path);
+                    let missing =
+                        matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+                    found.push(result);
+                    if !missing {
+                        break;
+                    }
+                }
+                let failed = found.last().is_none_or(Result::is_err);
+                held += found
+                    .last()
+                    .and_then(|r| r.as_ref().ok())
+                    .map_or(0, |o| o.first.len() as u64);
+                opened.push(found);
+                if failed || held >= budget {
+                    break;
+                }
+            }
+            opened
+        })
+        .await;
+        let opened = match opened {
+            Ok(opened) => opened,
+            Err(join) => {
+                let name = candidates.first().and_then(|c| c.first()).cloned();
+                let source = object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: Box::new(std::io::Error::other(join)),
+                };
+                return Some(vec![Err(self.error(&name.unwrap_or_default(), source))]);
+            }
+        };
+        Some(
+            opened
+                .into_iter()
+                .zip(candidates)
+                .map(|(attempts, names)| {
+                    let tried = attempts.len();
+                    let mut last = None;
+                    for (attempt, name) in attempts.into_iter().zip(&names) {
+                        last = Some(self.local_read(local, name, attempt));
+                    }
+                    match last {
+                        Some(result) => result.map(|read| (tried - 1, read)),
+                        None => Err(BlobError::NotFound {
+                            container: self.container.to_string(),
+                            name: String::new(),
+                        }),
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    /// The [`BlobRead`] of a local file [`open_local`] opened (counted as a `get`).
+    fn local_read(
+        &self,
+        local: &LocalContainer,
+        name: &Path,
+        opened: std::io::Result<OpenedFile>,
+    ) -> Result<BlobRead, BlobError> {
+        let result = opened.map_err(|source| {
+            let source = if source.kind() == std::io::ErrorKind::NotFound {
+                object_store::Error::NotFound {
+                    path: name.to_string(),
+                    source: Box::new(source),
+                }
+            } else {
+                object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: Box::new(source),
+                }
+            };
+            self.error(name, source)
+        });
+        crate::metered::record_local_get(local.backend, &result, |opened| opened.size);
+        let OpenedFile { size, first, rest } = result?;
+        let read = first.len() as u64;
+        let first = futures::stream::once(async move { Ok(read_buffers::bytes(first)) });
+        let rest = match rest {
+            Some(file) => local_file_stream(file, read..size),
+            None => futures::stream::empty().boxed(),
+        };
+        let (container, name) = (self.container.clone(), name.clone());
+        let stream = first
+            .chain(rest)
             .map_err(move |source| map_error(&container, &name, source))
             .boxed();
         Ok(BlobRead { size, stream })
@@ -354,6 +535,15 @@ impl BlobStore {
 
     /// Reads the whole blob; only for blobs known to be small (metadata, frame ranges).
     pub async fn get_bytes(&self, name: &Path) -> Result<Bytes, BlobError> {
+        if let (Some(local), None) = (&self.local, &self.faults) {
+            let read = self.get_local(local, name).await?;
+            let mut chunks: Vec<Bytes> = read.stream.try_collect().await?;
+            return Ok(match chunks.len() {
+                0 => Bytes::new(),
+                1 => chunks.swap_remove(0),
+                _ => Bytes::from(chunks.concat()),
+            });
+        }
         let result = self
             .inner
             .get(name)
@@ -412,6 +602,163 @@ impl BlobStore {
     }
 }
 
+/// Buffers of local file reads, handed back when the bytes read into them have been sent and
+/// reused: a fresh buffer per read made the allocator map and unmap memory (and the kernel
+/// fault and clear its pages) for most of a retrieve's bytes. Hand-written: a free list behind
+/// `Bytes::from_owner`; no kept crate pools byte buffers.
+mod read_buffers {
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+
+    use super::LOCAL_READ_CHUNK;
+
+    /// Buffers kept for reuse (so at most this many × [`LOCAL_READ_CHUNK`] bytes sit idle).
+    const KEPT: usize = 32;
+
+    static FREE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+    /// Kept buffers this much larger than a read are not used for it.
+    const SPARE: usize = 256 * 1024;
+
+    /// An empty buffer that holds `len` bytes (at most [`LOCAL_READ_CHUNK`]): a kept one of
+    /// about that size, or a new one.
+    pub(super) fn take(len: u64) -> Vec<u8> {
+        let len = usize::try_from(len.min(LOCAL_READ_CHUNK)).unwrap_or(0);
+        let fits = |buffer: &Vec<u8>| {
+            let capacity = buffer.capacity();
+            capacity >= len && capacity <= len.saturating_mul(4).max(SPARE)
+        };
+        let kept = FREE.lock().ok().and_then(|mut free| {
+            let at = free.iter().rposition(fits)?;
+            Some(free.swap_remove(at))
+        });
+        kept.unwrap_or_else(|| Vec::with_capacity(len))
+    }
+
+    /// `buffer`'s bytes, which go back to the free list once every clone is dropped.
+    pub(super) fn bytes(buffer: Vec<u8>) -> Bytes {
+        Bytes::from_owner(Returned(buffer))
+    }
+
+    struct Returned(Vec<u8>);
+
+    impl AsRef<[u8]> for Returned {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl Drop for Returned {
+        fn drop(&mut self) {
+            let mut buffer = std::mem::take(&mut self.0);
+            if buffer.capacity() as u64 > LOCAL_READ_CHUNK {
+                return;
+            }
+            buffer.clear();
+            if let Ok(mut free) = FREE.lock()
+                && free.len() < KEPT
+            {
+                free.push(buffer);
+            }
+        }
+    }
+}
+
+/// A local file opened by [`open_local`].
+struct OpenedFile {
+    /// Its length.
+    size: u64,
+    /// Its first [`LOCAL_READ_CHUNK`] bytes (all of them, for a small file).
+    first: Vec<u8>,
+    /// The file, when there is more to read after `first`.
+    rest: Option<std::fs::File>,
+}
+
+/// Opens a local file and reads its first chunk (blocking).
+fn open_local(path: &std::path::Path) -> std::io::Result<OpenedFile> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "not a file",
+        ));
+    }
+    let size = metadata.len();
+    let len = size.min(LOCAL_READ_CHUNK);
+    let mut first = read_buffers::take(len);
+    (&mut file).take(len).read_to_end(&mut first)?;
+    if (first.len() as u64) < len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the file is shorter than the size it had when opened",
+        ));
+    }
+    Ok(OpenedFile {
+        size,
+        first,
+        rest: (size > len).then_some(file),
+    })
+}
+
+/// `range` of a local file opened by the store, read in [`LOCAL_READ_CHUNK`]s on blocking
+/// threads, each chunk's read started as the one before it is handed out (hand-written because
+/// object_store reads local files 8 KiB at a time and takes no chunk size).
+fn local_file_stream(
+    file: std::fs::File,
+    range: Range<u64>,
+) -> BoxStream<'static, Result<Bytes, object_store::Error>> {
+    use std::io::{Read, Seek, SeekFrom};
+
+    type Pending = tokio::task::JoinHandle<std::io::Result<(std::fs::File, Vec<u8>)>>;
+
+    fn read_next(mut file: std::fs::File, seek: Option<u64>, len: u64) -> Pending {
+        tokio::task::spawn_blocking(move || {
+            if let Some(offset) = seek {
+                file.seek(SeekFrom::Start(offset))?;
+            }
+            let mut chunk = read_buffers::take(len);
+            (&mut file).take(len).read_to_end(&mut chunk)?;
+            if (chunk.len() as u64) < len {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the file is shorter than the size it had when opened",
+                ));
+            }
+            Ok((file, chunk))
+        })
+    }
+
+    let total = range.end.saturating_sub(range.start);
+    let first = total.min(LOCAL_READ_CHUNK);
+    let seek = (range.start > 0).then_some(range.start);
+    let start = (total > 0).then(|| (read_next(file, seek, first), total - first));
+    futures::stream::unfold(start, |pending| async move {
+        let (read, remaining) = pending?;
+        let result = match read.await {
+            Ok(result) => result,
+            Err(join) => Err(std::io::Error::other(join)),
+        };
+        Some(match result {
+            Ok((file, chunk)) => {
+                let len = remaining.min(LOCAL_READ_CHUNK);
+                let next = (remaining > 0).then(|| (read_next(file, None, len), remaining - len));
+                (Ok(read_buffers::bytes(chunk)), next)
+            }
+            Err(source) => (
+                Err(object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: Box::new(source),
+                }),
+                None,
+            ),
+        })
+    })
+    .boxed()
+}
+
 /// The one place `object_store` errors become [`BlobError`]s.
 fn map_error(container: &str, name: &Path, source: object_store::Error) -> BlobError {
     let (container, name) = (container.to_owned(), name.to_string());
@@ -425,5 +772,141 @@ fn map_error(container: &str, name: &Path, source: object_store::Error) -> BlobE
             name,
             source,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same folder as a plain object_store container and as the opened local container
+    /// (which reads files itself), so both read paths are checked.
+    async fn stores(folder: &std::path::Path) -> [BlobStore; 2] {
+        let location = crate::BlobStoreLocation::FileSystem {
+            root: folder.into(),
+        };
+        let containers = location
+            .open(None, &crate::ContainerNames::default())
+            .await
+            .unwrap();
+        assert!(containers.files.local.is_some());
+        let plain = object_store::local::LocalFileSystem::new_with_prefix(
+            folder.join(containers.files.container()),
+        )
+        .unwrap();
+        [
+            containers.files,
+            BlobStore::new(Arc::new(plain), "dicomwebcontainer"),
+        ]
+    }
+
+    #[tokio::test]
+    async fn a_local_file_streams_whole_in_bounded_chunks() {
+        let folder = tempfile::tempdir().unwrap();
+        for (i, store) in stores(folder.path()).await.into_iter().enumerate() {
+            let body: Vec<u8> = (0..(2 * LOCAL_READ_CHUNK + 12_345))
+                .map(|i| (i % 251) as u8)
+                .collect();
+            let name = Path::from(format!("a/{i}.dcm"));
+            store
+                .put_create(&name, Bytes::from(body.clone()))
+                .await
+                .unwrap();
+            let read = store.get(&name).await.unwrap();
+            assert_eq!(read.size, body.len() as u64);
+            let chunks: Vec<Bytes> = read.stream.try_collect().await.unwrap();
+            assert_eq!(chunks.len(), 3);
+            assert!(chunks.iter().all(|c| c.len() as u64 <= LOCAL_READ_CHUNK));
+            assert_eq!(chunks.concat(), body);
+
+            let empty = Path::from(format!("empty{i}.dcm"));
+            store.put_create(&empty, Bytes::new()).await.unwrap();
+            let read = store.get(&empty).await.unwrap();
+            let chunks: Vec<Bytes> = read.stream.try_collect().await.unwrap();
+            assert_eq!(chunks.concat(), b"");
+
+            let missing = store.get(&Path::from("a/missing.dcm")).await;
+            assert!(matches!(missing, Err(BlobError::NotFound { .. })));
+            let folder = store.get(&Path::from("a")).await;
+            assert!(matches!(folder, Err(BlobError::NotFound { .. })));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_local_file_cut_short_while_read_fails() {
+        let folder = tempfile::tempdir().unwrap();
+        for (i, store) in stores(folder.path()).await.into_iter().enumerate() {
+            let name = Path::from(format!("cut{i}.dcm"));
+            // Three chunks: the first is read by `get`, the second may be read ahead before the
+            // file is cut, the third is read only once the stream is polled, after the cut.
+            let len = 2 * LOCAL_READ_CHUNK as usize + 10;
+            store
+                .put_create(&name, Bytes::from(vec![7u8; len]))
+                .await
+                .unwrap();
+            let read = store.get(&name).await.unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(
+                    folder
+                        .path()
+                        .join(store.container())
+                        .join(format!("cut{i}.dcm")),
+                )
+                .unwrap()
+                .set_len(100)
+                .unwrap();
+            let result: Result<Vec<Bytes>, BlobError> = read.stream.try_collect().await;
+            assert!(matches!(result, Err(BlobError::Store { .. })), "{result:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_local_batch_opens_within_its_budget_and_falls_back() {
+        let folder = tempfile::tempdir().unwrap();
+        let [local, plain] = stores(folder.path()).await;
+        assert!(plain.get_local_batch(vec![], 1).await.is_none());
+        for i in 0..4u8 {
+            let body = Bytes::from(vec![i; 1000]);
+            local
+                .put_create(&Path::from(format!("b/{i}.dcm")), body)
+                .await
+                .unwrap();
+        }
+        let name = |n: &str| Path::from(format!("b/{n}.dcm"));
+        // The second instance exists only under its fallback name.
+        let candidates = vec![
+            vec![name("0")],
+            vec![name("missing"), name("1")],
+            vec![name("2")],
+            vec![name("3")],
+        ];
+        let opened = local
+            .get_local_batch(candidates.clone(), 2500)
+            .await
+            .unwrap();
+        assert_eq!(opened.len(), 3, "stops once the budget is reached");
+        let mut bodies = Vec::new();
+        for (i, result) in opened.into_iter().enumerate() {
+            let (used, read) = result.unwrap();
+            assert_eq!(used, usize::from(i == 1));
+            assert_eq!(read.size, 1000);
+            let bytes: Vec<Bytes> = read.stream.try_collect().await.unwrap();
+            bodies.push(bytes.concat());
+        }
+        assert_eq!(bodies, [vec![0u8; 1000], vec![1; 1000], vec![2; 1000]]);
+
+        let all = local.get_local_batch(candidates, u64::MAX).await.unwrap();
+        assert_eq!(all.len(), 4);
+        let first_only = local
+            .get_local_batch(vec![vec![name("3")], vec![name("0")]], 0)
+            .await
+            .unwrap();
+        assert_eq!(first_only.len(), 1, "always opens one");
+
+        let missing = vec![vec![name("0")], vec![name("gone")], vec![name("2")]];
+        let opened = local.get_local_batch(missing, u64::MAX).await.unwrap();
+        assert_eq!(opened.len(), 2, "nothing after a failure");
+        assert!(matches!(opened[1], Err(BlobError::NotFound { .. })));
     }
 }

@@ -152,6 +152,27 @@ impl AsyncWrite for ActivityIo {
         result
     }
 
+    /// Vectored, so hyper queues body chunks and writes them with their framing in one
+    /// `writev` (a socket that is not vectored makes hyper copy every body byte into its buffer).
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = match self.stream() {
+            Ok(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Err(error) => Poll::Ready(Err(error)),
+        };
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.stream() {
             Ok(stream) => Pin::new(stream).poll_flush(cx),

@@ -59,6 +59,9 @@ pub(crate) async fn open(url: &str) -> Result<Pools, String> {
 async fn connect(url: &str, connections: u32) -> Result<AnyPool, String> {
     AnyPoolOptions::new()
         .max_connections(connections)
+        // A connection to a local file cannot go stale, and the ping before each checkout was
+        // a round trip to the connection's worker thread in front of every statement.
+        .test_before_acquire(false)
         .after_connect(|connection, _| {
             Box::pin(async move {
                 sqlx::query("PRAGMA busy_timeout = 10000")

@@ -51,6 +51,42 @@ impl DicomService {
         Ok(InstanceFile { instance, read })
     }
 
+    /// Opens the files of instances from the front of `instances` (several at once where the
+    /// blob store allows, their first chunks within `budget` bytes): at least one result when
+    /// `instances` is not empty, and none after the first error.
+    pub async fn open_files(
+        &self,
+        instances: &[StoredInstance],
+        budget: u64,
+    ) -> Vec<Result<InstanceFile, ServiceError>> {
+        let versioned: Vec<_> = instances
+            .iter()
+            .take(tessera_blob::MAX_BATCH_BLOBS)
+            .map(|i| i.instance.clone())
+            .collect();
+        let opened = self.blobs.get_files(&versioned, budget).await;
+        let mut files = Vec::with_capacity(opened.len());
+        for (read, instance) in opened.into_iter().zip(instances) {
+            match read {
+                Ok(read) => files.push(Ok(InstanceFile {
+                    instance: instance.clone(),
+                    read: BlobRead {
+                        size: read.size,
+                        stream: read
+                            .stream
+                            .inspect_ok(|chunk| served("file", chunk.len()))
+                            .boxed(),
+                    },
+                })),
+                Err(error) => {
+                    files.push(Err(not_found("instance")(error)));
+                    break;
+                }
+            }
+        }
+        files
+    }
+
     /// An instance's metadata JSON (one DICOM JSON object).
     pub async fn metadata(&self, instance: &StoredInstance) -> Result<Bytes, ServiceError> {
         let metadata = self
