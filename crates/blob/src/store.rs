@@ -1,17 +1,21 @@
 //! One container of blobs, create-only and streaming, over any `object_store` backend.
 
+use std::collections::BTreeSet;
 use std::ops::Range;
+use std::path::PathBuf;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
+use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
-    CopyMode, CopyOptions, ObjectStore, ObjectStoreExt, PutMode, PutPayload, WriteMultipart,
+    CopyMode, CopyOptions, GetResultPayload, ObjectStore, ObjectStoreExt, PutMode, PutPayload,
+    WriteMultipart,
 };
 
 use crate::faults::{FaultInjectingStore, FaultInjector, FaultTally};
@@ -22,6 +26,8 @@ use crate::{BlobError, BodyError};
 pub const DEFAULT_SINGLE_PUT_LIMIT: usize = 8 * 1024 * 1024;
 /// Part size of multipart uploads for larger bodies.
 pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
+/// Local files up to this size are read with one call rather than streamed in 8 KiB reads.
+const SMALL_LOCAL_READ: u64 = 1024 * 1024;
 /// Parts of one upload in flight at once; with the part being filled, this bounds the memory
 /// one upload uses to about `(MAX_PARTS_IN_FLIGHT + 1) × part size`.
 const MAX_PARTS_IN_FLIGHT: usize = 2;
@@ -75,9 +81,8 @@ pub struct BlobStore {
     container: Arc<str>,
     single_put_limit: usize,
     part_size: usize,
-    /// The container's folder when it is on a local filesystem, where unfinished multipart
-    /// uploads are files `object_store` does not list.
-    local_folder: Option<Arc<std::path::Path>>,
+    /// The container's folder when it is on a local filesystem.
+    local: Option<LocalFolder>,
     /// The fault injector wrapped around `inner`, when tests asked for one.
     faults: Option<Arc<FaultInjector>>,
 }
@@ -99,7 +104,7 @@ impl BlobStore {
             container: container.into(),
             single_put_limit: DEFAULT_SINGLE_PUT_LIMIT,
             part_size: DEFAULT_PART_SIZE,
-            local_folder: None,
+            local: None,
             faults: None,
         }
     }
@@ -107,6 +112,12 @@ impl BlobStore {
     /// Routes every call through a [`FaultInjectingStore`] drawing from `faults` (tests only).
     pub fn with_faults(mut self, faults: Arc<FaultInjector>) -> Self {
         self.inner = Arc::new(FaultInjectingStore::new(self.inner, faults.clone()));
+        if let Some(local) = &mut self.local {
+            local.unsynced = Arc::new(FaultInjectingStore::new(
+                local.unsynced.clone(),
+                faults.clone(),
+            ));
+        }
         self.faults = Some(faults);
         self
     }
@@ -116,10 +127,30 @@ impl BlobStore {
         self.faults.as_ref().map(|faults| faults.tally())
     }
 
-    /// Notes that the container is the folder `folder` of a local filesystem.
-    pub(crate) fn with_local_folder(mut self, folder: std::path::PathBuf) -> Self {
-        self.local_folder = Some(folder.into());
+    /// Notes that the container is the folder `folder` of a local filesystem, which `unsynced`
+    /// (a store on the same folder whose writes skip the per-file fsync) also reaches;
+    /// `paths` maps blob names to the files of that folder.
+    pub(crate) fn with_local_folder(
+        mut self,
+        folder: std::path::PathBuf,
+        paths: Arc<LocalFileSystem>,
+        unsynced: Arc<dyn ObjectStore>,
+    ) -> Self {
+        self.local = Some(LocalFolder {
+            folder: folder.into(),
+            paths,
+            unsynced,
+        });
         self
+    }
+
+    /// Starts a batch of create-only copies within this container that become durable together,
+    /// at [`CopyBatch::sync`], rather than one by one.
+    pub fn copy_batch(&self) -> CopyBatch {
+        CopyBatch {
+            store: self.clone(),
+            touched: Mutex::new(BTreeSet::new()),
+        }
     }
 
     /// Removes staging blobs older than `cutoff`: uploads a crash or a lost connection never
@@ -136,8 +167,8 @@ impl BlobStore {
             self.delete_if_exists(&meta.name).await?;
         }
         let mut removed = stale.len();
-        if let Some(folder) = &self.local_folder {
-            let staging = folder.join(STAGING_PREFIX);
+        if let Some(local) = &self.local {
+            let staging = local.folder.join(STAGING_PREFIX);
             let cutoff = std::time::SystemTime::from(cutoff);
             for entry in std::fs::read_dir(&staging).into_iter().flatten().flatten() {
                 let old = entry
@@ -345,8 +376,16 @@ impl BlobStore {
             .map_err(|e| self.error(name, e))?;
         let size = result.meta.size;
         let (container, name) = (self.container.clone(), name.clone());
-        let stream = result
-            .into_stream()
+        // A local file streams in 8 KiB reads, each its own blocking task; a small one is read
+        // in one (bounded by `SMALL_LOCAL_READ`), which halves the cost of reading it.
+        let whole = matches!(result.payload, GetResultPayload::File(..))
+            && result.range.end - result.range.start <= SMALL_LOCAL_READ;
+        let stream = if whole {
+            futures::stream::once(result.bytes()).boxed()
+        } else {
+            result.into_stream()
+        };
+        let stream = stream
             .map_err(move |source| map_error(&container, &name, source))
             .boxed();
         Ok(BlobRead { size, stream })
@@ -409,6 +448,109 @@ impl BlobStore {
 
     fn error(&self, name: &Path, source: object_store::Error) -> BlobError {
         map_error(&self.container, name, source)
+    }
+}
+
+/// A container on a local filesystem: its folder, and a second store on it for batched copies.
+#[derive(Clone)]
+struct LocalFolder {
+    /// Where unfinished multipart uploads are files `object_store` does not list.
+    folder: Arc<std::path::Path>,
+    /// Maps blob names to files exactly as the stores do.
+    paths: Arc<LocalFileSystem>,
+    /// The same folder without `with_fsync`: a copy (hard link) returns before its directory
+    /// entry is on disk, and [`CopyBatch::sync`] makes the entries durable, once per folder.
+    unsynced: Arc<dyn ObjectStore>,
+}
+
+/// Create-only copies within one container, made durable together by [`CopyBatch::sync`].
+///
+/// On a local filesystem a copy is a hard link to an existing, already durable file, so only
+/// the directory entry is new; the durable store would fsync its folder after every link, which
+/// caps a migration at a few thousand links per second. A batch links without that fsync,
+/// remembers the folders whose entries changed (the new name's folder and those up to the
+/// container's, in case the link created them), and fsyncs each of them once in `sync`. On
+/// every other backend a copy is durable when it returns, and `sync` has nothing to do.
+///
+/// A copy in a batch is durable only once `sync` has returned: callers record it as done
+/// (checkpoints, results) only after that.
+pub struct CopyBatch {
+    store: BlobStore,
+    /// Folders whose entries this batch changed (or may have: see `copy_create`).
+    touched: Mutex<BTreeSet<PathBuf>>,
+}
+
+impl CopyBatch {
+    /// Copies `from` to `to`, create-only, like [`BlobStore::copy_create`]; durable after
+    /// [`Self::sync`]. `to`'s folders are synced even when `to` already exists, since an earlier
+    /// batch that was interrupted before its `sync` may have linked it.
+    pub async fn copy_create(&self, from: &Path, to: &Path) -> Result<(), BlobError> {
+        let Some(local) = &self.store.local else {
+            return self.store.copy_create(from, to).await;
+        };
+        let file = local
+            .paths
+            .path_to_filesystem(to)
+            .map_err(|e| self.store.error(to, e))?;
+        {
+            let mut touched = match self.touched.lock() {
+                Ok(touched) => touched,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let mut folder = file.parent();
+            while let Some(dir) = folder.filter(|dir| dir.starts_with(&*local.folder)) {
+                touched.insert(dir.to_path_buf());
+                folder = dir.parent();
+            }
+        }
+        let options = CopyOptions::new().with_mode(CopyMode::Create);
+        local
+            .unsynced
+            .copy_opts(from, to, options)
+            .await
+            .map_err(|e| self.store.error(to, e))
+    }
+
+    /// Makes every copy of the batch so far durable: fsyncs each folder whose entries changed,
+    /// deepest first. Folders that no longer exist (emptied and removed since) have nothing left
+    /// to sync. Calling it again syncs the same folders again, so a failed sync can be retried.
+    pub async fn sync(&self) -> Result<(), BlobError> {
+        let folders = match self.touched.lock() {
+            Ok(folders) => folders.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        if folders.is_empty() {
+            return Ok(());
+        }
+        let container = self.store.container.clone();
+        // `object_store` syncs a folder only inside each durable write, with no call to sync
+        // one on its own; this is that fsync (`File::sync_all` on the opened folder).
+        tokio::task::spawn_blocking(move || {
+            for folder in folders.iter().rev() {
+                let synced = std::fs::File::open(folder).and_then(|dir| dir.sync_all());
+                match synced {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => {
+                        return Err(BlobError::Store {
+                            container: container.to_string(),
+                            name: folder.display().to_string(),
+                            source: object_store::Error::Generic {
+                                store: "LocalFileSystem",
+                                source: Box::new(error),
+                            },
+                        });
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|error| BlobError::Store {
+            container: self.store.container.to_string(),
+            name: String::new(),
+            source: object_store::Error::JoinError { source: error },
+        })?
     }
 }
 

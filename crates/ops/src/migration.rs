@@ -4,7 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use tessera_blob::{BlobError, BlobLayout, BlobName, BlobStore, InstanceBlobStore};
+use tessera_blob::{BlobError, BlobLayout, BlobName, BlobStore, CopyBatch, InstanceBlobStore};
 use tessera_core::{ContentChecksum, VersionedInstance};
 use tessera_index::{InstanceIndex, StoredInstance};
 
@@ -123,6 +123,31 @@ pub async fn verify_new_blobs(
     }
 }
 
+/// The copies of one round, in both containers: they become durable together at
+/// [`RoundCopies::sync`], which the round runs before it records any of them as done (failures
+/// cleared, checkpoint). On a filesystem this is one fsync per folder per round instead of one
+/// per copied blob; elsewhere a copy is durable when it returns.
+pub(crate) struct RoundCopies {
+    files: CopyBatch,
+    metadata: CopyBatch,
+}
+
+impl RoundCopies {
+    pub(crate) fn new(blobs: &InstanceBlobStore) -> Self {
+        let containers = blobs.containers();
+        Self {
+            files: containers.files.copy_batch(),
+            metadata: containers.metadata.copy_batch(),
+        }
+    }
+
+    /// Makes every copy of the round durable (again, harmlessly, if called twice).
+    pub(crate) async fn sync(&self) -> Result<(), BlobError> {
+        with_retries(|| self.files.sync()).await?;
+        with_retries(|| self.metadata.sync()).await
+    }
+}
+
 /// What copying one instance did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct CopyOutcome {
@@ -135,14 +160,17 @@ pub(crate) struct CopyOutcome {
 /// was not just made is replaced once from the Old blob, but only when the Old file exists and
 /// itself matches the recorded length and checksum: otherwise the New blob may be the last copy
 /// there is, so both are kept and the instance is reported as failed.
+///
+/// The copies join `copies`: they are durable once the round syncs it.
 pub(crate) async fn copy_instance(
     index: &InstanceIndex,
     blobs: &InstanceBlobStore,
+    copies: &RoundCopies,
     stored: &StoredInstance,
 ) -> Result<CopyOutcome, String> {
     let instance = &stored.instance;
     let mut outcome = CopyOutcome::default();
-    copy_both(blobs, instance, &mut outcome).await?;
+    copy_both(blobs, copies, instance, &mut outcome).await?;
     match verify_new_blobs(index, blobs, stored)
         .await
         .map_err(|e| e.to_string())?
@@ -173,7 +201,7 @@ pub(crate) async fn copy_instance(
             };
             replace.await.map_err(|e| e.to_string())?;
             let mut again = CopyOutcome::default();
-            copy_both(blobs, instance, &mut again).await?;
+            copy_both(blobs, copies, instance, &mut again).await?;
             match verify_new_blobs(index, blobs, stored)
                 .await
                 .map_err(|e| e.to_string())?
@@ -222,23 +250,26 @@ async fn verify_old_file(
 
 async fn copy_both(
     blobs: &InstanceBlobStore,
+    copies: &RoundCopies,
     instance: &VersionedInstance,
     outcome: &mut CopyOutcome,
 ) -> Result<(), String> {
     let containers = blobs.containers();
-    for (store, old, new) in [
+    for (store, batch, old, new) in [
         (
             &containers.files,
+            &copies.files,
             BlobLayout::Old.file(instance),
             BlobLayout::New.file(instance),
         ),
         (
             &containers.metadata,
+            &copies.metadata,
             BlobLayout::Old.metadata(instance),
             BlobLayout::New.metadata(instance),
         ),
     ] {
-        match with_retries(|| store.copy_create(&old, &new)).await {
+        match with_retries(|| batch.copy_create(&old, &new)).await {
             Ok(()) => outcome.copied += 1,
             Err(BlobError::AlreadyExists { .. }) => outcome.already_present += 1,
             Err(BlobError::NotFound { .. }) => match store.exists(&new).await {
