@@ -87,8 +87,17 @@ pub async fn verify_new_blobs(
             }
         }
     };
+    // The three reads at once: each is a short wait on the store (on a filesystem, a hop to a
+    // blocking thread), so a round keeps more of them in flight. Judged in order below.
     let new_file = BlobLayout::New.file(instance);
-    match with_retries(|| measure(&containers.files, &new_file)).await {
+    let new_metadata = BlobLayout::New.metadata(instance);
+    let old_metadata = BlobLayout::Old.metadata(instance);
+    let (file, new_bytes, old_bytes) = futures::join!(
+        with_retries(|| measure(&containers.files, &new_file)),
+        with_retries(|| containers.metadata.get_bytes(&new_metadata)),
+        with_retries(|| containers.metadata.get_bytes(&old_metadata)),
+    );
+    match file {
         Ok(actual) if actual == expected => {}
         Ok((length, checksum)) => {
             return Ok(Verification::Failed(format!(
@@ -103,8 +112,7 @@ pub async fn verify_new_blobs(
         }
         Err(error) => return Err(error),
     }
-    let new_metadata = BlobLayout::New.metadata(instance);
-    let new_bytes = match with_retries(|| containers.metadata.get_bytes(&new_metadata)).await {
+    let new_bytes = match new_bytes {
         Ok(bytes) => bytes,
         Err(BlobError::NotFound { .. }) => {
             return Ok(Verification::Failed(format!(
@@ -113,8 +121,7 @@ pub async fn verify_new_blobs(
         }
         Err(error) => return Err(error),
     };
-    let old_metadata = BlobLayout::Old.metadata(instance);
-    match with_retries(|| containers.metadata.get_bytes(&old_metadata)).await {
+    match old_bytes {
         Ok(old_bytes) if old_bytes != new_bytes => Ok(Verification::Failed(format!(
             "New metadata {new_metadata} differs from the Old metadata"
         ))),
@@ -141,10 +148,14 @@ impl RoundCopies {
         }
     }
 
-    /// Makes every copy of the round durable (again, harmlessly, if called twice).
+    /// Makes every copy of the round durable (again, harmlessly, if called twice); both
+    /// containers at once.
     pub(crate) async fn sync(&self) -> Result<(), BlobError> {
-        with_retries(|| self.files.sync()).await?;
-        with_retries(|| self.metadata.sync()).await
+        let (files, metadata) = futures::join!(
+            with_retries(|| self.files.sync()),
+            with_retries(|| self.metadata.sync()),
+        );
+        files.and(metadata)
     }
 }
 
@@ -248,6 +259,8 @@ async fn verify_old_file(
     }
 }
 
+/// Copies the file and the metadata (at once: they are independent) and counts what was
+/// copied and what was there already.
 async fn copy_both(
     blobs: &InstanceBlobStore,
     copies: &RoundCopies,
@@ -255,32 +268,48 @@ async fn copy_both(
     outcome: &mut CopyOutcome,
 ) -> Result<(), String> {
     let containers = blobs.containers();
-    for (store, batch, old, new) in [
-        (
+    let (file, metadata) = futures::join!(
+        copy_one(
             &containers.files,
             &copies.files,
             BlobLayout::Old.file(instance),
             BlobLayout::New.file(instance),
         ),
-        (
+        copy_one(
             &containers.metadata,
             &copies.metadata,
             BlobLayout::Old.metadata(instance),
             BlobLayout::New.metadata(instance),
         ),
-    ] {
-        match with_retries(|| batch.copy_create(&old, &new)).await {
-            Ok(()) => outcome.copied += 1,
-            Err(BlobError::AlreadyExists { .. }) => outcome.already_present += 1,
-            Err(BlobError::NotFound { .. }) => match store.exists(&new).await {
-                Ok(true) => outcome.already_present += 1,
-                Ok(false) => return Err(format!("neither {old} nor {new} exists")),
-                Err(error) => return Err(error.to_string()),
-            },
-            Err(error) => return Err(error.to_string()),
+    );
+    for copied in [file?, metadata?] {
+        if copied {
+            outcome.copied += 1;
+        } else {
+            outcome.already_present += 1;
         }
     }
     Ok(())
+}
+
+/// Copies `old` to `new` in `batch`, create-only: true when it copied, false when `new` was
+/// there already (whether `old` still is or not).
+async fn copy_one(
+    store: &BlobStore,
+    batch: &CopyBatch,
+    old: BlobName,
+    new: BlobName,
+) -> Result<bool, String> {
+    match with_retries(|| batch.copy_create(&old, &new)).await {
+        Ok(()) => Ok(true),
+        Err(BlobError::AlreadyExists { .. }) => Ok(false),
+        Err(BlobError::NotFound { .. }) => match store.exists(&new).await {
+            Ok(true) => Ok(false),
+            Ok(false) => Err(format!("neither {old} nor {new} exists")),
+            Err(error) => Err(error.to_string()),
+        },
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// What delete-old did to one instance.
@@ -304,12 +333,12 @@ pub(crate) async fn delete_old(
     let containers = blobs.containers();
     let old_file = BlobLayout::Old.file(instance);
     let old_metadata = BlobLayout::Old.metadata(instance);
-    let file_exists = with_retries(|| containers.files.exists(&old_file))
-        .await
-        .map_err(|e| e.to_string())?;
-    let metadata_exists = with_retries(|| containers.metadata.exists(&old_metadata))
-        .await
-        .map_err(|e| e.to_string())?;
+    let (file_exists, metadata_exists) = futures::join!(
+        with_retries(|| containers.files.exists(&old_file)),
+        with_retries(|| containers.metadata.exists(&old_metadata)),
+    );
+    let file_exists = file_exists.map_err(|e| e.to_string())?;
+    let metadata_exists = metadata_exists.map_err(|e| e.to_string())?;
     if !file_exists && !metadata_exists {
         return Ok(DeleteOutcome::NothingToDelete);
     }
