@@ -45,8 +45,8 @@ pub use layout::BlobLayout;
 pub use location::{BlobStoreLocation, ContainerNames, Containers, ParseLocationError};
 pub use object_store::path::Path as BlobName;
 pub use store::{
-    BlobMeta, BlobRead, BlobStore, BlobStream, DEFAULT_PART_SIZE, DEFAULT_SINGLE_PUT_LIMIT,
-    MAX_BATCH_BLOBS,
+    BlobMeta, BlobRead, BlobStore, BlobStream, CopyBatch, DEFAULT_PART_SIZE,
+    DEFAULT_SINGLE_PUT_LIMIT, MAX_BATCH_BLOBS,
 };
 
 /// The error a request body stream may fail with while it is being stored.

@@ -172,15 +172,25 @@ impl BlobStoreLocation {
                 let folder = root.join(container);
                 std::fs::create_dir_all(&folder)
                     .map_err(|e| open_error(format!("cannot create {}: {e}", folder.display())))?;
+                // Canonical, as `LocalFileSystem` makes its root, so the paths it maps names
+                // to lie under it.
+                let folder = std::fs::canonicalize(&folder)
+                    .map_err(|e| open_error(format!("cannot open {}: {e}", folder.display())))?;
                 let store = LocalFileSystem::new_with_prefix(&folder)
                     .map_err(|e| open_error(e.to_string()))?
-                    .with_automatic_cleanup(true)
-                    .with_fsync(true);
-                let store = Arc::new(store);
+                    .with_automatic_cleanup(true);
                 let backend = self.backend_label();
-                let metered = MeteredStore::new(store.clone(), backend);
-                return Ok(BlobStore::new(Arc::new(metered), container)
-                    .with_local_folder(folder, store, backend));
+                let durable = Arc::new(store.clone().with_fsync(true));
+                let metered = MeteredStore::new(durable.clone(), backend);
+                let unsynced = MeteredStore::new(Arc::new(store), backend);
+                return Ok(
+                    BlobStore::new(Arc::new(metered), container).with_local_folder(
+                        folder,
+                        durable,
+                        backend,
+                        Arc::new(unsynced),
+                    ),
+                );
             }
             Self::Azure => {
                 let connection_string = connection_string

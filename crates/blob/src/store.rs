@@ -1,8 +1,10 @@
 //! One container of blobs, create-only and streaming, over any `object_store` backend.
 
+use std::collections::BTreeSet;
 use std::ops::Range;
+use std::path::PathBuf;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -43,6 +45,9 @@ struct LocalContainer {
     files: Arc<LocalFileSystem>,
     /// The `backend` label of its metrics.
     backend: &'static str,
+    /// The same folder without `with_fsync`: a copy (hard link) returns before its directory
+    /// entry is on disk, and [`CopyBatch::sync`] makes the entries durable, once per folder.
+    unsynced: Arc<dyn ObjectStore>,
 }
 
 /// Most blobs [`BlobStore::get_local_batch`] opens at once (each may hold a file open).
@@ -128,6 +133,12 @@ impl BlobStore {
     /// Routes every call through a [`FaultInjectingStore`] drawing from `faults` (tests only).
     pub fn with_faults(mut self, faults: Arc<FaultInjector>) -> Self {
         self.inner = Arc::new(FaultInjectingStore::new(self.inner, faults.clone()));
+        if let Some(local) = &mut self.local {
+            local.unsynced = Arc::new(FaultInjectingStore::new(
+                local.unsynced.clone(),
+                faults.clone(),
+            ));
+        }
         self.faults = Some(faults);
         self
     }
@@ -138,19 +149,31 @@ impl BlobStore {
     }
 
     /// Notes that the container is the folder `folder` of a local filesystem, which `files`
-    /// (the backend inside `inner`'s metrics) maps names into.
+    /// (the backend inside `inner`'s metrics) maps names into, and which `unsynced` (a store on
+    /// the same folder whose writes skip the per-file fsync) also reaches.
     pub(crate) fn with_local_folder(
         mut self,
         folder: std::path::PathBuf,
         files: Arc<LocalFileSystem>,
         backend: &'static str,
+        unsynced: Arc<dyn ObjectStore>,
     ) -> Self {
         self.local = Some(LocalContainer {
             folder: folder.into(),
             files,
             backend,
+            unsynced,
         });
         self
+    }
+
+    /// Starts a batch of create-only copies within this container that become durable together,
+    /// at [`CopyBatch::sync`], rather than one by one.
+    pub fn copy_batch(&self) -> CopyBatch {
+        CopyBatch {
+            store: self.clone(),
+            touched: Mutex::new(BTreeSet::new()),
+        }
     }
 
     /// Removes staging blobs older than `cutoff`: uploads a crash or a lost connection never
@@ -757,6 +780,97 @@ fn local_file_stream(
         })
     })
     .boxed()
+}
+
+/// Create-only copies within one container, made durable together by [`CopyBatch::sync`].
+///
+/// On a local filesystem a copy is a hard link to an existing, already durable file, so only
+/// the directory entry is new; the durable store would fsync its folder after every link, which
+/// caps a migration at a few thousand links per second. A batch links without that fsync,
+/// remembers the folders whose entries changed (the new name's folder and those up to the
+/// container's, in case the link created them), and fsyncs each of them once in `sync`. On
+/// every other backend a copy is durable when it returns, and `sync` has nothing to do.
+///
+/// A copy in a batch is durable only once `sync` has returned: callers record it as done
+/// (checkpoints, results) only after that.
+pub struct CopyBatch {
+    store: BlobStore,
+    /// Folders whose entries this batch changed (or may have: see `copy_create`).
+    touched: Mutex<BTreeSet<PathBuf>>,
+}
+
+impl CopyBatch {
+    /// Copies `from` to `to`, create-only, like [`BlobStore::copy_create`]; durable after
+    /// [`Self::sync`]. `to`'s folders are synced even when `to` already exists, since an earlier
+    /// batch that was interrupted before its `sync` may have linked it.
+    pub async fn copy_create(&self, from: &Path, to: &Path) -> Result<(), BlobError> {
+        let Some(local) = &self.store.local else {
+            return self.store.copy_create(from, to).await;
+        };
+        let file = local
+            .files
+            .path_to_filesystem(to)
+            .map_err(|e| self.store.error(to, e))?;
+        {
+            let mut touched = match self.touched.lock() {
+                Ok(touched) => touched,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let mut folder = file.parent();
+            while let Some(dir) = folder.filter(|dir| dir.starts_with(&*local.folder)) {
+                touched.insert(dir.to_path_buf());
+                folder = dir.parent();
+            }
+        }
+        let options = CopyOptions::new().with_mode(CopyMode::Create);
+        local
+            .unsynced
+            .copy_opts(from, to, options)
+            .await
+            .map_err(|e| self.store.error(to, e))
+    }
+
+    /// Makes every copy of the batch so far durable: fsyncs each folder whose entries changed,
+    /// deepest first. Folders that no longer exist (emptied and removed since) have nothing left
+    /// to sync. Calling it again syncs the same folders again, so a failed sync can be retried.
+    pub async fn sync(&self) -> Result<(), BlobError> {
+        let folders = match self.touched.lock() {
+            Ok(folders) => folders.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        if folders.is_empty() {
+            return Ok(());
+        }
+        let container = self.store.container.clone();
+        // `object_store` syncs a folder only inside each durable write, with no call to sync
+        // one on its own; this is that fsync (`File::sync_all` on the opened folder).
+        tokio::task::spawn_blocking(move || {
+            for folder in folders.iter().rev() {
+                let synced = std::fs::File::open(folder).and_then(|dir| dir.sync_all());
+                match synced {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => {
+                        return Err(BlobError::Store {
+                            container: container.to_string(),
+                            name: folder.display().to_string(),
+                            source: object_store::Error::Generic {
+                                store: "LocalFileSystem",
+                                source: Box::new(error),
+                            },
+                        });
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|error| BlobError::Store {
+            container: self.store.container.to_string(),
+            name: String::new(),
+            source: object_store::Error::JoinError { source: error },
+        })?
+    }
 }
 
 /// The one place `object_store` errors become [`BlobError`]s.

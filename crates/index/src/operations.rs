@@ -370,6 +370,49 @@ impl InstanceIndex {
         Ok(())
     }
 
+    /// Records a round's outcomes in one transaction: forgets the failures of the instances in
+    /// `succeeded` and records (or replaces) those in `failed`. One commit per round rather
+    /// than one per instance.
+    pub async fn settle_operation_failures(
+        &self,
+        id: &str,
+        succeeded: &[u64],
+        failed: &[(u64, String)],
+    ) -> Result<()> {
+        /// Watermarks per DELETE, well under every engine's limit on bound values.
+        const CHUNK: usize = 500;
+        if succeeded.is_empty() && failed.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for chunk in succeeded.chunks(CHUNK) {
+            let placeholders: Vec<String> = (2..chunk.len() + 2).map(|n| format!("${n}")).collect();
+            let sql = format!(
+                "DELETE FROM operation_failures WHERE operation_id = $1 AND watermark IN ({})",
+                placeholders.join(", ")
+            );
+            // Safe: numbered placeholders only; values are bound.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.to_owned());
+            for &watermark in chunk {
+                query = query.bind(crate::rows::to_db(watermark)?);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        for (watermark, error) in failed {
+            sqlx::query(
+                "INSERT INTO operation_failures (operation_id, watermark, error) VALUES ($1, $2, $3)
+                 ON CONFLICT (operation_id, watermark) DO UPDATE SET error = excluded.error",
+            )
+            .bind(id.to_owned())
+            .bind(crate::rows::to_db(*watermark)?)
+            .bind(error.clone())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Forgets a failure (the instance succeeded on a retry, or no longer exists).
     pub async fn clear_operation_failure(&self, id: &str, watermark: u64) -> Result<()> {
         sqlx::query("DELETE FROM operation_failures WHERE operation_id = $1 AND watermark = $2")

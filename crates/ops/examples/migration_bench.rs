@@ -2,8 +2,10 @@
 //!
 //! `cargo run --release -p tessera-ops --example migration_bench -- [INSTANCES] [KIB]` fills a
 //! fresh SQLite index and filesystem blob store (in a temporary folder) with INSTANCES instances
-//! of KIB KiB under Old names, runs the copy (FormatType Dual) and then delete-old (New), and
-//! prints instances per second for each.
+//! of KIB KiB under Old names, times `cp -r` and `cp -al` of that tree, runs the copy
+//! (FormatType Dual) and then delete-old (New), and prints files per second for each, with the
+//! CPU time per file (per instance for the operations), which other load on a shared machine
+//! disturbs less than the rates.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -86,15 +88,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (name, flags) in [("cp -r", "-r"), ("cp -al", "-al")] {
         let target = dir.path().join(format!("copy{flags}"));
         let started = Instant::now();
+        let cpu_before = children_cpu_seconds();
         let status = std::process::Command::new("cp")
             .arg(flags)
             .arg(&blobs)
             .arg(&target)
             .status()?;
         let seconds = started.elapsed().as_secs_f64();
+        let cpu = match (cpu_before, children_cpu_seconds()) {
+            (Some(before), Some(after)) => {
+                format!(", CPU {:.0} µs/file", (after - before) * 1e6 / files as f64)
+            }
+            _ => String::new(),
+        };
         assert!(status.success(), "{name} failed");
         println!(
-            "{name:<18} {files} files in {seconds:.1}s: {:.0} files/s",
+            "{name:<18} {files} files in {seconds:.1}s: {:.0} files/s{cpu}",
             files as f64 / seconds
         );
         std::fs::remove_dir_all(&target)?;
@@ -126,18 +135,49 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
     ] {
         let started = Instant::now();
+        let cpu_before = cpu_seconds();
         let outcome = context(store(format)).run(id, kind, None).await?;
         let seconds = started.elapsed().as_secs_f64();
+        let cpu = match (cpu_before, cpu_seconds()) {
+            (Some(before), Some(after)) => format!(
+                ", CPU {:.0} µs/instance",
+                (after - before) * 1e6 / f64::from(count)
+            ),
+            _ => String::new(),
+        };
         assert!(matches!(outcome, RunOutcome::Finished(_)), "{outcome:?}");
         // Each instance is two blobs (its file and its metadata), so files/s compares with cp.
         println!(
-            "{:<18} {count} instances in {seconds:.1}s: {:.0} instances/s, {:.0} files/s ({outcome:?})",
+            "{:<18} {count} instances in {seconds:.1}s: {:.0} instances/s, {:.0} files/s{cpu} ({outcome:?})",
             kind.name(),
             f64::from(count) / seconds,
             2.0 * f64::from(count) / seconds
         );
     }
     Ok(())
+}
+
+/// CPU time (user and system, all threads) this process has used, from `/proc/self/stat`
+/// (Linux; clock ticks of 1/100 s, the usual `CLK_TCK`): on a shared machine, the figure that
+/// other load disturbs least.
+fn cpu_seconds() -> Option<f64> {
+    stat_seconds(11)
+}
+
+/// CPU time of the children this process has waited for (the `cp` runs), likewise.
+fn children_cpu_seconds() -> Option<f64> {
+    stat_seconds(13)
+}
+
+/// The sum of two consecutive clock-tick fields of `/proc/self/stat`, `skip` fields after the
+/// state field (11: utime and stime; 13: cutime and cstime), in seconds.
+fn stat_seconds(skip: usize) -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name (which may hold spaces) start at the state field.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(skip);
+    let user: f64 = fields.next()?.parse().ok()?;
+    let system: f64 = fields.next()?.parse().ok()?;
+    Some((user + system) / 100.0)
 }
 
 /// Regular files under `root`, at any depth.

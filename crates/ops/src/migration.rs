@@ -4,7 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use tessera_blob::{BlobError, BlobLayout, BlobName, BlobStore, InstanceBlobStore};
+use tessera_blob::{BlobError, BlobLayout, BlobName, BlobStore, CopyBatch, InstanceBlobStore};
 use tessera_core::{ContentChecksum, VersionedInstance};
 use tessera_index::{InstanceIndex, StoredInstance};
 
@@ -87,8 +87,17 @@ pub async fn verify_new_blobs(
             }
         }
     };
+    // The three reads at once: each is a short wait on the store (on a filesystem, a hop to a
+    // blocking thread), so a round keeps more of them in flight. Judged in order below.
     let new_file = BlobLayout::New.file(instance);
-    match with_retries(|| measure(&containers.files, &new_file)).await {
+    let new_metadata = BlobLayout::New.metadata(instance);
+    let old_metadata = BlobLayout::Old.metadata(instance);
+    let (file, new_bytes, old_bytes) = futures::join!(
+        with_retries(|| measure(&containers.files, &new_file)),
+        with_retries(|| containers.metadata.get_bytes(&new_metadata)),
+        with_retries(|| containers.metadata.get_bytes(&old_metadata)),
+    );
+    match file {
         Ok(actual) if actual == expected => {}
         Ok((length, checksum)) => {
             return Ok(Verification::Failed(format!(
@@ -103,8 +112,7 @@ pub async fn verify_new_blobs(
         }
         Err(error) => return Err(error),
     }
-    let new_metadata = BlobLayout::New.metadata(instance);
-    let new_bytes = match with_retries(|| containers.metadata.get_bytes(&new_metadata)).await {
+    let new_bytes = match new_bytes {
         Ok(bytes) => bytes,
         Err(BlobError::NotFound { .. }) => {
             return Ok(Verification::Failed(format!(
@@ -113,13 +121,41 @@ pub async fn verify_new_blobs(
         }
         Err(error) => return Err(error),
     };
-    let old_metadata = BlobLayout::Old.metadata(instance);
-    match with_retries(|| containers.metadata.get_bytes(&old_metadata)).await {
+    match old_bytes {
         Ok(old_bytes) if old_bytes != new_bytes => Ok(Verification::Failed(format!(
             "New metadata {new_metadata} differs from the Old metadata"
         ))),
         Ok(_) | Err(BlobError::NotFound { .. }) => Ok(Verification::Verified),
         Err(error) => Err(error),
+    }
+}
+
+/// The copies of one round, in both containers: they become durable together at
+/// [`RoundCopies::sync`], which the round runs before it records any of them as done (failures
+/// cleared, checkpoint). On a filesystem this is one fsync per folder per round instead of one
+/// per copied blob; elsewhere a copy is durable when it returns.
+pub(crate) struct RoundCopies {
+    files: CopyBatch,
+    metadata: CopyBatch,
+}
+
+impl RoundCopies {
+    pub(crate) fn new(blobs: &InstanceBlobStore) -> Self {
+        let containers = blobs.containers();
+        Self {
+            files: containers.files.copy_batch(),
+            metadata: containers.metadata.copy_batch(),
+        }
+    }
+
+    /// Makes every copy of the round durable (again, harmlessly, if called twice); both
+    /// containers at once.
+    pub(crate) async fn sync(&self) -> Result<(), BlobError> {
+        let (files, metadata) = futures::join!(
+            with_retries(|| self.files.sync()),
+            with_retries(|| self.metadata.sync()),
+        );
+        files.and(metadata)
     }
 }
 
@@ -135,14 +171,17 @@ pub(crate) struct CopyOutcome {
 /// was not just made is replaced once from the Old blob, but only when the Old file exists and
 /// itself matches the recorded length and checksum: otherwise the New blob may be the last copy
 /// there is, so both are kept and the instance is reported as failed.
+///
+/// The copies join `copies`: they are durable once the round syncs it.
 pub(crate) async fn copy_instance(
     index: &InstanceIndex,
     blobs: &InstanceBlobStore,
+    copies: &RoundCopies,
     stored: &StoredInstance,
 ) -> Result<CopyOutcome, String> {
     let instance = &stored.instance;
     let mut outcome = CopyOutcome::default();
-    copy_both(blobs, instance, &mut outcome).await?;
+    copy_both(blobs, copies, instance, &mut outcome).await?;
     match verify_new_blobs(index, blobs, stored)
         .await
         .map_err(|e| e.to_string())?
@@ -173,7 +212,7 @@ pub(crate) async fn copy_instance(
             };
             replace.await.map_err(|e| e.to_string())?;
             let mut again = CopyOutcome::default();
-            copy_both(blobs, instance, &mut again).await?;
+            copy_both(blobs, copies, instance, &mut again).await?;
             match verify_new_blobs(index, blobs, stored)
                 .await
                 .map_err(|e| e.to_string())?
@@ -220,36 +259,57 @@ async fn verify_old_file(
     }
 }
 
+/// Copies the file and the metadata (at once: they are independent) and counts what was
+/// copied and what was there already.
 async fn copy_both(
     blobs: &InstanceBlobStore,
+    copies: &RoundCopies,
     instance: &VersionedInstance,
     outcome: &mut CopyOutcome,
 ) -> Result<(), String> {
     let containers = blobs.containers();
-    for (store, old, new) in [
-        (
+    let (file, metadata) = futures::join!(
+        copy_one(
             &containers.files,
+            &copies.files,
             BlobLayout::Old.file(instance),
             BlobLayout::New.file(instance),
         ),
-        (
+        copy_one(
             &containers.metadata,
+            &copies.metadata,
             BlobLayout::Old.metadata(instance),
             BlobLayout::New.metadata(instance),
         ),
-    ] {
-        match with_retries(|| store.copy_create(&old, &new)).await {
-            Ok(()) => outcome.copied += 1,
-            Err(BlobError::AlreadyExists { .. }) => outcome.already_present += 1,
-            Err(BlobError::NotFound { .. }) => match store.exists(&new).await {
-                Ok(true) => outcome.already_present += 1,
-                Ok(false) => return Err(format!("neither {old} nor {new} exists")),
-                Err(error) => return Err(error.to_string()),
-            },
-            Err(error) => return Err(error.to_string()),
+    );
+    for copied in [file?, metadata?] {
+        if copied {
+            outcome.copied += 1;
+        } else {
+            outcome.already_present += 1;
         }
     }
     Ok(())
+}
+
+/// Copies `old` to `new` in `batch`, create-only: true when it copied, false when `new` was
+/// there already (whether `old` still is or not).
+async fn copy_one(
+    store: &BlobStore,
+    batch: &CopyBatch,
+    old: BlobName,
+    new: BlobName,
+) -> Result<bool, String> {
+    match with_retries(|| batch.copy_create(&old, &new)).await {
+        Ok(()) => Ok(true),
+        Err(BlobError::AlreadyExists { .. }) => Ok(false),
+        Err(BlobError::NotFound { .. }) => match store.exists(&new).await {
+            Ok(true) => Ok(false),
+            Ok(false) => Err(format!("neither {old} nor {new} exists")),
+            Err(error) => Err(error.to_string()),
+        },
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// What delete-old did to one instance.
@@ -273,12 +333,12 @@ pub(crate) async fn delete_old(
     let containers = blobs.containers();
     let old_file = BlobLayout::Old.file(instance);
     let old_metadata = BlobLayout::Old.metadata(instance);
-    let file_exists = with_retries(|| containers.files.exists(&old_file))
-        .await
-        .map_err(|e| e.to_string())?;
-    let metadata_exists = with_retries(|| containers.metadata.exists(&old_metadata))
-        .await
-        .map_err(|e| e.to_string())?;
+    let (file_exists, metadata_exists) = futures::join!(
+        with_retries(|| containers.files.exists(&old_file)),
+        with_retries(|| containers.metadata.exists(&old_metadata)),
+    );
+    let file_exists = file_exists.map_err(|e| e.to_string())?;
+    let metadata_exists = metadata_exists.map_err(|e| e.to_string())?;
     if !file_exists && !metadata_exists {
         return Ok(DeleteOutcome::NothingToDelete);
     }

@@ -15,7 +15,9 @@ use tessera_index::{
 use tokio_util::sync::CancellationToken;
 
 use crate::OperationError;
-use crate::migration::{DeleteOutcome, copy_instance, delete_old, delete_old_of_deleted};
+use crate::migration::{
+    DeleteOutcome, RoundCopies, copy_instance, delete_old, delete_old_of_deleted,
+};
 
 /// The three migration operations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -341,6 +343,8 @@ impl OperationContext {
     }
 
     /// Works on a batch of instances, `parallelism` at a time, and counts the outcomes.
+    /// The round's copies are made durable before any outcome is recorded (failures cleared or
+    /// recorded in one transaction), and so before the caller checkpoints the round.
     /// [`OperationError::Interrupted`] when `stop` cut the batch short (the instances in flight
     /// are finished; the round must not be checkpointed).
     async fn process(
@@ -351,35 +355,43 @@ impl OperationContext {
         results: &mut OperationResults,
     ) -> Result<(), OperationError> {
         let size = batch.len();
+        let copies = RoundCopies::new(&self.blobs);
         let outcomes: Vec<(u64, Step)> = futures::stream::iter(batch)
             .take_while(|_| futures::future::ready(!self.stop.is_cancelled()))
-            .map(|stored| async move {
-                (
-                    stored.instance.watermark().get(),
-                    self.step(kind, &stored).await,
-                )
+            .map(|stored| {
+                let copies = &copies;
+                async move {
+                    (
+                        stored.instance.watermark().get(),
+                        self.step(kind, copies, &stored).await,
+                    )
+                }
             })
             .buffer_unordered(self.parallelism.max(1))
             .collect()
             .await;
+        copies.sync().await?;
         let complete = outcomes.len() == size;
+        let mut succeeded = Vec::with_capacity(outcomes.len());
+        let mut failed = Vec::new();
         for (watermark, outcome) in outcomes {
             results.processed += 1;
             match outcome {
                 Ok(count) => {
                     count(results);
-                    self.index.clear_operation_failure(id, watermark).await?;
+                    succeeded.push(watermark);
                 }
                 Err(message) => {
                     tracing::warn!(%id, watermark, %message, "instance failed; it is skipped and retried when the operation resumes");
                     results.failed += 1;
                     results.push_error(format!("watermark {watermark}: {message}"));
-                    self.index
-                        .record_operation_failure(id, watermark, &message)
-                        .await?;
+                    failed.push((watermark, message));
                 }
             }
         }
+        self.index
+            .settle_operation_failures(id, &succeeded, &failed)
+            .await?;
         if complete {
             Ok(())
         } else {
@@ -387,10 +399,15 @@ impl OperationContext {
         }
     }
 
-    async fn step(&self, kind: OperationKind, stored: &StoredInstance) -> Step {
+    async fn step(
+        &self,
+        kind: OperationKind,
+        copies: &RoundCopies,
+        stored: &StoredInstance,
+    ) -> Step {
         match kind {
             OperationKind::Copy => {
-                let outcome = copy_instance(&self.index, &self.blobs, stored).await?;
+                let outcome = copy_instance(&self.index, &self.blobs, copies, stored).await?;
                 Ok(match (outcome.copied, outcome.already_present) {
                     (2, _) => |r| {
                         r.copied += 2;

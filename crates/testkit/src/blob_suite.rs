@@ -395,6 +395,63 @@ pub async fn container_basics(containers: Containers) {
     assert!(names(store).await.is_empty());
 }
 
+/// A batch of copies (the migration's rounds) behaves like single copies: create-only, a
+/// missing source is not found, new folders are made, and after `sync` every copy reads back.
+pub async fn batched_copies(containers: Containers) {
+    let store = &containers.files;
+    let source = BlobName::from("s/t/u_1.dcm");
+    store
+        .put_create(&source, pattern(9, 40_000))
+        .await
+        .expect("put");
+    let taken = BlobName::from("taken_1.dcm");
+    store
+        .put_create(&taken, pattern(10, 10))
+        .await
+        .expect("put");
+    let batch = store.copy_batch();
+    let flat = BlobName::from("flat_1.dcm");
+    let nested = BlobName::from("new/folders/here_1.dcm");
+    batch.copy_create(&source, &flat).await.expect("copy");
+    batch.copy_create(&source, &nested).await.expect("copy");
+    assert!(matches!(
+        batch.copy_create(&source, &taken).await,
+        Err(BlobError::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        batch
+            .copy_create(&BlobName::from("missing_1.dcm"), &BlobName::from("m_1.dcm"))
+            .await,
+        Err(BlobError::NotFound { .. })
+    ));
+    batch.sync().await.expect("sync");
+    batch.sync().await.expect("a second sync is harmless");
+    for name in [&flat, &nested] {
+        let read = store.get(name).await.expect("copy readable");
+        let body: Vec<Bytes> = read.stream.try_collect().await.expect("copy read");
+        assert_eq!(Bytes::from(body.concat()), pattern(9, 40_000), "{name}");
+    }
+    assert_eq!(
+        store.get_bytes(&taken).await.expect("read"),
+        pattern(10, 10),
+        "an existing blob is untouched"
+    );
+    assert_eq!(
+        names(store).await,
+        set([
+            "flat_1.dcm",
+            "new/folders/here_1.dcm",
+            "s/t/u_1.dcm",
+            "taken_1.dcm"
+        ])
+    );
+    store
+        .copy_batch()
+        .sync()
+        .await
+        .expect("an empty batch syncs");
+}
+
 /// Lowers the upload thresholds so small test bodies take the staged path (or not).
 fn small_uploads(containers: Containers, staged: bool) -> Containers {
     let (limit, part) = if staged {

@@ -817,6 +817,30 @@ pub async fn operation_failures_and_walks(t: &TestIndex) {
         index.operation_failures("op", 0, 10).await.unwrap().len(),
         1
     );
+    // A round's outcomes at once: stored[3] succeeded now, stored[0] and stored[2] failed.
+    index
+        .settle_operation_failures(
+            "op",
+            &[stored[3], stored[1]],
+            &[(stored[0], "zero".into()), (stored[2], "two".into())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        index.operation_failures("op", 0, 10).await.unwrap(),
+        [
+            (stored[0], "zero".to_owned()),
+            (stored[2], "two".to_owned())
+        ]
+    );
+    index
+        .settle_operation_failures("op", &[stored[0]], &[(stored[2], "again".into())])
+        .await
+        .unwrap();
+    assert_eq!(
+        index.operation_failures("op", 0, 10).await.unwrap(),
+        [(stored[2], "again".to_owned())]
+    );
     index
         .acquire_operation("op", "copy", "a", Duration::from_secs(60), "{}", "{}")
         .await

@@ -61,4 +61,5 @@ on_every_backend! {
     fallback_reads => blob_suite::fallback_reads;
     legacy_blobs => blob_suite::legacy_blobs;
     container_basics => blob_suite::container_basics;
+    batched_copies => blob_suite::batched_copies;
 }
