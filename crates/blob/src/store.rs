@@ -376,10 +376,10 @@ impl BlobStore {
             .map_err(|e| self.error(name, e))?;
         let size = result.meta.size;
         let (container, name) = (self.container.clone(), name.clone());
-        // A local file streams in 8 KiB reads, each its own blocking task; a small one is read
-        // in one (bounded by `SMALL_LOCAL_READ`), which halves the cost of reading it.
+        // A local file streams in 8 KiB reads, each a hand-off to a blocking thread; a small one
+        // (at most `SMALL_LOCAL_READ`, so memory stays bounded) is read with one.
         let whole = matches!(result.payload, GetResultPayload::File(..))
-            && result.range.end - result.range.start <= SMALL_LOCAL_READ;
+            && result.range.end.saturating_sub(result.range.start) <= SMALL_LOCAL_READ;
         let stream = if whole {
             futures::stream::once(result.bytes()).boxed()
         } else {
