@@ -320,6 +320,27 @@ async fn retrieve(
         )
             .into_response());
     }
+    if resource == Resource::Instance
+        && let [instance] = instances.as_slice()
+    {
+        // One part, opened before the answer starts, so its length is known.
+        let part = if chosen.transcode && instance.transfer_syntax != EXPLICIT_VR_LITTLE_ENDIAN_UID
+        {
+            Part::whole(
+                explicit_type(),
+                transcoded(service, instance.clone(), limit).await?,
+            )
+        } else {
+            let content_type = dicom_type(instance);
+            let file = service.open_file(instance.clone()).await?;
+            Part {
+                content_type,
+                length: Some(file.read.size),
+                body: file.read.stream.map_err(std::io::Error::other).boxed(),
+            }
+        };
+        return Ok(multipart::sized_response("application/dicom", vec![part]));
+    }
     if !chosen.transcode {
         return Ok(multipart::response(
             "application/dicom",
@@ -631,13 +652,14 @@ pub async fn frames(
         let frame = state.service.read_frame(&instance, range).await?;
         return Ok(([(CONTENT_TYPE, part_type)], frame).into_response());
     }
-    let service = state.service.clone();
     let instance = std::sync::Arc::new(instance);
-    let parts = stream::iter(ranges)
-        .map(move |range| {
-            let service = service.clone();
+    // Every frame's length is known from its range, so the body is sized; each frame is read
+    // when its part is sent.
+    let parts = ranges
+        .into_iter()
+        .map(|range| {
+            let service = state.service.clone();
             let instance = instance.clone();
-            let part_type = part_type.clone();
             let body = stream::once(async move {
                 service
                     .read_frame(&instance, range)
@@ -645,14 +667,14 @@ pub async fn frames(
                     .map_err(std::io::Error::other)
             })
             .boxed();
-            Ok(Part {
-                content_type: part_type,
+            Part {
+                content_type: part_type.clone(),
                 length: Some(range.length),
                 body,
-            })
+            }
         })
-        .boxed();
-    Ok(multipart::response("application/octet-stream", parts))
+        .collect();
+    Ok(multipart::sized_response("application/octet-stream", parts))
 }
 
 /// Frames decoded to native samples (Explicit VR Little Endian), the instance loaded once under
