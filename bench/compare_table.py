@@ -149,18 +149,15 @@ w("|---|---|---|")
 for name, ok, detail in checks:
     w(f"| {name} | {'yes' if ok else '**no**'} | {detail} |")
 
-if a.migration:
-    w("")
-    w("## Migration on the filesystem store (20,000 instances of 16 KiB)")
-    w("")
-    w("```")
-    w(a.migration.strip())
-    w("```")
-if a.qido_1m:
-    w("")
-    w("## QIDO on an index of 1,000,000 instances (embedded SQLite, `bash bench/qido.sh 1000000`)")
-    w("")
-    w("```")
-    w(a.qido_1m.strip())
-    w("```")
+for title, output in (
+    ("Migration on the filesystem store (20,000 instances of 16 KiB)", a.migration),
+    ("QIDO on an index of 1,000,000 instances (embedded SQLite, `bash bench/qido.sh 1000000`)", a.qido_1m),
+):
+    if output:
+        w("")
+        w(f"## {title}")
+        w("")
+        w("```")
+        w(output.strip())
+        w("```")
 print("\n".join(lines))

@@ -700,7 +700,6 @@ struct OpenedFile {
 
 /// Opens a local file and reads its first chunk (blocking).
 fn open_local(path: &std::path::Path) -> std::io::Result<OpenedFile> {
-    use std::io::Read;
     let mut file = std::fs::File::open(path)?;
     let metadata = file.metadata()?;
     if !metadata.is_file() {
@@ -711,19 +710,28 @@ fn open_local(path: &std::path::Path) -> std::io::Result<OpenedFile> {
     }
     let size = metadata.len();
     let len = size.min(LOCAL_READ_CHUNK);
-    let mut first = read_buffers::take(len);
-    (&mut file).take(len).read_to_end(&mut first)?;
-    if (first.len() as u64) < len {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "the file is shorter than the size it had when opened",
-        ));
-    }
+    let first = read_chunk(&mut file, len)?;
     Ok(OpenedFile {
         size,
         first,
         rest: (size > len).then_some(file),
     })
+}
+
+/// The next `len` bytes of `file`, into a reused buffer; a file that ends sooner has shrunk
+/// since its size was taken, which is an error.
+fn read_chunk(file: &mut std::fs::File, len: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+
+    let mut chunk = read_buffers::take(len);
+    file.take(len).read_to_end(&mut chunk)?;
+    if (chunk.len() as u64) < len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the file is shorter than the size it had when opened",
+        ));
+    }
+    Ok(chunk)
 }
 
 /// `range` of a local file opened by the store, read in [`LOCAL_READ_CHUNK`]s on blocking
@@ -733,7 +741,7 @@ fn local_file_stream(
     file: std::fs::File,
     range: Range<u64>,
 ) -> BoxStream<'static, Result<Bytes, object_store::Error>> {
-    use std::io::{Read, Seek, SeekFrom};
+    use std::io::{Seek, SeekFrom};
 
     type Pending = tokio::task::JoinHandle<std::io::Result<(std::fs::File, Vec<u8>)>>;
 
@@ -742,14 +750,7 @@ fn local_file_stream(
             if let Some(offset) = seek {
                 file.seek(SeekFrom::Start(offset))?;
             }
-            let mut chunk = read_buffers::take(len);
-            (&mut file).take(len).read_to_end(&mut chunk)?;
-            if (chunk.len() as u64) < len {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the file is shorter than the size it had when opened",
-                ));
-            }
+            let chunk = read_chunk(&mut file, len)?;
             Ok((file, chunk))
         })
     }
