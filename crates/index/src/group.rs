@@ -113,13 +113,22 @@ impl CommitGroups {
     }
 }
 
-/// Takes the waiting writes in groups until every handle to the queue is gone.
+/// Takes the waiting writes in groups until every handle to the queue is gone. Each group runs
+/// in a task of its own, so a panic in one fails only its writes (their callers see the
+/// writer stopped), not every write after it.
 async fn commit_groups(writer: AnyPool, mut waiting: mpsc::Receiver<Box<dyn Write>>) {
     let mut group = Vec::with_capacity(MOST_WRITES_PER_COMMIT);
     while waiting.recv_many(&mut group, MOST_WRITES_PER_COMMIT).await > 0 {
-        let outcome = run_group(&writer, &mut group).await;
-        for write in group.drain(..) {
-            write.answer(outcome.clone());
+        let mut writes = std::mem::replace(&mut group, Vec::with_capacity(MOST_WRITES_PER_COMMIT));
+        let writer = writer.clone();
+        let committed = tokio::spawn(async move {
+            let outcome = run_group(&writer, &mut writes).await;
+            for write in writes {
+                write.answer(outcome.clone());
+            }
+        });
+        if let Err(error) = committed.await {
+            tracing::error!(%error, "a group commit of the index failed unexpectedly");
         }
     }
 }
