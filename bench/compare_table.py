@@ -102,7 +102,11 @@ for key in keys:
         tc, oc = t.get("server_cpu_ms_per_object"), o.get("server_cpu_ms_per_object")
         if tc is not None and oc is not None:
             check(f"{run} {phase}: CPU/obj ≤ ½ Orthanc's", tc <= oc / 2, f"{tc:.2f} vs {oc:.2f} ms")
-    if phase.startswith("qido"):
+    if phase.startswith("qido") and o.get("errors"):
+        # Orthanc failed some of these queries (it has no fuzzy matching): its latency is that
+        # of its failures, so there is no speed to compare; the errors are listed below.
+        pass
+    elif phase.startswith("qido"):
         tp, op = t["lat_ms"]["p50"], o["lat_ms"]["p50"]
         check(f"{run} {phase}: ≥ 5× faster (p50)", bool(tp and op and op >= 5 * tp), f"{f(tp)} vs {f(op)} ms")
     if run == "small-single-c1" and phase in ("wado_instance", "wado_metadata_instance"):
