@@ -342,6 +342,11 @@ impl InstanceIndex {
         let watermark =
             Watermark::new(next as u64).map_err(|e| IndexError::Corrupt(e.to_string()))?;
         upsert_parents(tx, instance, now).await?;
+        // Inserted first: the UIDs are free for nearly every store, and then this is the only
+        // statement about the instance.
+        if insert_reservation(tx, next, instance, now, self.owner).await? {
+            return Ok(watermark);
+        }
         let id = &instance.id;
         let existing: Option<rows::ReservationRow> = sqlx::query_as(
             "SELECT i.status, i.watermark, i.owner_id, p.owner_id AS registered_id, p.host, p.local_key,
@@ -354,54 +359,35 @@ impl InstanceIndex {
         .bind(id.sop.as_str())
         .fetch_optional(&mut **tx)
         .await?;
-        if let Some(row) = existing {
-            let creating = row.status == CREATING;
-            let dead = creating
-                && row.owner_id.is_some()
-                && match row.registered()? {
-                    None => true,
-                    // A registered owner is gone when its lease expired or the probe knows it is.
-                    Some(process) => {
-                        micros(process.lease_expires) < now
-                            || self.gone.as_ref().is_some_and(|p| p.is_gone(&process.info))
-                    }
-                };
-            if !dead {
-                return Err(IndexError::AlreadyExists { creating });
-            }
-            tracing::warn!(
-                watermark = row.watermark,
-                owner = row.owner_id.as_deref().unwrap_or_default(),
-                "taking over a reservation whose owner is gone"
-            );
-            abandon_in(tx, row.watermark, now).await?;
-        }
-        let inserted = sqlx::query(
-            "INSERT INTO instances (watermark, study_uid, series_uid, sop_uid, sop_class_uid, transfer_syntax,
-                 status, created_at, updated_at, owner_id, native_frame_offset, native_frame_length,
-                 native_frame_count) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $11, $12)",
-        )
-        .bind(next)
-        .bind(id.study.as_str())
-        .bind(id.series.as_str())
-        .bind(id.sop.as_str())
-        .bind(instance.attributes.sop_class_uid.clone())
-        .bind(instance.transfer_syntax.clone())
-        .bind(CREATING)
-        .bind(now)
-        .bind(self.owner.map(|o| o.to_string()))
-        .bind(native(instance.native_frames.map(|n| n.offset))?)
-        .bind(native(instance.native_frames.map(|n| n.length))?)
-        .bind(native(instance.native_frames.map(|n| n.count))?)
-        .execute(&mut **tx)
-        .await;
-        match inserted {
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                return Err(IndexError::AlreadyExists { creating: true });
-            }
-            other => other?,
+        // Taken by a row this transaction cannot see (PostgreSQL: committed after its snapshot).
+        let Some(row) = existing else {
+            return Err(IndexError::AlreadyExists { creating: true });
         };
-        Ok(watermark)
+        let creating = row.status == CREATING;
+        let dead = creating
+            && row.owner_id.is_some()
+            && match row.registered()? {
+                None => true,
+                // A registered owner is gone when its lease expired or the probe knows it is.
+                Some(process) => {
+                    micros(process.lease_expires) < now
+                        || self.gone.as_ref().is_some_and(|p| p.is_gone(&process.info))
+                }
+            };
+        if !dead {
+            return Err(IndexError::AlreadyExists { creating });
+        }
+        tracing::warn!(
+            watermark = row.watermark,
+            owner = row.owner_id.as_deref().unwrap_or_default(),
+            "taking over a reservation whose owner is gone"
+        );
+        abandon_in(tx, row.watermark, now).await?;
+        if insert_reservation(tx, next, instance, now, self.owner).await? {
+            Ok(watermark)
+        } else {
+            Err(IndexError::AlreadyExists { creating: true })
+        }
     }
 
     /// Marks a reserved instance `Created` with its blob's length and checksum, and appends its
@@ -645,6 +631,39 @@ pub(crate) const INSTANCE_SELECT: &str =
     "SELECT watermark, study_uid, series_uid, sop_uid, sop_class_uid, transfer_syntax,
     content_length, checksum, has_frame_ranges, native_frame_offset, native_frame_length,
     native_frame_count FROM instances";
+
+/// Inserts a `Creating` row for `instance` under watermark `next`, unless its UIDs are taken;
+/// says whether it did.
+async fn insert_reservation(
+    tx: &mut Tx<'_>,
+    next: i64,
+    instance: &NewInstance,
+    now: i64,
+    owner: Option<ProcessId>,
+) -> Result<bool> {
+    let id = &instance.id;
+    let inserted = sqlx::query(
+        "INSERT INTO instances (watermark, study_uid, series_uid, sop_uid, sop_class_uid, transfer_syntax,
+             status, created_at, updated_at, owner_id, native_frame_offset, native_frame_length,
+             native_frame_count) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $11, $12)
+         ON CONFLICT (study_uid, series_uid, sop_uid) DO NOTHING",
+    )
+    .bind(next)
+    .bind(id.study.as_str())
+    .bind(id.series.as_str())
+    .bind(id.sop.as_str())
+    .bind(instance.attributes.sop_class_uid.clone())
+    .bind(instance.transfer_syntax.clone())
+    .bind(CREATING)
+    .bind(now)
+    .bind(owner.map(|o| o.to_string()))
+    .bind(native(instance.native_frames.map(|n| n.offset))?)
+    .bind(native(instance.native_frames.map(|n| n.length))?)
+    .bind(native(instance.native_frames.map(|n| n.count))?)
+    .execute(&mut **tx)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
 
 /// A native frame layout's number as the index stores it (at most `i64::MAX`).
 fn native(value: Option<u64>) -> Result<Option<i64>> {
