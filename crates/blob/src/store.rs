@@ -922,7 +922,7 @@ mod tests {
             let body: Vec<u8> = (0..(2 * LOCAL_READ_CHUNK + 12_345))
                 .map(|i| (i % 251) as u8)
                 .collect();
-            let name = Path::from(format!("a/{i}.dcm"));
+            let name = Path::from(format!("a/{i}.bin"));
             store
                 .put_create(&name, Bytes::from(body.clone()))
                 .await
@@ -934,13 +934,13 @@ mod tests {
             assert!(chunks.iter().all(|c| c.len() as u64 <= LOCAL_READ_CHUNK));
             assert_eq!(chunks.concat(), body);
 
-            let empty = Path::from(format!("empty{i}.dcm"));
+            let empty = Path::from(format!("empty{i}.bin"));
             store.put_create(&empty, Bytes::new()).await.unwrap();
             let read = store.get(&empty).await.unwrap();
             let chunks: Vec<Bytes> = read.stream.try_collect().await.unwrap();
             assert_eq!(chunks.concat(), b"");
 
-            let missing = store.get(&Path::from("a/missing.dcm")).await;
+            let missing = store.get(&Path::from("a/missing.bin")).await;
             assert!(matches!(missing, Err(BlobError::NotFound { .. })));
             let folder = store.get(&Path::from("a")).await;
             assert!(matches!(folder, Err(BlobError::NotFound { .. })));
@@ -951,7 +951,7 @@ mod tests {
     async fn a_local_file_cut_short_while_read_fails() {
         let folder = tempfile::tempdir().unwrap();
         for (i, store) in stores(folder.path()).await.into_iter().enumerate() {
-            let name = Path::from(format!("cut{i}.dcm"));
+            let name = Path::from(format!("cut{i}.bin"));
             // Three chunks: the first is read by `get`, the second may be read ahead before the
             // file is cut, the third is read only once the stream is polled, after the cut.
             let len = 2 * LOCAL_READ_CHUNK as usize + 10;
@@ -966,7 +966,7 @@ mod tests {
                     folder
                         .path()
                         .join(store.container())
-                        .join(format!("cut{i}.dcm")),
+                        .join(format!("cut{i}.bin")),
                 )
                 .unwrap()
                 .set_len(100)
@@ -984,11 +984,11 @@ mod tests {
         for i in 0..4u8 {
             let body = Bytes::from(vec![i; 1000]);
             local
-                .put_create(&Path::from(format!("b/{i}.dcm")), body)
+                .put_create(&Path::from(format!("b/{i}.bin")), body)
                 .await
                 .unwrap();
         }
-        let name = |n: &str| Path::from(format!("b/{n}.dcm"));
+        let name = |n: &str| Path::from(format!("b/{n}.bin"));
         // The second instance exists only under its fallback name.
         let candidates = vec![
             vec![name("0")],
