@@ -71,14 +71,6 @@ impl Engine {
         }
     }
 
-    /// Hands out the next watermark inside `tx` (first statement of the transaction).
-    async fn next_watermark(self, tx: &mut Tx<'_>) -> Result<i64> {
-        match self {
-            Self::Sqlite => sqlite::next_watermark(tx).await,
-            Self::Postgres => postgres::next_watermark(tx).await,
-        }
-    }
-
     /// Makes every later watermark greater than `watermark` (adoption of found blobs).
     async fn raise_watermarks_above(self, tx: &mut Tx<'_>, watermark: i64) -> Result<()> {
         match self {
@@ -338,13 +330,20 @@ impl InstanceIndex {
         // The write comes first so that SQLite takes its write lock at once (no upgrade
         // deadlock). The study row is locked next (the upsert), before any instance row, the
         // same order every transaction that removes instances follows.
-        let next = self.engine.next_watermark(tx).await?;
+        // The reservation row is inserted first: the UIDs are free for nearly every store, and
+        // then these are the only statements about the instance.
+        let (next, inserted) = match self.engine {
+            Engine::Sqlite => sqlite::reserve(tx, instance, now, self.owner).await?,
+            Engine::Postgres => {
+                let next = postgres::next_watermark(tx).await?;
+                upsert_parents(tx, instance, now).await?;
+                let inserted = insert_reservation(tx, next, instance, now, self.owner).await?;
+                (next, inserted)
+            }
+        };
         let watermark =
             Watermark::new(next as u64).map_err(|e| IndexError::Corrupt(e.to_string()))?;
-        upsert_parents(tx, instance, now).await?;
-        // Inserted first: the UIDs are free for nearly every store, and then this is the only
-        // statement about the instance.
-        if insert_reservation(tx, next, instance, now, self.owner).await? {
+        if inserted {
             return Ok(watermark);
         }
         let id = &instance.id;
@@ -407,21 +406,21 @@ impl InstanceIndex {
         let engine = self.engine;
         self.write(move |tx| {
             Box::pin(async move {
-                let row: UidsRow = sqlx::query_as(
-                    "UPDATE instances SET status = $1, content_length = $2, checksum = $3, has_frame_ranges = $4,
-                         updated_at = $5 WHERE watermark = $6 AND status = $7
-                     RETURNING study_uid, series_uid, sop_uid",
-                )
-                .bind(CREATED)
-                .bind(length)
-                .bind(checksum)
-                .bind(i16::from(has_frame_ranges))
-                .bind(now)
-                .bind(w)
-                .bind(CREATING)
-                .fetch_optional(&mut **tx)
-                .await?
-                .ok_or(IndexError::NotFound)?;
+                let completion = Completion {
+                    watermark: w,
+                    content_length: length,
+                    checksum,
+                    has_frame_ranges,
+                    now,
+                };
+                if engine == Engine::Sqlite {
+                    return sqlite::complete(tx, completion).await;
+                }
+                let row: UidsRow = completion
+                    .bind(sqlx::query_as(COMPLETE_RESERVATION))
+                    .fetch_optional(&mut **tx)
+                    .await?
+                    .ok_or(IndexError::NotFound)?;
                 append_change(engine, tx, now, ChangeAction::Create, &row, w).await
             })
         })
@@ -632,6 +631,38 @@ pub(crate) const INSTANCE_SELECT: &str =
     content_length, checksum, has_frame_ranges, native_frame_offset, native_frame_length,
     native_frame_count FROM instances";
 
+/// Marks a reservation `Created` (binds as in [`Completion::bind`]), returning its UIDs.
+pub(crate) const COMPLETE_RESERVATION: &str =
+    "UPDATE instances SET status = $1, content_length = $2, checksum = $3, has_frame_ranges = $4,
+         updated_at = $5 WHERE watermark = $6 AND status = $7
+     RETURNING study_uid, series_uid, sop_uid";
+
+/// What `end_create` records about a stored instance.
+pub(crate) struct Completion {
+    pub(crate) watermark: i64,
+    pub(crate) content_length: i64,
+    pub(crate) checksum: String,
+    pub(crate) has_frame_ranges: bool,
+    pub(crate) now: i64,
+}
+
+impl Completion {
+    /// Binds `$1..=$7` of [`COMPLETE_RESERVATION`].
+    pub(crate) fn bind<'q, O>(
+        self,
+        query: sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments> {
+        query
+            .bind(CREATED)
+            .bind(self.content_length)
+            .bind(self.checksum)
+            .bind(i16::from(self.has_frame_ranges))
+            .bind(self.now)
+            .bind(self.watermark)
+            .bind(CREATING)
+    }
+}
+
 /// Inserts a `Creating` row for `instance` under watermark `next`, unless its UIDs are taken;
 /// says whether it did.
 async fn insert_reservation(
@@ -666,7 +697,7 @@ async fn insert_reservation(
 }
 
 /// A native frame layout's number as the index stores it (at most `i64::MAX`).
-fn native(value: Option<u64>) -> Result<Option<i64>> {
+pub(crate) fn native(value: Option<u64>) -> Result<Option<i64>> {
     value
         .map(|v| {
             i64::try_from(v).map_err(|_| IndexError::Corrupt(format!("native frame value {v}")))
@@ -741,36 +772,38 @@ async fn mark_feed_deleted(tx: &mut Tx<'_>, uids: &UidsRow) -> Result<()> {
     Ok(())
 }
 
-/// Creates or updates the study and series rows of an instance (latest wins, orig A.5; an
-/// instance without a PatientID leaves the study's as it is, as the original's v2 does).
-pub(crate) async fn upsert_parents(
-    tx: &mut Tx<'_>,
+/// Creates or updates the study row of an instance (latest wins, orig A.5; an instance without
+/// a PatientID leaves the study's as it is, as the original's v2 does). Binds as in
+/// [`bind_study`].
+pub(crate) const UPSERT_STUDY: &str =
+    "INSERT INTO studies (study_uid, patient_id, patient_name, patient_birth_date, accession_number,
+         referring_physician_name, study_date, study_description, updated_at, patient_name_folded,
+         patient_name_words, referring_physician_name_folded, referring_physician_name_words)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+     ON CONFLICT (study_uid) DO UPDATE SET patient_id = COALESCE(excluded.patient_id, studies.patient_id),
+         patient_name = excluded.patient_name, patient_birth_date = excluded.patient_birth_date,
+         accession_number = excluded.accession_number,
+         referring_physician_name = excluded.referring_physician_name,
+         study_date = excluded.study_date, study_description = excluded.study_description,
+         updated_at = excluded.updated_at, patient_name_folded = excluded.patient_name_folded,
+         patient_name_words = excluded.patient_name_words,
+         referring_physician_name_folded = excluded.referring_physician_name_folded,
+         referring_physician_name_words = excluded.referring_physician_name_words";
+
+/// Binds `$1..=$13` of [`UPSERT_STUDY`]: `$1` is the study UID and `$9` the time.
+pub(crate) fn bind_study<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
     instance: &NewInstance,
     now: i64,
-) -> Result<()> {
-    let id = &instance.id;
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
     let a = &instance.attributes;
     let patient = a.patient_name.as_deref().map(person_name_search_forms);
     let referring = a
         .referring_physician_name
         .as_deref()
         .map(person_name_search_forms);
-    sqlx::query(
-            "INSERT INTO studies (study_uid, patient_id, patient_name, patient_birth_date, accession_number,
-                 referring_physician_name, study_date, study_description, updated_at, patient_name_folded,
-                 patient_name_words, referring_physician_name_folded, referring_physician_name_words)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-             ON CONFLICT (study_uid) DO UPDATE SET patient_id = COALESCE(excluded.patient_id, studies.patient_id),
-                 patient_name = excluded.patient_name, patient_birth_date = excluded.patient_birth_date,
-                 accession_number = excluded.accession_number,
-                 referring_physician_name = excluded.referring_physician_name,
-                 study_date = excluded.study_date, study_description = excluded.study_description,
-                 updated_at = excluded.updated_at, patient_name_folded = excluded.patient_name_folded,
-                 patient_name_words = excluded.patient_name_words,
-                 referring_physician_name_folded = excluded.referring_physician_name_folded,
-                 referring_physician_name_words = excluded.referring_physician_name_words",
-        )
-        .bind(id.study.as_str())
+    query
+        .bind(instance.id.study.as_str().to_owned())
         .bind(a.patient_id.clone())
         .bind(a.patient_name.clone())
         .bind(a.patient_birth_date.clone())
@@ -783,6 +816,17 @@ pub(crate) async fn upsert_parents(
         .bind(patient.map(|p| p.1))
         .bind(referring.as_ref().map(|r| r.0.clone()))
         .bind(referring.map(|r| r.1))
+}
+
+/// Creates or updates the study and series rows of an instance (latest wins).
+pub(crate) async fn upsert_parents(
+    tx: &mut Tx<'_>,
+    instance: &NewInstance,
+    now: i64,
+) -> Result<()> {
+    let id = &instance.id;
+    let a = &instance.attributes;
+    bind_study(sqlx::query(UPSERT_STUDY), instance, now)
         .execute(&mut **tx)
         .await?;
     sqlx::query(

@@ -7,13 +7,17 @@
 //! can both try to apply the same migration; the loser's transaction fails and rolls back, and
 //! it runs the migrator again as long as another process made progress meanwhile.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::MigrateError;
+use sqlx::{AnyPool, AssertSqlSafe};
 
-use crate::{Result, Tx};
+use crate::model::NewInstance;
+use crate::processes::ProcessId;
+use crate::rows::UidsRow;
+use crate::{CREATING, ChangeAction, Completion, IndexError, Result, Tx};
 
 /// How many times a migration that lost a race with another process is run again.
 const MIGRATION_ATTEMPTS: u32 = 100;
@@ -128,12 +132,99 @@ async fn applied_migrations(pool: &AnyPool) -> i64 {
         .unwrap_or(0)
 }
 
-pub(crate) async fn next_watermark(tx: &mut Tx<'_>) -> Result<i64> {
-    Ok(sqlx::query_scalar(
-        "UPDATE watermark_sequence SET next_value = next_value + 1 WHERE id = 1 RETURNING next_value - 1",
+/// A reservation in one round trip to the connection's worker thread (every statement costs
+/// one, and their thread hand-offs were most of a store's index time): draws a watermark,
+/// upserts study (`$1..=$13`, see `crate::bind_study`) and series, and inserts the `Creating`
+/// row unless the UIDs are taken, returning its watermark.
+static RESERVE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE watermark_sequence SET next_value = next_value + 1 WHERE id = 1;
+         {study};
+         INSERT INTO series (study_uid, series_uid, modality, performed_procedure_step_start_date,
+             manufacturer_model_name, updated_at) VALUES ($1, $14, $15, $16, $17, $9)
+         ON CONFLICT (study_uid, series_uid) DO UPDATE SET modality = excluded.modality,
+             performed_procedure_step_start_date = excluded.performed_procedure_step_start_date,
+             manufacturer_model_name = excluded.manufacturer_model_name, updated_at = excluded.updated_at;
+         INSERT INTO instances (watermark, study_uid, series_uid, sop_uid, sop_class_uid, transfer_syntax,
+             status, created_at, updated_at, owner_id, native_frame_offset, native_frame_length,
+             native_frame_count)
+         SELECT next_value - 1, $1, $14, $18, $19, $20, $21, $9, $9, $22, $23, $24, $25
+         FROM watermark_sequence WHERE id = 1
+         ON CONFLICT (study_uid, series_uid, sop_uid) DO NOTHING
+         RETURNING watermark",
+        study = crate::UPSERT_STUDY
     )
-    .fetch_one(&mut **tx)
-    .await?)
+});
+
+/// Completes a reservation in one round trip (see [`RESERVE`]): marks it `Created`
+/// (`crate::COMPLETE_RESERVATION`), and, only if that changed a row, appends its change-feed
+/// row and points the instance's earlier rows at it (as `crate::append_change` does).
+static COMPLETE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{complete};
+         INSERT INTO change_feed (timestamp, action, study_uid, series_uid, sop_uid, original_watermark,
+             current_watermark)
+         SELECT $5, $8, study_uid, series_uid, sop_uid, $6, $6 FROM instances
+         WHERE watermark = $6 AND changes() = 1;
+         UPDATE change_feed SET current_watermark = $6
+         WHERE (study_uid, series_uid, sop_uid) = (SELECT study_uid, series_uid, sop_uid FROM instances WHERE watermark = $6)
+           AND changes() = 1",
+        complete = crate::COMPLETE_RESERVATION
+    )
+});
+
+/// Draws a watermark and reserves it for `instance` (see [`RESERVE`]); says which watermark,
+/// and whether the row was inserted (false: the UIDs are taken).
+pub(crate) async fn reserve(
+    tx: &mut Tx<'_>,
+    instance: &NewInstance,
+    now: i64,
+    owner: Option<ProcessId>,
+) -> Result<(i64, bool)> {
+    let a = &instance.attributes;
+    let frames = instance.native_frames;
+    let inserted: Option<i64> =
+        crate::bind_study(sqlx::query(AssertSqlSafe(RESERVE.as_str())), instance, now)
+            .bind(instance.id.series.as_str().to_owned())
+            .bind(a.modality.clone())
+            .bind(a.performed_procedure_step_start_date.clone())
+            .bind(a.manufacturer_model_name.clone())
+            .bind(instance.id.sop.as_str().to_owned())
+            .bind(a.sop_class_uid.clone())
+            .bind(instance.transfer_syntax.clone())
+            .bind(CREATING)
+            .bind(owner.map(|o| o.to_string()))
+            .bind(crate::native(frames.map(|n| n.offset))?)
+            .bind(crate::native(frames.map(|n| n.length))?)
+            .bind(crate::native(frames.map(|n| n.count))?)
+            .fetch_all(&mut **tx)
+            .await?
+            .first()
+            .map(|row| sqlx::Row::try_get(row, 0))
+            .transpose()?;
+    match inserted {
+        Some(watermark) => Ok((watermark, true)),
+        None => {
+            let drawn =
+                sqlx::query_scalar("SELECT next_value - 1 FROM watermark_sequence WHERE id = 1")
+                    .fetch_one(&mut **tx)
+                    .await?;
+            Ok((drawn, false))
+        }
+    }
+}
+
+/// Completes a reservation (see [`COMPLETE`]); [`IndexError::NotFound`] when there is none.
+pub(crate) async fn complete(tx: &mut Tx<'_>, completion: Completion) -> Result<()> {
+    let changed: Vec<UidsRow> = completion
+        .bind(sqlx::query_as(AssertSqlSafe(COMPLETE.as_str())))
+        .bind(ChangeAction::Create as i16)
+        .fetch_all(&mut **tx)
+        .await?;
+    if changed.is_empty() {
+        return Err(IndexError::NotFound);
+    }
+    Ok(())
 }
 
 pub(crate) async fn raise_watermarks_above(tx: &mut Tx<'_>, watermark: i64) -> Result<()> {
