@@ -146,20 +146,21 @@ async fn run_group(writer: &AnyPool, group: &mut [Box<dyn Write>]) -> Result<(),
         }
         return Ok(());
     }
+    // Each statement is a round trip to the connection's worker thread, so one write's release
+    // and the next one's savepoint go together, and the commit releases the last.
+    let mut savepoint = "SAVEPOINT grouped";
     for write in group.iter_mut() {
-        execute(&mut tx, "SAVEPOINT grouped")
-            .await
-            .map_err(shared)?;
+        execute(&mut tx, savepoint).await.map_err(shared)?;
+        savepoint = "RELEASE grouped; SAVEPOINT grouped";
         if !write.run(&mut tx).await {
             execute(&mut tx, "ROLLBACK TO grouped")
                 .await
                 .map_err(shared)?;
         }
-        execute(&mut tx, "RELEASE grouped").await.map_err(shared)?;
     }
     tx.commit().await.map_err(shared)
 }
 
 async fn execute(tx: &mut Tx<'static>, sql: &'static str) -> Result<(), sqlx::Error> {
-    sqlx::query(sql).execute(&mut **tx).await.map(|_| ())
+    sqlx::raw_sql(sql).execute(&mut **tx).await.map(|_| ())
 }
