@@ -35,6 +35,8 @@ pub mod azure;
 mod faults;
 mod instance_store;
 pub mod layout;
+#[cfg(target_os = "linux")]
+mod local_create;
 mod location;
 pub mod metered;
 mod store;

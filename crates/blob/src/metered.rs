@@ -84,6 +84,26 @@ pub(crate) fn record_local_get<T>(
     }
 }
 
+/// Counts a create-only write of a local file that bypassed the store (as [`MeteredStore`]
+/// counts a `put`): one call per name, and `len` bytes per name created.
+pub(crate) fn record_local_put(
+    backend: &'static str,
+    names: usize,
+    len: u64,
+    result: &std::result::Result<(), crate::BlobError>,
+) {
+    metrics::counter!(CALLS, "backend" => backend, "operation" => "put").increment(names as u64);
+    match result {
+        Ok(()) => {
+            metrics::counter!(BYTES_WRITTEN, "backend" => backend).increment(len * names as u64);
+        }
+        Err(crate::BlobError::AlreadyExists { .. }) => {}
+        Err(_) => {
+            metrics::counter!(ERRORS, "backend" => backend, "operation" => "put").increment(1);
+        }
+    }
+}
+
 fn count_read(backend: &'static str, result: &Result<Bytes>) {
     if let Ok(chunk) = result {
         metrics::counter!(BYTES_READ, "backend" => backend).increment(chunk.len() as u64);

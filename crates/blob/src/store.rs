@@ -260,6 +260,12 @@ impl BlobStore {
         payload: PutPayload,
         len: usize,
     ) -> Result<u64, BlobError> {
+        #[cfg(target_os = "linux")]
+        if let (Some(local), None) = (&self.local, &self.faults)
+            && let Some(written) = self.put_local(local, names, &payload, len).await
+        {
+            return written;
+        }
         // Every name at once (Dual writes two): each durable put waits on its own flushes.
         let puts = names.iter().map(|name| {
             self.inner
@@ -281,6 +287,49 @@ impl BlobStore {
             }
             None => Ok(len as u64),
         }
+    }
+
+    /// `put_whole` into a local folder without a staging name (see `local_create.rs`);
+    /// `None` when the filesystem cannot do that, and nothing was written.
+    #[cfg(target_os = "linux")]
+    async fn put_local(
+        &self,
+        local: &LocalContainer,
+        names: &[Path],
+        payload: &PutPayload,
+        len: usize,
+    ) -> Option<Result<u64, BlobError>> {
+        let mut paths = Vec::with_capacity(names.len());
+        for name in names {
+            match local.files.path_to_filesystem(name) {
+                Ok(path) => paths.push(path),
+                Err(error) => return Some(Err(self.error(name, error))),
+            }
+        }
+        let body: Vec<Bytes> = payload.iter().cloned().collect();
+        let created =
+            tokio::task::spawn_blocking(move || crate::local_create::create(&paths, &body))
+                .await
+                .unwrap_or_else(|join| Err(std::io::Error::other(join)));
+        use crate::local_create::Created;
+        let result = match created {
+            Ok(Created::Unsupported) => return None,
+            Ok(Created::All) => Ok(()),
+            Ok(Created::Exists(index)) => Err(BlobError::AlreadyExists {
+                container: self.container.to_string(),
+                name: names.get(index).map(Path::to_string).unwrap_or_default(),
+            }),
+            Err(source) => {
+                let name = names.first().cloned().unwrap_or_default();
+                let source = object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: Box::new(source),
+                };
+                Err(self.error(&name, source))
+            }
+        };
+        crate::metered::record_local_put(local.backend, names.len(), len as u64, &result);
+        Some(result.map(|()| len as u64))
     }
 
     async fn put_staged<S, E>(

@@ -1,0 +1,202 @@
+//! Create-only, durable writes of whole blobs into a local folder, without a staging name.
+//!
+//! `object_store`'s `LocalFileSystem` writes a blob to a staging file (`NAME#N`), fsyncs it,
+//! hard-links it to its name, fsyncs the folder and unlinks the staging name: three changes to
+//! the folder per blob, and a process killed in between leaves the staging file behind for
+//! good (named after the blob, so after UIDs in the Old layout). Here the bytes go to an
+//! unnamed file (`O_TMPFILE`), which the kernel removes if the process dies, and the one link
+//! to each final name is the only change to the folder; the link fails if the name exists, so
+//! the write stays create-only, and no reader ever sees a partial blob under a final name.
+//! Hand-written because no kept crate writes files this way; `rustix` makes the calls.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use rustix::fs::{AtFlags, CWD, Mode, OFlags};
+
+/// What became of a write.
+#[derive(Debug)]
+pub(crate) enum Created {
+    /// Every name was created and is durable.
+    All,
+    /// This name exists already; the names created before it were removed again.
+    Exists(usize),
+    /// This filesystem cannot make unnamed files (or link them): nothing was written, and the
+    /// caller writes through `object_store`.
+    Unsupported,
+}
+
+/// Writes `body` once and links it under every path of `paths` (Dual mode writes two), then
+/// makes the links durable: the file is fsynced before any link, and each folder that gained an
+/// entry after. Parent folders that are missing are created, each made durable in its parent.
+/// On failure, the names this call linked are removed again.
+pub(crate) fn create(paths: &[PathBuf], body: &[Bytes]) -> io::Result<Created> {
+    let Some(first) = paths.first() else {
+        return Ok(Created::All);
+    };
+    let folder = parent(first)?;
+    create_folders(folder)?;
+    let file = match unnamed_file(folder) {
+        Ok(file) => file,
+        Err(error) if unsupported(&error) => return Ok(Created::Unsupported),
+        Err(error) => return Err(error),
+    };
+    let mut writer = &file;
+    for chunk in body {
+        writer.write_all(chunk)?;
+    }
+    file.sync_all()?;
+    let mut linked: Vec<&Path> = Vec::with_capacity(paths.len());
+    for (index, path) in paths.iter().enumerate() {
+        let outcome = parent(path)
+            .and_then(create_folders)
+            .and_then(|()| link(&file, path));
+        match outcome {
+            Ok(()) => linked.push(path),
+            Err(error) => {
+                unlink_all(&linked);
+                return match error.kind() {
+                    io::ErrorKind::AlreadyExists => Ok(Created::Exists(index)),
+                    _ if linked.is_empty() && unsupported(&error) => Ok(Created::Unsupported),
+                    _ => Err(error),
+                };
+            }
+        }
+    }
+    let mut synced: Vec<&Path> = Vec::with_capacity(paths.len());
+    for path in &linked {
+        let folder = parent(path)?;
+        if !synced.contains(&folder) {
+            if let Err(error) = sync_folder(folder) {
+                unlink_all(&linked);
+                return Err(error);
+            }
+            synced.push(folder);
+        }
+    }
+    Ok(Created::All)
+}
+
+fn parent(path: &Path) -> io::Result<&Path> {
+    path.parent()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "a blob path without a folder"))
+}
+
+/// An unnamed file in `folder`, gone with its last descriptor unless linked.
+fn unnamed_file(folder: &Path) -> io::Result<File> {
+    let fd = rustix::fs::openat(
+        CWD,
+        folder,
+        OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o666),
+    )?;
+    Ok(File::from(fd))
+}
+
+/// Links the unnamed `file` as `path`; fails with `AlreadyExists` if the name is taken.
+/// Through `/proc/self/fd` (`AT_EMPTY_PATH` would need a capability the server may not have).
+fn link(file: &File, path: &Path) -> io::Result<()> {
+    let descriptor = format!("/proc/self/fd/{}", file.as_raw_fd());
+    rustix::fs::linkat(CWD, descriptor.as_str(), CWD, path, AtFlags::SYMLINK_FOLLOW)?;
+    Ok(())
+}
+
+/// Whether `error` says the filesystem (or the absence of `/proc`) rules unnamed files out.
+fn unsupported(error: &io::Error) -> bool {
+    matches!(
+        rustix::io::Errno::from_io_error(error),
+        Some(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR | rustix::io::Errno::INVAL)
+    ) || error.kind() == io::ErrorKind::NotFound && !Path::new("/proc/self/fd").exists()
+}
+
+/// Creates `folder` and its missing parents, fsyncing the parent of each folder that was
+/// missing (whoever created it: a concurrent writer may not have synced it yet).
+fn create_folders(folder: &Path) -> io::Result<()> {
+    if folder.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut current = Some(folder);
+    while let Some(path) = current.filter(|p| !p.as_os_str().is_empty() && !p.is_dir()) {
+        missing.push(path);
+        current = path.parent();
+    }
+    for path in missing.into_iter().rev() {
+        match std::fs::create_dir(path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(error) => return Err(error),
+        }
+        sync_folder(parent(path)?)?;
+    }
+    Ok(())
+}
+
+fn sync_folder(folder: &Path) -> io::Result<()> {
+    File::open(folder)?.sync_all()
+}
+
+/// Best effort: a name that cannot be removed now is the caller's to report.
+fn unlink_all(paths: &[&Path]) {
+    for path in paths {
+        if let Err(error) = std::fs::remove_file(path) {
+            tracing::warn!(path = %path.display(), %error, "could not remove a blob this write created");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body() -> Vec<Bytes> {
+        vec![Bytes::from_static(b"abc"), Bytes::from_static(b"def")]
+    }
+
+    #[test]
+    fn creates_every_name_with_the_whole_body_and_no_other_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = [dir.path().join("a/b/x.bin"), dir.path().join("y.bin")];
+        let created = create(&paths, &body()).unwrap();
+        assert!(matches!(created, Created::All), "{created:?}");
+        for path in &paths {
+            assert_eq!(std::fs::read(path).unwrap(), b"abcdef");
+        }
+        let mut names: Vec<_> = walk(dir.path());
+        names.sort();
+        assert_eq!(names, ["a/b/x.bin", "y.bin"]);
+    }
+
+    #[test]
+    fn an_existing_name_is_left_as_it_was_and_earlier_names_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let taken = dir.path().join("taken.bin");
+        std::fs::write(&taken, b"old").unwrap();
+        let paths = [dir.path().join("new.bin"), taken.clone()];
+        let created = create(&paths, &body()).unwrap();
+        assert!(matches!(created, Created::Exists(1)), "{created:?}");
+        assert_eq!(std::fs::read(&taken).unwrap(), b"old");
+        assert!(!paths[0].exists());
+        assert_eq!(walk(dir.path()), ["taken.bin"]);
+    }
+
+    fn walk(root: &Path) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut folders = vec![root.to_path_buf()];
+        while let Some(folder) = folders.pop() {
+            for entry in std::fs::read_dir(&folder).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    folders.push(path);
+                } else {
+                    let relative = path.strip_prefix(root).unwrap();
+                    found.push(relative.to_string_lossy().into_owned());
+                }
+            }
+        }
+        found
+    }
+}
