@@ -13,6 +13,8 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use rustix::fs::{AtFlags, CWD, Mode, OFlags};
@@ -29,11 +31,48 @@ pub(crate) enum Created {
     Unsupported,
 }
 
+/// Makes new entries of one folder durable with one fsync for every writer waiting at once:
+/// concurrent stores all link into a container's folder (the New layout is flat), and each
+/// fsyncing it in turn made most of those flushes redundant.
+#[derive(Debug)]
+pub(crate) struct FolderSync {
+    folder: PathBuf,
+    /// Links made so far (counted after each link).
+    linked: AtomicU64,
+    /// Links the last completed fsync covers; held while an fsync runs.
+    synced: Mutex<u64>,
+}
+
+impl FolderSync {
+    pub(crate) fn new(folder: PathBuf) -> Self {
+        Self {
+            folder,
+            linked: AtomicU64::new(0),
+            synced: Mutex::new(0),
+        }
+    }
+
+    /// Returns once an fsync of the folder that began after this call has completed: by this
+    /// caller, or by one that held the lock meanwhile and counted this caller's link.
+    fn sync(&self) -> io::Result<()> {
+        let mine = self.linked.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        if *synced >= mine {
+            return Ok(());
+        }
+        let covered = self.linked.load(Ordering::SeqCst);
+        sync_folder(&self.folder)?;
+        *synced = covered;
+        Ok(())
+    }
+}
+
 /// Writes `body` once and links it under every path of `paths` (Dual mode writes two), then
 /// makes the links durable: the file is fsynced before any link, and each folder that gained an
-/// entry after. Parent folders that are missing are created, each made durable in its parent.
-/// On failure, the names this call linked are removed again.
-pub(crate) fn create(paths: &[PathBuf], body: &[Bytes]) -> io::Result<Created> {
+/// entry after (`root`'s through its [`FolderSync`]). Parent folders that are missing are
+/// created, each made durable in its parent. On failure, the names this call linked are
+/// removed again.
+pub(crate) fn create(paths: &[PathBuf], body: &[Bytes], root: &FolderSync) -> io::Result<Created> {
     let Some(first) = paths.first() else {
         return Ok(Created::All);
     };
@@ -70,7 +109,12 @@ pub(crate) fn create(paths: &[PathBuf], body: &[Bytes]) -> io::Result<Created> {
     for path in &linked {
         let folder = parent(path)?;
         if !synced.contains(&folder) {
-            if let Err(error) = sync_folder(folder) {
+            let flushed = if folder == root.folder {
+                root.sync()
+            } else {
+                sync_folder(folder)
+            };
+            if let Err(error) = flushed {
                 unlink_all(&linked);
                 return Err(error);
             }
@@ -160,7 +204,8 @@ mod tests {
     fn creates_every_name_with_the_whole_body_and_no_other_file() {
         let dir = tempfile::tempdir().unwrap();
         let paths = [dir.path().join("a/b/x.bin"), dir.path().join("y.bin")];
-        let created = create(&paths, &body()).unwrap();
+        let root = FolderSync::new(dir.path().to_path_buf());
+        let created = create(&paths, &body(), &root).unwrap();
         assert!(matches!(created, Created::All), "{created:?}");
         for path in &paths {
             assert_eq!(std::fs::read(path).unwrap(), b"abcdef");
@@ -176,11 +221,24 @@ mod tests {
         let taken = dir.path().join("taken.bin");
         std::fs::write(&taken, b"old").unwrap();
         let paths = [dir.path().join("new.bin"), taken.clone()];
-        let created = create(&paths, &body()).unwrap();
+        let root = FolderSync::new(dir.path().to_path_buf());
+        let created = create(&paths, &body(), &root).unwrap();
         assert!(matches!(created, Created::Exists(1)), "{created:?}");
         assert_eq!(std::fs::read(&taken).unwrap(), b"old");
         assert!(!paths[0].exists());
         assert_eq!(walk(dir.path()), ["taken.bin"]);
+    }
+
+    #[test]
+    fn a_folder_sync_counts_links_it_covered() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = FolderSync::new(dir.path().to_path_buf());
+        root.sync().unwrap();
+        root.sync().unwrap();
+        assert_eq!(*root.synced.lock().unwrap(), 2);
+        let missing = FolderSync::new(dir.path().join("missing"));
+        assert!(missing.sync().is_err());
+        assert_eq!(*missing.synced.lock().unwrap(), 0);
     }
 
     fn walk(root: &Path) -> Vec<String> {

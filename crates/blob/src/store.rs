@@ -48,6 +48,9 @@ struct LocalContainer {
     /// The same folder without `with_fsync`: a copy (hard link) returns before its directory
     /// entry is on disk, and [`CopyBatch::sync`] makes the entries durable, once per folder.
     unsynced: Arc<dyn ObjectStore>,
+    /// The fsyncs of the folder after new small blobs, shared by concurrent writes.
+    #[cfg(target_os = "linux")]
+    synced: Arc<crate::local_create::FolderSync>,
 }
 
 /// Most blobs [`BlobStore::get_local_batch`] opens at once (each may hold a file open).
@@ -159,6 +162,8 @@ impl BlobStore {
         unsynced: Arc<dyn ObjectStore>,
     ) -> Self {
         self.local = Some(LocalContainer {
+            #[cfg(target_os = "linux")]
+            synced: Arc::new(crate::local_create::FolderSync::new(folder.clone())),
             folder: folder.into(),
             files,
             backend,
@@ -307,8 +312,9 @@ impl BlobStore {
             }
         }
         let body: Vec<Bytes> = payload.iter().cloned().collect();
+        let root = local.synced.clone();
         let created =
-            tokio::task::spawn_blocking(move || crate::local_create::create(&paths, &body))
+            tokio::task::spawn_blocking(move || crate::local_create::create(&paths, &body, &root))
                 .await
                 .unwrap_or_else(|join| Err(std::io::Error::other(join)));
         use crate::local_create::Created;
