@@ -63,7 +63,10 @@ run_tessera() { # name, then bench args
   local dir=$work/tessera-$name port
   mkdir -p "$dir"
   port=$(free_port)
-  (cd "$dir" && exec "$root/target/release/tessera" serve --listen "127.0.0.1:$port" >"$dir/server.log" 2>&1) &
+  # As deployed: without a developer's RUST_BACKTRACE, under which every error value dicom-rs
+  # makes while it reads a header captures a backtrace.
+  (cd "$dir" && exec env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "$root/target/release/tessera" serve \
+    --listen "127.0.0.1:$port" >"$dir/server.log" 2>&1) &
   tessera_pid=$!
   for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/health/check" && break; sleep 0.1; done
   echo "   tessera $name"
