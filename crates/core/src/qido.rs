@@ -76,6 +76,9 @@ pub struct QidoQuery {
     pub limit: u32,
     /// Results skipped.
     pub offset: u32,
+    /// Whether each result carries its study's ModalitiesInStudy: a lookup in the study's
+    /// series per result, so made only for a response that shows them.
+    pub with_modalities_in_study: bool,
 }
 
 impl QueryAttribute {

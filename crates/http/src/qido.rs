@@ -111,6 +111,7 @@ fn parse(
         filters: Vec::new(),
         limit: 100,
         offset: 0,
+        with_modalities_in_study: false,
     };
     let mut includes = Includes::default();
     let mut fuzzy = false;
@@ -371,11 +372,7 @@ async fn search(
     study: Option<Uid>,
     series: Option<Uid>,
 ) -> Result<Response, ApiError> {
-    let (query, includes) = parse(raw.as_deref(), level, study, series, &state.limits)?;
-    let rows = state.service.search(&query).await?;
-    if rows.is_empty() {
-        return Ok(StatusCode::NO_CONTENT.into_response());
-    }
+    let (mut query, includes) = parse(raw.as_deref(), level, study, series, &state.limits)?;
     // Attributes from the index: defaults of the level and (for cross-level queries) of the
     // levels above, the matched ones, the scope's UIDs and what includefield names.
     let mut attributes: Vec<QueryAttribute> = Vec::new();
@@ -416,6 +413,12 @@ async fn search(
         );
     }
     let counts = |tag: &str| includes.all || includes.tags.iter().any(|t| t == tag);
+    query.with_modalities_in_study = attributes.contains(&QueryAttribute::ModalitiesInStudy)
+        || (level == QueryLevel::Study && counts(QueryAttribute::ModalitiesInStudy.tag()));
+    let rows = state.service.search(&query).await?;
+    if rows.is_empty() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
     let mut out = Vec::with_capacity(rows.len());
     for row in &rows {
         let mut dataset = Map::new();

@@ -416,6 +416,10 @@ async fn search(index: &InstanceIndex, studies: u32) -> Result<(), Box<dyn std::
         level,
         study: None,
         series: None,
+        // As the HTTP layer asks: only when the response shows them (here, where matched).
+        with_modalities_in_study: filters
+            .iter()
+            .any(|(attribute, _)| *attribute == QueryAttribute::ModalitiesInStudy),
         filters,
         limit: 100,
         offset: 0,

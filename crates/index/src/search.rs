@@ -49,7 +49,7 @@ pub struct QidoRow {
     pub values: Vec<(QueryAttribute, String)>,
     /// SOP Class UID (instance level).
     pub sop_class_uid: Option<String>,
-    /// Modalities of the study's series.
+    /// Modalities of the study's series (when the query asks for them).
     pub modalities_in_study: Vec<String>,
     /// Series in the study.
     pub study_series: u64,
@@ -324,7 +324,13 @@ impl InstanceIndex {
                 parent_conditions.join(" AND ")
             )));
         }
-        let limit = placeholder(&mut binds, Bind::Integer(i64::from(query.limit)));
+        // The page size is written into the text, not bound: SQLite plans with a LIMIT's value
+        // (it walks an index in result order when few rows are wanted), so binding one marks the
+        // statement to be prepared again at its next bind, and sqlx binds every value on every
+        // run. A cached statement would then be re-parsed and re-planned on each search, which
+        // was a fifth of the server's CPU per small search. It is an integer (`u32`), so the
+        // text stays free of input; limits are few (1–200), so statements stay cached.
+        let limit = query.limit;
         let offset = placeholder(&mut binds, Bind::Integer(i64::from(query.offset)));
         let study_columns: Vec<String> = STUDY_COLUMNS
             .iter()
@@ -356,7 +362,9 @@ impl InstanceIndex {
             .into_iter()
             .map(|row| qido_row(row, query.level))
             .collect::<Result<Vec<_>>>()?;
-        self.add_modalities(&mut results).await?;
+        if query.with_modalities_in_study {
+            self.add_modalities(&mut results).await?;
+        }
         Ok(results)
     }
 

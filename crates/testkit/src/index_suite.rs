@@ -509,6 +509,7 @@ pub async fn qido_search(t: &TestIndex) {
         filters,
         limit: 100,
         offset: 0,
+        with_modalities_in_study: true,
     };
     let studies = |rows: Vec<tessera_index::QidoRow>| -> Vec<String> {
         rows.iter()
@@ -532,6 +533,18 @@ pub async fn qido_search(t: &TestIndex) {
     assert_eq!(muller_row.study_series, 2);
     assert_eq!(muller_row.study_instances, 3);
     assert_eq!(muller_row.modalities_in_study, ["CT", "MR"]);
+    let without_modalities = index
+        .search(&QidoQuery {
+            with_modalities_in_study: false,
+            ..query(QueryLevel::Study, vec![])
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        without_modalities[1].modalities_in_study,
+        Vec::<String>::new(),
+        "looked up only when asked for"
+    );
     assert_eq!(muller_row.value(QueryAttribute::PatientId), Some("P1"));
     assert_eq!(muller_row.series_instances, None);
 
@@ -694,6 +707,7 @@ pub async fn qido_pages_are_disjoint_and_complete(t: &TestIndex) {
                     filters: filters.clone(),
                     limit: 7,
                     offset: page * 7,
+                    with_modalities_in_study: false,
                 })
                 .await
                 .unwrap();
