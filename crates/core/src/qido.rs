@@ -76,9 +76,35 @@ pub struct QidoQuery {
     pub limit: u32,
     /// Results skipped.
     pub offset: u32,
-    /// Whether each result carries its study's ModalitiesInStudy: a lookup in the study's
-    /// series per result, so made only for a response that shows them.
-    pub with_modalities_in_study: bool,
+    /// What each result carries besides the attribute values the index keeps.
+    pub computed: QidoComputed,
+}
+
+/// What a search computes for each result: each is a lookup per result (or, for
+/// ModalitiesInStudy, one more query), so a search computes only what its response shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QidoComputed {
+    /// NumberOfStudyRelatedSeries.
+    pub study_series: bool,
+    /// NumberOfStudyRelatedInstances.
+    pub study_instances: bool,
+    /// NumberOfSeriesRelatedInstances (series and instance levels).
+    pub series_instances: bool,
+    /// ModalitiesInStudy.
+    pub modalities_in_study: bool,
+    /// The newest instance, whose metadata has the attributes the index does not keep.
+    pub representative: bool,
+}
+
+impl QidoComputed {
+    /// Everything.
+    pub const ALL: Self = Self {
+        study_series: true,
+        study_instances: true,
+        series_instances: true,
+        modalities_in_study: true,
+        representative: true,
+    };
 }
 
 impl QueryAttribute {

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
-use tessera_core::{Limits, Matcher, QidoQuery, QueryAttribute, QueryLevel, Uid};
+use tessera_core::{Limits, Matcher, QidoComputed, QidoQuery, QueryAttribute, QueryLevel, Uid};
 use tessera_service::{ApiVersion, QidoRow};
 
 use crate::stow::parse_uid;
@@ -111,7 +111,7 @@ fn parse(
         filters: Vec::new(),
         limit: 100,
         offset: 0,
-        with_modalities_in_study: false,
+        computed: QidoComputed::default(),
     };
     let mut includes = Includes::default();
     let mut fuzzy = false;
@@ -413,8 +413,15 @@ async fn search(
         );
     }
     let counts = |tag: &str| includes.all || includes.tags.iter().any(|t| t == tag);
-    query.with_modalities_in_study = attributes.contains(&QueryAttribute::ModalitiesInStudy)
-        || (level == QueryLevel::Study && counts(QueryAttribute::ModalitiesInStudy.tag()));
+    let study_level = level == QueryLevel::Study;
+    query.computed = QidoComputed {
+        study_series: study_level && counts("00201206"),
+        study_instances: study_level && counts("00201208"),
+        series_instances: level == QueryLevel::Series && counts("00201209"),
+        modalities_in_study: attributes.contains(&QueryAttribute::ModalitiesInStudy)
+            || (study_level && counts(QueryAttribute::ModalitiesInStudy.tag())),
+        representative: !metadata_tags.is_empty(),
+    };
     let rows = state.service.search(&query).await?;
     if rows.is_empty() {
         return Ok(StatusCode::NO_CONTENT.into_response());
@@ -435,8 +442,7 @@ async fn search(
             }
         }
         add_counts(&mut dataset, row, level, &counts);
-        let representative = row.representative.filter(|_| !metadata_tags.is_empty());
-        if let Some(json) = match representative {
+        if let Some(json) = match row.representative {
             Some(watermark) => state.service.metadata_by_watermark(watermark).await?,
             None => None,
         } {
@@ -467,7 +473,7 @@ fn add_counts(
             ("00201206", row.study_series),
             ("00201208", row.study_instances),
         ] {
-            if asked(tag) {
+            if let (true, Some(count)) = (asked(tag), count) {
                 dataset.insert(tag.into(), json!({"vr": "IS", "Value": [count]}));
             }
         }

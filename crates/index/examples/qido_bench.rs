@@ -16,8 +16,8 @@ use std::time::Instant;
 
 use sqlx::{Column, Connection, Row};
 use tessera_core::{
-    InstanceIdentifier, Matcher, QidoQuery, QueryAttribute, QueryLevel, SearchableAttributes, Uid,
-    person_name_search_forms,
+    InstanceIdentifier, Matcher, QidoComputed, QidoQuery, QueryAttribute, QueryLevel,
+    SearchableAttributes, Uid, person_name_search_forms,
 };
 use tessera_index::{Engine, InstanceIndex, NewInstance};
 
@@ -416,10 +416,14 @@ async fn search(index: &InstanceIndex, studies: u32) -> Result<(), Box<dyn std::
         level,
         study: None,
         series: None,
-        // As the HTTP layer asks: only when the response shows them (here, where matched).
-        with_modalities_in_study: filters
-            .iter()
-            .any(|(attribute, _)| *attribute == QueryAttribute::ModalitiesInStudy),
+        // As the HTTP layer asks for a v2 search without includefield: ModalitiesInStudy where
+        // it is matched (the response shows it), nothing else.
+        computed: QidoComputed {
+            modalities_in_study: filters
+                .iter()
+                .any(|(attribute, _)| *attribute == QueryAttribute::ModalitiesInStudy),
+            ..QidoComputed::default()
+        },
         filters,
         limit: 100,
         offset: 0,

@@ -37,27 +37,28 @@ struct SearchRow {
     sop_class_uid: Option<String>,
     series_instances: Option<i64>,
     representative: Option<i64>,
-    study_series: i64,
-    study_instances: i64,
+    study_series: Option<i64>,
+    study_instances: Option<i64>,
 }
 
-/// One search result: the attributes the index keeps for it and its higher levels, counts, and
-/// its newest instance (for attributes only the metadata has).
+/// One search result: the attributes the index keeps for it and its higher levels, and what
+/// the query asked to compute (`QidoComputed`): counts, and its newest instance (for attributes
+/// only the metadata has).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct QidoRow {
     /// Values by attribute (only those that are set).
     pub values: Vec<(QueryAttribute, String)>,
     /// SOP Class UID (instance level).
     pub sop_class_uid: Option<String>,
-    /// Modalities of the study's series (when the query asks for them).
+    /// Modalities of the study's series (when asked for).
     pub modalities_in_study: Vec<String>,
-    /// Series in the study.
-    pub study_series: u64,
-    /// Instances in the study.
-    pub study_instances: u64,
-    /// Instances in the series (series and instance levels).
+    /// Series in the study (when asked for).
+    pub study_series: Option<u64>,
+    /// Instances in the study (when asked for).
+    pub study_instances: Option<u64>,
+    /// Instances in the series (series and instance levels, when asked for).
     pub series_instances: Option<u64>,
-    /// The newest instance's watermark.
+    /// The newest instance's watermark (when asked for).
     pub representative: Option<u64>,
 }
 
@@ -225,7 +226,22 @@ impl InstanceIndex {
                 None => has_created,
             }
         };
-        let (from, order, page_keys, page_from, page_order, extra_columns) = match query.level {
+        let computed = query.computed;
+        // A computed column is its lookup when asked for, else NULL (typed, for PostgreSQL).
+        let computed_column = |asked: bool, sql: String, name: &str| {
+            if asked {
+                format!("{sql} AS {name}")
+            } else {
+                format!("CAST(NULL AS BIGINT) AS {name}")
+            }
+        };
+        let series_scope = |table: &str| {
+            format!(
+                "FROM instances v WHERE v.study_uid = {table}.study_uid AND v.series_uid = {table}.series_uid
+                     AND v.status = {created}"
+            )
+        };
+        let (from, order, page_keys, page_from, page_order, level_columns) = match query.level {
             QueryLevel::Study => {
                 conditions.push(visible("s", "study_uid", "v.study_uid = s.study_uid"));
                 (
@@ -237,9 +253,15 @@ impl InstanceIndex {
                     format!(
                         "NULL AS series_uid, NULL AS modality, NULL AS performed_procedure_step_start_date,
                          NULL AS manufacturer_model_name, NULL AS sop_uid, NULL AS sop_class_uid,
-                         CAST(NULL AS BIGINT) AS series_instances,
-                         (SELECT MAX(watermark) FROM instances v WHERE v.study_uid = s.study_uid AND v.status = {created})
-                             AS representative"
+                         CAST(NULL AS BIGINT) AS series_instances, {}",
+                        computed_column(
+                            computed.representative,
+                            format!(
+                                "(SELECT MAX(watermark) FROM instances v
+                                     WHERE v.study_uid = s.study_uid AND v.status = {created})"
+                            ),
+                            "representative"
+                        )
                     ),
                 )
             }
@@ -259,11 +281,17 @@ impl InstanceIndex {
                     "page.page_updated_at DESC, page.page_series_uid",
                     format!(
                         "se.series_uid, se.modality, se.performed_procedure_step_start_date, se.manufacturer_model_name,
-                         NULL AS sop_uid, NULL AS sop_class_uid,
-                         (SELECT COUNT(*) FROM instances v WHERE v.study_uid = se.study_uid AND v.series_uid = se.series_uid
-                             AND v.status = {created}) AS series_instances,
-                         (SELECT MAX(watermark) FROM instances v WHERE v.study_uid = se.study_uid AND v.series_uid = se.series_uid
-                             AND v.status = {created}) AS representative"
+                         NULL AS sop_uid, NULL AS sop_class_uid, {}, {}",
+                        computed_column(
+                            computed.series_instances,
+                            format!("(SELECT COUNT(*) {})", series_scope("se")),
+                            "series_instances"
+                        ),
+                        computed_column(
+                            computed.representative,
+                            format!("(SELECT MAX(watermark) {})", series_scope("se")),
+                            "representative"
+                        )
                     ),
                 )
             }
@@ -279,10 +307,17 @@ impl InstanceIndex {
                     "page.page_watermark DESC",
                     format!(
                         "se.series_uid, se.modality, se.performed_procedure_step_start_date, se.manufacturer_model_name,
-                         i.sop_uid, i.sop_class_uid,
-                         (SELECT COUNT(*) FROM instances v WHERE v.study_uid = i.study_uid AND v.series_uid = i.series_uid
-                             AND v.status = {created}) AS series_instances,
-                         i.watermark AS representative"
+                         i.sop_uid, i.sop_class_uid, {}, {}",
+                        computed_column(
+                            computed.series_instances,
+                            format!("(SELECT COUNT(*) {})", series_scope("i")),
+                            "series_instances"
+                        ),
+                        computed_column(
+                            computed.representative,
+                            "i.watermark".into(),
+                            "representative"
+                        )
                     ),
                 )
             }
@@ -338,11 +373,20 @@ impl InstanceIndex {
             .collect();
         // The page's keys first, then the columns of its rows only: the counts and the newest
         // instance cost index lookups that a sort over every match would otherwise pay for all.
+        let study_series = computed_column(
+            computed.study_series,
+            "(SELECT COUNT(*) FROM series x WHERE x.study_uid = s.study_uid)".into(),
+            "study_series",
+        );
+        let study_instances = computed_column(
+            computed.study_instances,
+            format!(
+                "(SELECT COUNT(*) FROM instances v WHERE v.study_uid = s.study_uid AND v.status = {created})"
+            ),
+            "study_instances",
+        );
         let sql = format!(
-            "SELECT {}, {extra_columns},
-                 (SELECT COUNT(*) FROM series x WHERE x.study_uid = s.study_uid) AS study_series,
-                 (SELECT COUNT(*) FROM instances v WHERE v.study_uid = s.study_uid AND v.status = {created})
-                     AS study_instances
+            "SELECT {}, {level_columns}, {study_series}, {study_instances}
              FROM (SELECT {page_keys} FROM {from} WHERE {} ORDER BY {order} LIMIT {limit} OFFSET {offset}) page
                  {page_from}
              ORDER BY {page_order}",
@@ -362,7 +406,7 @@ impl InstanceIndex {
             .into_iter()
             .map(|row| qido_row(row, query.level))
             .collect::<Result<Vec<_>>>()?;
-        if query.with_modalities_in_study {
+        if computed.modalities_in_study {
             self.add_modalities(&mut results).await?;
         }
         Ok(results)
@@ -461,8 +505,11 @@ fn qido_row(row: SearchRow, level: QueryLevel) -> Result<QidoRow> {
             .representative
             .map(|w| unsigned(w, "watermark"))
             .transpose()?,
-        study_series: unsigned(row.study_series, "count")?,
-        study_instances: unsigned(row.study_instances, "count")?,
+        study_series: row.study_series.map(|n| unsigned(n, "count")).transpose()?,
+        study_instances: row
+            .study_instances
+            .map(|n| unsigned(n, "count"))
+            .transpose()?,
         modalities_in_study: Vec::new(),
     })
 }

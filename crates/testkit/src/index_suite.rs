@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use tessera_core::{
-    InstanceIdentifier, Matcher, QidoQuery, QueryAttribute, QueryLevel, SearchableAttributes, Uid,
-    Watermark,
+    InstanceIdentifier, Matcher, QidoComputed, QidoQuery, QueryAttribute, QueryLevel,
+    SearchableAttributes, Uid, Watermark,
 };
 use tessera_index::{
     Acquisition, Adoption, ChangeAction, ChangeState, FoundInstance, GoneProbe, IndexError,
@@ -509,7 +509,7 @@ pub async fn qido_search(t: &TestIndex) {
         filters,
         limit: 100,
         offset: 0,
-        with_modalities_in_study: true,
+        computed: QidoComputed::ALL,
     };
     let studies = |rows: Vec<tessera_index::QidoRow>| -> Vec<String> {
         rows.iter()
@@ -530,20 +530,26 @@ pub async fn qido_search(t: &TestIndex) {
         "newest first, Creating hidden"
     );
     let muller_row = &all[1];
-    assert_eq!(muller_row.study_series, 2);
-    assert_eq!(muller_row.study_instances, 3);
+    assert_eq!(muller_row.study_series, Some(2));
+    assert_eq!(muller_row.study_instances, Some(3));
     assert_eq!(muller_row.modalities_in_study, ["CT", "MR"]);
-    let without_modalities = index
+    let uncomputed = index
         .search(&QidoQuery {
-            with_modalities_in_study: false,
+            computed: QidoComputed::default(),
             ..query(QueryLevel::Study, vec![])
         })
         .await
         .unwrap();
     assert_eq!(
-        without_modalities[1].modalities_in_study,
-        Vec::<String>::new(),
-        "looked up only when asked for"
+        uncomputed[1],
+        tessera_index::QidoRow {
+            modalities_in_study: Vec::new(),
+            study_series: None,
+            study_instances: None,
+            representative: None,
+            ..muller_row.clone()
+        },
+        "computed only when asked for"
     );
     assert_eq!(muller_row.value(QueryAttribute::PatientId), Some("P1"));
     assert_eq!(muller_row.series_instances, None);
@@ -707,7 +713,7 @@ pub async fn qido_pages_are_disjoint_and_complete(t: &TestIndex) {
                     filters: filters.clone(),
                     limit: 7,
                     offset: page * 7,
-                    with_modalities_in_study: false,
+                    computed: QidoComputed::default(),
                 })
                 .await
                 .unwrap();
