@@ -31,7 +31,7 @@ pub use format::{FormatType, ParseFormatTypeError};
 pub use instance::{InstanceIdentifier, VersionedInstance};
 pub use limits::Limits;
 pub use qido::{
-    Matcher, QidoComputed, QidoQuery, QueryAttribute, QueryLevel, fold_person_name,
+    Matcher, QidoFields, QidoQuery, QueryAttribute, QueryLevel, fold_person_name,
     person_name_search_forms,
 };
 pub use uid::{Uid, UidError};

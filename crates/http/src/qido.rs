@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
-use tessera_core::{Limits, Matcher, QidoComputed, QidoQuery, QueryAttribute, QueryLevel, Uid};
+use tessera_core::{Limits, Matcher, QidoFields, QidoQuery, QueryAttribute, QueryLevel, Uid};
 use tessera_service::{ApiVersion, QidoRow};
 
 use crate::stow::parse_uid;
@@ -111,7 +111,7 @@ fn parse(
         filters: Vec::new(),
         limit: 100,
         offset: 0,
-        computed: QidoComputed::default(),
+        fields: QidoFields::default(),
     };
     let mut includes = Includes::default();
     let mut fuzzy = false;
@@ -414,12 +414,16 @@ async fn search(
     }
     let counts = |tag: &str| includes.all || includes.tags.iter().any(|t| t == tag);
     let study_level = level == QueryLevel::Study;
-    query.computed = QidoComputed {
+    let mut returned = attributes.clone();
+    if study_level && counts(QueryAttribute::ModalitiesInStudy.tag()) {
+        returned.push(QueryAttribute::ModalitiesInStudy);
+    }
+    query.fields = QidoFields {
+        attributes: returned,
+        sop_class_uid: level == QueryLevel::Instance && counts("00080016"),
         study_series: study_level && counts("00201206"),
         study_instances: study_level && counts("00201208"),
         series_instances: level == QueryLevel::Series && counts("00201209"),
-        modalities_in_study: attributes.contains(&QueryAttribute::ModalitiesInStudy)
-            || (study_level && counts(QueryAttribute::ModalitiesInStudy.tag())),
         representative: !metadata_tags.is_empty(),
     };
     let rows = state.service.search(&query).await?;

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use tessera_core::{
-    InstanceIdentifier, Matcher, QidoComputed, QidoQuery, QueryAttribute, QueryLevel,
+    InstanceIdentifier, Matcher, QidoFields, QidoQuery, QueryAttribute, QueryLevel,
     SearchableAttributes, Uid, Watermark,
 };
 use tessera_index::{
@@ -509,7 +509,7 @@ pub async fn qido_search(t: &TestIndex) {
         filters,
         limit: 100,
         offset: 0,
-        computed: QidoComputed::ALL,
+        fields: QidoFields::all(),
     };
     let studies = |rows: Vec<tessera_index::QidoRow>| -> Vec<String> {
         rows.iter()
@@ -533,23 +533,26 @@ pub async fn qido_search(t: &TestIndex) {
     assert_eq!(muller_row.study_series, Some(2));
     assert_eq!(muller_row.study_instances, Some(3));
     assert_eq!(muller_row.modalities_in_study, ["CT", "MR"]);
-    let uncomputed = index
+    let only_asked = index
         .search(&QidoQuery {
-            computed: QidoComputed::default(),
+            fields: QidoFields {
+                attributes: vec![QueryAttribute::PatientId],
+                ..QidoFields::default()
+            },
             ..query(QueryLevel::Study, vec![])
         })
         .await
         .unwrap();
     assert_eq!(
-        uncomputed[1],
+        only_asked[1],
         tessera_index::QidoRow {
-            modalities_in_study: Vec::new(),
-            study_series: None,
-            study_instances: None,
-            representative: None,
-            ..muller_row.clone()
+            values: vec![
+                (QueryAttribute::StudyInstanceUid, "1.1".into()),
+                (QueryAttribute::PatientId, "P1".into()),
+            ],
+            ..Default::default()
         },
-        "computed only when asked for"
+        "only what is asked for, and the study's UID"
     );
     assert_eq!(muller_row.value(QueryAttribute::PatientId), Some("P1"));
     assert_eq!(muller_row.series_instances, None);
@@ -713,7 +716,7 @@ pub async fn qido_pages_are_disjoint_and_complete(t: &TestIndex) {
                     filters: filters.clone(),
                     limit: 7,
                     offset: page * 7,
-                    computed: QidoComputed::default(),
+                    fields: QidoFields::default(),
                 })
                 .await
                 .unwrap();
