@@ -402,7 +402,8 @@ impl InstanceIndex {
             select.join(", "),
             conditions.join(" AND "),
         );
-        // Safe: the SQL is built from constant fragments and numbered placeholders; values are bound.
+        // Safe: the SQL is built from constant fragments, numbered placeholders and the page size
+        // (an integer); values are bound.
         let mut statement = sqlx::query(sqlx::AssertSqlSafe(sql));
         for value in binds {
             statement = match value {
