@@ -31,7 +31,8 @@ pub use format::{FormatType, ParseFormatTypeError};
 pub use instance::{InstanceIdentifier, VersionedInstance};
 pub use limits::Limits;
 pub use qido::{
-    Matcher, QidoQuery, QueryAttribute, QueryLevel, fold_person_name, person_name_search_forms,
+    Matcher, QidoFields, QidoQuery, QueryAttribute, QueryLevel, fold_person_name,
+    person_name_search_forms,
 };
 pub use uid::{Uid, UidError};
 pub use watermark::{Watermark, WatermarkError};

@@ -76,6 +76,42 @@ pub struct QidoQuery {
     pub limit: u32,
     /// Results skipped.
     pub offset: u32,
+    /// What each result carries.
+    pub fields: QidoFields,
+}
+
+/// What each search result carries. Each field costs per result (a value copied out of the
+/// index, a lookup, or for ModalitiesInStudy one more query), so a search returns only what its
+/// response shows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QidoFields {
+    /// Attributes whose values results carry, of the search's level and above (the UIDs of the
+    /// result and its parents always; ModalitiesInStudy: the modalities of the study's series).
+    pub attributes: Vec<QueryAttribute>,
+    /// SOP Class UID (instance level).
+    pub sop_class_uid: bool,
+    /// NumberOfStudyRelatedSeries.
+    pub study_series: bool,
+    /// NumberOfStudyRelatedInstances.
+    pub study_instances: bool,
+    /// NumberOfSeriesRelatedInstances (series and instance levels).
+    pub series_instances: bool,
+    /// The newest instance, whose metadata has the attributes the index does not keep.
+    pub representative: bool,
+}
+
+impl QidoFields {
+    /// Everything.
+    pub fn all() -> Self {
+        Self {
+            attributes: QueryAttribute::ALL.to_vec(),
+            sop_class_uid: true,
+            study_series: true,
+            study_instances: true,
+            series_instances: true,
+            representative: true,
+        }
+    }
 }
 
 impl QueryAttribute {

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
-use tessera_core::{Limits, Matcher, QidoQuery, QueryAttribute, QueryLevel, Uid};
+use tessera_core::{Limits, Matcher, QidoFields, QidoQuery, QueryAttribute, QueryLevel, Uid};
 use tessera_service::{ApiVersion, QidoRow};
 
 use crate::stow::parse_uid;
@@ -111,6 +111,7 @@ fn parse(
         filters: Vec::new(),
         limit: 100,
         offset: 0,
+        fields: QidoFields::default(),
     };
     let mut includes = Includes::default();
     let mut fuzzy = false;
@@ -371,11 +372,7 @@ async fn search(
     study: Option<Uid>,
     series: Option<Uid>,
 ) -> Result<Response, ApiError> {
-    let (query, includes) = parse(raw.as_deref(), level, study, series, &state.limits)?;
-    let rows = state.service.search(&query).await?;
-    if rows.is_empty() {
-        return Ok(StatusCode::NO_CONTENT.into_response());
-    }
+    let (mut query, includes) = parse(raw.as_deref(), level, study, series, &state.limits)?;
     // Attributes from the index: defaults of the level and (for cross-level queries) of the
     // levels above, the matched ones, the scope's UIDs and what includefield names.
     let mut attributes: Vec<QueryAttribute> = Vec::new();
@@ -416,6 +413,23 @@ async fn search(
         );
     }
     let counts = |tag: &str| includes.all || includes.tags.iter().any(|t| t == tag);
+    let study_level = level == QueryLevel::Study;
+    let mut returned = attributes.clone();
+    if study_level && counts(QueryAttribute::ModalitiesInStudy.tag()) {
+        returned.push(QueryAttribute::ModalitiesInStudy);
+    }
+    query.fields = QidoFields {
+        attributes: returned,
+        sop_class_uid: level == QueryLevel::Instance && counts("00080016"),
+        study_series: study_level && counts("00201206"),
+        study_instances: study_level && counts("00201208"),
+        series_instances: level == QueryLevel::Series && counts("00201209"),
+        representative: !metadata_tags.is_empty(),
+    };
+    let rows = state.service.search(&query).await?;
+    if rows.is_empty() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
     let mut out = Vec::with_capacity(rows.len());
     for row in &rows {
         let mut dataset = Map::new();
@@ -432,8 +446,7 @@ async fn search(
             }
         }
         add_counts(&mut dataset, row, level, &counts);
-        let representative = row.representative.filter(|_| !metadata_tags.is_empty());
-        if let Some(json) = match representative {
+        if let Some(json) = match row.representative {
             Some(watermark) => state.service.metadata_by_watermark(watermark).await?,
             None => None,
         } {
@@ -464,7 +477,7 @@ fn add_counts(
             ("00201206", row.study_series),
             ("00201208", row.study_instances),
         ] {
-            if asked(tag) {
+            if let (true, Some(count)) = (asked(tag), count) {
                 dataset.insert(tag.into(), json!({"vr": "IS", "Value": [count]}));
             }
         }

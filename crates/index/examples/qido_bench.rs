@@ -16,8 +16,8 @@ use std::time::Instant;
 
 use sqlx::{Column, Connection, Row};
 use tessera_core::{
-    InstanceIdentifier, Matcher, QidoQuery, QueryAttribute, QueryLevel, SearchableAttributes, Uid,
-    person_name_search_forms,
+    InstanceIdentifier, Matcher, QidoFields, QidoQuery, QueryAttribute, QueryLevel,
+    SearchableAttributes, Uid, person_name_search_forms,
 };
 use tessera_index::{Engine, InstanceIndex, NewInstance};
 
@@ -416,6 +416,18 @@ async fn search(index: &InstanceIndex, studies: u32) -> Result<(), Box<dyn std::
         level,
         study: None,
         series: None,
+        // As the HTTP layer asks for a v2 search without includefield: the level's default
+        // attributes (and those of the levels above), and the matched ones.
+        fields: QidoFields {
+            attributes: QueryAttribute::ALL
+                .into_iter()
+                .filter(|a| {
+                    *a != QueryAttribute::ModalitiesInStudy
+                        || filters.iter().any(|(matched, _)| matched == a)
+                })
+                .collect(),
+            ..QidoFields::default()
+        },
         filters,
         limit: 100,
         offset: 0,

@@ -1,5 +1,7 @@
 //! QIDO-RS searches over studies, series and instances.
 
+use sqlx::Row;
+use sqlx::any::AnyRow;
 use tessera_core::{Matcher, QidoQuery, QueryAttribute, QueryLevel, fold_person_name};
 
 use crate::rows::unsigned;
@@ -17,47 +19,36 @@ fn placeholder(binds: &mut Vec<Bind>, value: Bind) -> String {
     format!("${}", binds.len())
 }
 
-/// One search result row, by column name (the study columns, then series and instance columns,
-/// which are NULL at the levels that have none).
-#[derive(Debug, sqlx::FromRow)]
-struct SearchRow {
-    study_uid: Option<String>,
-    patient_name: Option<String>,
-    patient_id: Option<String>,
-    patient_birth_date: Option<String>,
-    accession_number: Option<String>,
-    referring_physician_name: Option<String>,
-    study_date: Option<String>,
-    study_description: Option<String>,
-    series_uid: Option<String>,
-    modality: Option<String>,
-    performed_procedure_step_start_date: Option<String>,
-    manufacturer_model_name: Option<String>,
-    sop_uid: Option<String>,
-    sop_class_uid: Option<String>,
-    series_instances: Option<i64>,
-    representative: Option<i64>,
-    study_series: i64,
-    study_instances: i64,
+/// A column of a search's result rows, read by its name.
+#[derive(Clone, Copy)]
+enum Field {
+    /// An attribute's value (a text column).
+    Value(QueryAttribute),
+    SopClassUid,
+    StudySeries,
+    StudyInstances,
+    SeriesInstances,
+    Representative,
 }
 
-/// One search result: the attributes the index keeps for it and its higher levels, counts, and
-/// its newest instance (for attributes only the metadata has).
+/// One search result: what the query asked for (`QidoFields`) of the attributes the index keeps
+/// for it and its higher levels, counts, and its newest instance (for attributes only the
+/// metadata has).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct QidoRow {
-    /// Values by attribute (only those that are set).
+    /// Values by attribute (those asked for that are set).
     pub values: Vec<(QueryAttribute, String)>,
-    /// SOP Class UID (instance level).
+    /// SOP Class UID (instance level, when asked for).
     pub sop_class_uid: Option<String>,
-    /// Modalities of the study's series.
+    /// Modalities of the study's series (when asked for).
     pub modalities_in_study: Vec<String>,
-    /// Series in the study.
-    pub study_series: u64,
-    /// Instances in the study.
-    pub study_instances: u64,
-    /// Instances in the series (series and instance levels).
+    /// Series in the study (when asked for).
+    pub study_series: Option<u64>,
+    /// Instances in the study (when asked for).
+    pub study_instances: Option<u64>,
+    /// Instances in the series (series and instance levels, when asked for).
     pub series_instances: Option<u64>,
-    /// The newest instance's watermark.
+    /// The newest instance's watermark (when asked for).
     pub representative: Option<u64>,
 }
 
@@ -85,6 +76,15 @@ const SERIES_COLUMNS: [(QueryAttribute, &str); 4] = [
         QueryAttribute::ManufacturerModelName,
         "se.manufacturer_model_name",
     ),
+];
+
+/// The series' columns and the instance's own, for instance-level results.
+const INSTANCE_COLUMNS: [(QueryAttribute, &str); 5] = [
+    SERIES_COLUMNS[0],
+    SERIES_COLUMNS[1],
+    SERIES_COLUMNS[2],
+    SERIES_COLUMNS[3],
+    (QueryAttribute::SopInstanceUid, "i.sop_uid"),
 ];
 
 fn column(attribute: QueryAttribute) -> &'static str {
@@ -225,68 +225,124 @@ impl InstanceIndex {
                 None => has_created,
             }
         };
-        let (from, order, page_keys, page_from, page_order, extra_columns) = match query.level {
-            QueryLevel::Study => {
-                conditions.push(visible("s", "study_uid", "v.study_uid = s.study_uid"));
-                (
-                    "studies s",
-                    "s.updated_at DESC, s.study_uid",
-                    "s.study_uid AS page_study_uid, s.updated_at AS page_updated_at",
-                    "JOIN studies s ON s.study_uid = page.page_study_uid",
-                    "page.page_updated_at DESC, page.page_study_uid",
-                    format!(
-                        "NULL AS series_uid, NULL AS modality, NULL AS performed_procedure_step_start_date,
-                         NULL AS manufacturer_model_name, NULL AS sop_uid, NULL AS sop_class_uid,
-                         CAST(NULL AS BIGINT) AS series_instances,
-                         (SELECT MAX(watermark) FROM instances v WHERE v.study_uid = s.study_uid AND v.status = {created})
-                             AS representative"
-                    ),
-                )
-            }
-            QueryLevel::Series => {
-                conditions.push(visible(
-                    "se",
-                    "series_uid",
-                    "v.study_uid = se.study_uid AND v.series_uid = se.series_uid",
-                ));
-                (
-                    "series se JOIN studies s ON s.study_uid = se.study_uid",
-                    "se.updated_at DESC, se.series_uid",
-                    "se.study_uid AS page_study_uid, se.series_uid AS page_series_uid,
-                     se.updated_at AS page_updated_at",
-                    "JOIN series se ON se.study_uid = page.page_study_uid AND se.series_uid = page.page_series_uid
-                     JOIN studies s ON s.study_uid = se.study_uid",
-                    "page.page_updated_at DESC, page.page_series_uid",
-                    format!(
-                        "se.series_uid, se.modality, se.performed_procedure_step_start_date, se.manufacturer_model_name,
-                         NULL AS sop_uid, NULL AS sop_class_uid,
-                         (SELECT COUNT(*) FROM instances v WHERE v.study_uid = se.study_uid AND v.series_uid = se.series_uid
-                             AND v.status = {created}) AS series_instances,
-                         (SELECT MAX(watermark) FROM instances v WHERE v.study_uid = se.study_uid AND v.series_uid = se.series_uid
-                             AND v.status = {created}) AS representative"
-                    ),
-                )
-            }
-            QueryLevel::Instance => {
-                conditions.push(format!("i.status = {created}"));
-                (
-                    "instances i",
-                    "i.watermark DESC",
-                    "i.watermark AS page_watermark",
-                    "JOIN instances i ON i.watermark = page.page_watermark
-                     JOIN series se ON se.study_uid = i.study_uid AND se.series_uid = i.series_uid
-                     JOIN studies s ON s.study_uid = i.study_uid",
-                    "page.page_watermark DESC",
-                    format!(
-                        "se.series_uid, se.modality, se.performed_procedure_step_start_date, se.manufacturer_model_name,
-                         i.sop_uid, i.sop_class_uid,
-                         (SELECT COUNT(*) FROM instances v WHERE v.study_uid = i.study_uid AND v.series_uid = i.series_uid
-                             AND v.status = {created}) AS series_instances,
-                         i.watermark AS representative"
-                    ),
-                )
-            }
+        let fields = &query.fields;
+        let series_scope = |table: &str| {
+            format!(
+                "FROM instances v WHERE v.study_uid = {table}.study_uid AND v.series_uid = {table}.series_uid
+                     AND v.status = {created}"
+            )
         };
+        // The table whose rows the results are, and the newest instance of one.
+        let (from, order, page_keys, page_from, page_order, level_table, representative) =
+            match query.level {
+                QueryLevel::Study => {
+                    conditions.push(visible("s", "study_uid", "v.study_uid = s.study_uid"));
+                    (
+                        "studies s",
+                        "s.updated_at DESC, s.study_uid",
+                        "s.study_uid AS page_study_uid, s.updated_at AS page_updated_at",
+                        "JOIN studies s ON s.study_uid = page.page_study_uid",
+                        "page.page_updated_at DESC, page.page_study_uid",
+                        "s",
+                        format!(
+                            "(SELECT MAX(watermark) FROM instances v
+                                 WHERE v.study_uid = s.study_uid AND v.status = {created})"
+                        ),
+                    )
+                }
+                QueryLevel::Series => {
+                    conditions.push(visible(
+                        "se",
+                        "series_uid",
+                        "v.study_uid = se.study_uid AND v.series_uid = se.series_uid",
+                    ));
+                    (
+                        "series se JOIN studies s ON s.study_uid = se.study_uid",
+                        "se.updated_at DESC, se.series_uid",
+                        "se.study_uid AS page_study_uid, se.series_uid AS page_series_uid,
+                         se.updated_at AS page_updated_at",
+                        "JOIN series se ON se.study_uid = page.page_study_uid AND se.series_uid = page.page_series_uid
+                         JOIN studies s ON s.study_uid = se.study_uid",
+                        "page.page_updated_at DESC, page.page_series_uid",
+                        "se",
+                        format!("(SELECT MAX(watermark) {})", series_scope("se")),
+                    )
+                }
+                QueryLevel::Instance => {
+                    conditions.push(format!("i.status = {created}"));
+                    (
+                        "instances i",
+                        "i.watermark DESC",
+                        "i.watermark AS page_watermark",
+                        "JOIN instances i ON i.watermark = page.page_watermark
+                         JOIN series se ON se.study_uid = i.study_uid AND se.series_uid = i.series_uid
+                         JOIN studies s ON s.study_uid = i.study_uid",
+                        "page.page_watermark DESC",
+                        "i",
+                        "i.watermark".to_owned(),
+                    )
+                }
+            };
+        // The columns of the results: the attributes asked for, of this level and above, with
+        // the UIDs that name the result (the study's also keys ModalitiesInStudy), then what is
+        // computed.
+        let level_attributes: &[(QueryAttribute, &str)] = match query.level {
+            QueryLevel::Study => &[],
+            QueryLevel::Series => &SERIES_COLUMNS,
+            QueryLevel::Instance => &INSTANCE_COLUMNS,
+        };
+        let mut columns: Vec<(Field, String, &str)> = STUDY_COLUMNS
+            .iter()
+            .chain(level_attributes)
+            .filter(|(attribute, _)| {
+                attribute.vr() == "UI" || fields.attributes.contains(attribute)
+            })
+            .map(|(attribute, column)| {
+                let name = column.split_once('.').map_or(*column, |(_, name)| name);
+                (Field::Value(*attribute), (*column).to_owned(), name)
+            })
+            .collect();
+        let level = query.level;
+        let computed = [
+            (
+                fields.sop_class_uid && level == QueryLevel::Instance,
+                Field::SopClassUid,
+                "i.sop_class_uid".to_owned(),
+                "sop_class_uid",
+            ),
+            (
+                fields.series_instances && level != QueryLevel::Study,
+                Field::SeriesInstances,
+                format!("(SELECT COUNT(*) {})", series_scope(level_table)),
+                "series_instances",
+            ),
+            (
+                fields.representative,
+                Field::Representative,
+                representative,
+                "representative",
+            ),
+            (
+                fields.study_series,
+                Field::StudySeries,
+                "(SELECT COUNT(*) FROM series x WHERE x.study_uid = s.study_uid)".to_owned(),
+                "study_series",
+            ),
+            (
+                fields.study_instances,
+                Field::StudyInstances,
+                format!(
+                    "(SELECT COUNT(*) FROM instances v WHERE v.study_uid = s.study_uid AND v.status = {created})"
+                ),
+                "study_instances",
+            ),
+        ];
+        columns.extend(
+            computed
+                .into_iter()
+                .filter(|(asked, ..)| *asked)
+                .map(|(_, field, sql, name)| (field, sql, name)),
+        );
         let (study_key, series_key) = match query.level {
             QueryLevel::Instance => ("i.study_uid", "i.series_uid"),
             _ => ("s.study_uid", "se.series_uid"),
@@ -324,27 +380,31 @@ impl InstanceIndex {
                 parent_conditions.join(" AND ")
             )));
         }
-        let limit = placeholder(&mut binds, Bind::Integer(i64::from(query.limit)));
+        // The page size is written into the text, not bound: SQLite plans with a LIMIT's value
+        // (it walks an index in result order when few rows are wanted), so binding one marks the
+        // statement to be prepared again at its next bind, and sqlx binds every value on every
+        // run. A cached statement would then be re-parsed and re-planned on each search, which
+        // was a fifth of the server's CPU per small search. It is an integer (`u32`), so the
+        // text stays free of input; limits are few (1–200), so statements stay cached.
+        let limit = query.limit;
         let offset = placeholder(&mut binds, Bind::Integer(i64::from(query.offset)));
-        let study_columns: Vec<String> = STUDY_COLUMNS
+        let select: Vec<String> = columns
             .iter()
-            .map(|(_, c)| format!("{c} AS {}", c.trim_start_matches("s.")))
+            .map(|(_, sql, name)| format!("{sql} AS {name}"))
             .collect();
         // The page's keys first, then the columns of its rows only: the counts and the newest
         // instance cost index lookups that a sort over every match would otherwise pay for all.
         let sql = format!(
-            "SELECT {}, {extra_columns},
-                 (SELECT COUNT(*) FROM series x WHERE x.study_uid = s.study_uid) AS study_series,
-                 (SELECT COUNT(*) FROM instances v WHERE v.study_uid = s.study_uid AND v.status = {created})
-                     AS study_instances
+            "SELECT {}
              FROM (SELECT {page_keys} FROM {from} WHERE {} ORDER BY {order} LIMIT {limit} OFFSET {offset}) page
                  {page_from}
              ORDER BY {page_order}",
-            study_columns.join(", "),
+            select.join(", "),
             conditions.join(" AND "),
         );
-        // Safe: the SQL is built from constant fragments and numbered placeholders; values are bound.
-        let mut statement = sqlx::query_as::<_, SearchRow>(sqlx::AssertSqlSafe(sql));
+        // Safe: the SQL is built from constant fragments, numbered placeholders and the page size
+        // (an integer); values are bound.
+        let mut statement = sqlx::query(sqlx::AssertSqlSafe(sql));
         for value in binds {
             statement = match value {
                 Bind::Text(text) => statement.bind(text),
@@ -353,10 +413,15 @@ impl InstanceIndex {
         }
         let rows = statement.fetch_all(&self.pool).await?;
         let mut results = rows
-            .into_iter()
-            .map(|row| qido_row(row, query.level))
+            .iter()
+            .map(|row| qido_row(row, &columns))
             .collect::<Result<Vec<_>>>()?;
-        self.add_modalities(&mut results).await?;
+        if fields
+            .attributes
+            .contains(&QueryAttribute::ModalitiesInStudy)
+        {
+            self.add_modalities(&mut results).await?;
+        }
         Ok(results)
     }
 
@@ -398,65 +463,28 @@ impl InstanceIndex {
     }
 }
 
-fn qido_row(row: SearchRow, level: QueryLevel) -> Result<QidoRow> {
-    let study_values = [
-        (QueryAttribute::StudyInstanceUid, row.study_uid),
-        (QueryAttribute::PatientName, row.patient_name),
-        (QueryAttribute::PatientId, row.patient_id),
-        (QueryAttribute::PatientBirthDate, row.patient_birth_date),
-        (QueryAttribute::AccessionNumber, row.accession_number),
-        (
-            QueryAttribute::ReferringPhysicianName,
-            row.referring_physician_name,
-        ),
-        (QueryAttribute::StudyDate, row.study_date),
-        (QueryAttribute::StudyDescription, row.study_description),
-    ];
-    let series_values = [
-        (QueryAttribute::SeriesInstanceUid, row.series_uid),
-        (QueryAttribute::Modality, row.modality),
-        (
-            QueryAttribute::PerformedProcedureStepStartDate,
-            row.performed_procedure_step_start_date,
-        ),
-        (
-            QueryAttribute::ManufacturerModelName,
-            row.manufacturer_model_name,
-        ),
-    ];
-    let mut values: Vec<(QueryAttribute, Option<String>)> = study_values.into();
-    if level != QueryLevel::Study {
-        values.extend(series_values);
+fn qido_row(row: &AnyRow, columns: &[(Field, String, &str)]) -> Result<QidoRow> {
+    let count = |name: &str, what: &str| -> Result<Option<u64>> {
+        row.try_get::<Option<i64>, _>(name)?
+            .map(|n| unsigned(n, what))
+            .transpose()
+    };
+    let mut result = QidoRow::default();
+    for (field, _, name) in columns {
+        match field {
+            Field::Value(attribute) => {
+                if let Some(value) = row.try_get::<Option<String>, _>(*name)? {
+                    result.values.push((*attribute, value));
+                }
+            }
+            Field::SopClassUid => result.sop_class_uid = row.try_get(*name)?,
+            Field::StudySeries => result.study_series = count(name, "count")?,
+            Field::StudyInstances => result.study_instances = count(name, "count")?,
+            Field::SeriesInstances => result.series_instances = count(name, "count")?,
+            Field::Representative => result.representative = count(name, "watermark")?,
+        }
     }
-    if level == QueryLevel::Instance {
-        values.push((QueryAttribute::SopInstanceUid, row.sop_uid));
-    }
-    let values = values
-        .into_iter()
-        .filter_map(|(attribute, value)| value.map(|v| (attribute, v)))
-        .collect();
-    Ok(QidoRow {
-        values,
-        sop_class_uid: if level == QueryLevel::Instance {
-            row.sop_class_uid
-        } else {
-            None
-        },
-        series_instances: match level {
-            QueryLevel::Study => None,
-            _ => row
-                .series_instances
-                .map(|n| unsigned(n, "count"))
-                .transpose()?,
-        },
-        representative: row
-            .representative
-            .map(|w| unsigned(w, "watermark"))
-            .transpose()?,
-        study_series: unsigned(row.study_series, "count")?,
-        study_instances: unsigned(row.study_instances, "count")?,
-        modalities_in_study: Vec::new(),
-    })
+    Ok(result)
 }
 
 impl QidoRow {

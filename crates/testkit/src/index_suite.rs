@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use tessera_core::{
-    InstanceIdentifier, Matcher, QidoQuery, QueryAttribute, QueryLevel, SearchableAttributes, Uid,
-    Watermark,
+    InstanceIdentifier, Matcher, QidoFields, QidoQuery, QueryAttribute, QueryLevel,
+    SearchableAttributes, Uid, Watermark,
 };
 use tessera_index::{
     Acquisition, Adoption, ChangeAction, ChangeState, FoundInstance, GoneProbe, IndexError,
@@ -509,6 +509,7 @@ pub async fn qido_search(t: &TestIndex) {
         filters,
         limit: 100,
         offset: 0,
+        fields: QidoFields::all(),
     };
     let studies = |rows: Vec<tessera_index::QidoRow>| -> Vec<String> {
         rows.iter()
@@ -529,9 +530,30 @@ pub async fn qido_search(t: &TestIndex) {
         "newest first, Creating hidden"
     );
     let muller_row = &all[1];
-    assert_eq!(muller_row.study_series, 2);
-    assert_eq!(muller_row.study_instances, 3);
+    assert_eq!(muller_row.study_series, Some(2));
+    assert_eq!(muller_row.study_instances, Some(3));
     assert_eq!(muller_row.modalities_in_study, ["CT", "MR"]);
+    let only_asked = index
+        .search(&QidoQuery {
+            fields: QidoFields {
+                attributes: vec![QueryAttribute::PatientId],
+                ..QidoFields::default()
+            },
+            ..query(QueryLevel::Study, vec![])
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        only_asked[1],
+        tessera_index::QidoRow {
+            values: vec![
+                (QueryAttribute::StudyInstanceUid, "1.1".into()),
+                (QueryAttribute::PatientId, "P1".into()),
+            ],
+            ..Default::default()
+        },
+        "only what is asked for, and the study's UID"
+    );
     assert_eq!(muller_row.value(QueryAttribute::PatientId), Some("P1"));
     assert_eq!(muller_row.series_instances, None);
 
@@ -694,6 +716,7 @@ pub async fn qido_pages_are_disjoint_and_complete(t: &TestIndex) {
                     filters: filters.clone(),
                     limit: 7,
                     offset: page * 7,
+                    fields: QidoFields::default(),
                 })
                 .await
                 .unwrap();
