@@ -11,7 +11,7 @@ use object_store::path::Path;
 use tessera_core::{FormatType, VersionedInstance, Watermark};
 
 use crate::layout::{self, BlobLayout};
-use crate::{BlobError, BlobMeta, BlobRead, BodyError, Containers};
+use crate::{BlobError, BlobMeta, BlobRead, BodyError, Containers, StagedBody};
 
 /// How an [`InstanceBlobStore`] chooses names: the original's `BlobMigration` settings plus
 /// Tessera's read fallback.
@@ -131,6 +131,46 @@ impl InstanceBlobStore {
         self.containers
             .metadata
             .put_stream_create(&names, stream)
+            .await
+            .map(drop)
+    }
+
+    /// The largest instance file staged whole ([`Self::stage_file`]).
+    pub fn single_put_limit(&self) -> usize {
+        self.containers.files.single_put_limit()
+    }
+
+    /// Writes a whole instance file (at most [`Self::single_put_limit`] bytes) before its
+    /// watermark is known, so the write overlaps the reservation; see [`BlobStore::stage`].
+    pub async fn stage_file(&self, body: Vec<Bytes>) -> Result<StagedBody, BlobError> {
+        self.containers.files.stage(body).await
+    }
+
+    /// Writes metadata JSON before its watermark is known; see [`Self::stage_file`].
+    pub async fn stage_metadata(&self, json: Bytes) -> Result<StagedBody, BlobError> {
+        self.containers.metadata.stage(vec![json]).await
+    }
+
+    /// Gives a staged instance file each name the format writes; as [`Self::put_file`].
+    pub async fn put_staged_file(
+        &self,
+        instance: &VersionedInstance,
+        staged: StagedBody,
+    ) -> Result<u64, BlobError> {
+        let names = self.write_names(instance, Kind::File, "write");
+        self.containers.files.put_staged_body(&names, staged).await
+    }
+
+    /// Gives staged metadata each name the format writes; as [`Self::put_metadata`].
+    pub async fn put_staged_metadata(
+        &self,
+        instance: &VersionedInstance,
+        staged: StagedBody,
+    ) -> Result<(), BlobError> {
+        let names = self.write_names(instance, Kind::Metadata, "write");
+        self.containers
+            .metadata
+            .put_staged_body(&names, staged)
             .await
             .map(drop)
     }

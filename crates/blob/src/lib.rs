@@ -48,7 +48,7 @@ pub use location::{BlobStoreLocation, ContainerNames, Containers, ParseLocationE
 pub use object_store::path::Path as BlobName;
 pub use store::{
     BlobMeta, BlobRead, BlobStore, BlobStream, CopyBatch, DEFAULT_PART_SIZE,
-    DEFAULT_SINGLE_PUT_LIMIT, MAX_BATCH_BLOBS,
+    DEFAULT_SINGLE_PUT_LIMIT, MAX_BATCH_BLOBS, StagedBody,
 };
 
 /// The error a request body stream may fail with while it is being stored.

@@ -67,20 +67,26 @@ impl FolderSync {
     }
 }
 
-/// Writes `body` once and links it under every path of `paths` (Dual mode writes two), then
-/// makes the links durable: the file is fsynced before any link, and each folder that gained an
-/// entry after (`root`'s through its [`FolderSync`]). Parent folders that are missing are
-/// created, each made durable in its parent. On failure, the names this call linked are
-/// removed again.
+/// Writes `body` once and links it under every path of `paths` (see [`link`]); `Unsupported`
+/// when this filesystem cannot make unnamed files.
 pub(crate) fn create(paths: &[PathBuf], body: &[Bytes], root: &FolderSync) -> io::Result<Created> {
     let Some(first) = paths.first() else {
         return Ok(Created::All);
     };
-    let folder = parent(first)?;
+    match write_unnamed(parent(first)?, body)? {
+        Some(file) => link(&file, paths, root),
+        None => Ok(Created::Unsupported),
+    }
+}
+
+/// Writes `body` to a new unnamed file in `folder` (created if missing) and fsyncs it: the
+/// bytes are durable, and vanish with the file unless it is linked. `None` when this
+/// filesystem cannot make unnamed files.
+pub(crate) fn write_unnamed(folder: &Path, body: &[Bytes]) -> io::Result<Option<File>> {
     create_folders(folder)?;
     let file = match unnamed_file(folder) {
         Ok(file) => file,
-        Err(error) if unsupported(&error) => return Ok(Created::Unsupported),
+        Err(error) if unsupported(&error) => return Ok(None),
         Err(error) => return Err(error),
     };
     let mut writer = &file;
@@ -88,11 +94,19 @@ pub(crate) fn create(paths: &[PathBuf], body: &[Bytes], root: &FolderSync) -> io
         writer.write_all(chunk)?;
     }
     file.sync_all()?;
+    Ok(Some(file))
+}
+
+/// Links the durable unnamed `file` under every path of `paths` (Dual mode writes two), on the
+/// same filesystem, then makes the links durable: each folder that gained an entry is fsynced
+/// (`root`'s through its [`FolderSync`]). Parent folders that are missing are created, each
+/// made durable in its parent. On failure, the names this call linked are removed again.
+pub(crate) fn link(file: &File, paths: &[PathBuf], root: &FolderSync) -> io::Result<Created> {
     let mut linked: Vec<&Path> = Vec::with_capacity(paths.len());
     for (index, path) in paths.iter().enumerate() {
         let outcome = parent(path)
             .and_then(create_folders)
-            .and_then(|()| link(&file, path));
+            .and_then(|()| link_one(file, path));
         match outcome {
             Ok(()) => linked.push(path),
             Err(error) => {
@@ -142,7 +156,7 @@ fn unnamed_file(folder: &Path) -> io::Result<File> {
 
 /// Links the unnamed `file` as `path`; fails with `AlreadyExists` if the name is taken.
 /// Through `/proc/self/fd` (`AT_EMPTY_PATH` would need a capability the server may not have).
-fn link(file: &File, path: &Path) -> io::Result<()> {
+fn link_one(file: &File, path: &Path) -> io::Result<()> {
     let descriptor = format!("/proc/self/fd/{}", file.as_raw_fd());
     rustix::fs::linkat(CWD, descriptor.as_str(), CWD, path, AtFlags::SYMLINK_FOLLOW)?;
     Ok(())

@@ -67,6 +67,15 @@ pub struct BlobRead {
     pub stream: BlobStream,
 }
 
+/// A whole small body written before its names were known ([`BlobStore::stage`]).
+pub struct StagedBody {
+    payload: PutPayload,
+    len: usize,
+    /// On a local folder: the durable unnamed file that holds the bytes.
+    #[cfg(target_os = "linux")]
+    file: Option<std::fs::File>,
+}
+
 /// What a store knows about a blob without reading it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlobMeta {
@@ -304,19 +313,67 @@ impl BlobStore {
         payload: &PutPayload,
         len: usize,
     ) -> Option<Result<u64, BlobError>> {
-        let mut paths = Vec::with_capacity(names.len());
-        for name in names {
-            match local.files.path_to_filesystem(name) {
-                Ok(path) => paths.push(path),
-                Err(error) => return Some(Err(self.error(name, error))),
-            }
-        }
+        let paths = match self.local_paths(local, names) {
+            Ok(paths) => paths,
+            Err(error) => return Some(Err(error)),
+        };
         let body: Vec<Bytes> = payload.iter().cloned().collect();
         let root = local.synced.clone();
         let created =
             tokio::task::spawn_blocking(move || crate::local_create::create(&paths, &body, &root))
                 .await
                 .unwrap_or_else(|join| Err(std::io::Error::other(join)));
+        self.local_created(local, names, len, created)
+    }
+
+    /// Gives a staged unnamed file its names (see [`Self::put_staged_body`]); `None` when
+    /// the filesystem cannot link it, and nothing was linked.
+    #[cfg(target_os = "linux")]
+    async fn link_local(
+        &self,
+        local: &LocalContainer,
+        names: &[Path],
+        file: std::fs::File,
+        len: usize,
+    ) -> Option<Result<u64, BlobError>> {
+        let paths = match self.local_paths(local, names) {
+            Ok(paths) => paths,
+            Err(error) => return Some(Err(error)),
+        };
+        let root = local.synced.clone();
+        let created =
+            tokio::task::spawn_blocking(move || crate::local_create::link(&file, &paths, &root))
+                .await
+                .unwrap_or_else(|join| Err(std::io::Error::other(join)));
+        self.local_created(local, names, len, created)
+    }
+
+    #[cfg(target_os = "linux")]
+    fn local_paths(
+        &self,
+        local: &LocalContainer,
+        names: &[Path],
+    ) -> Result<Vec<PathBuf>, BlobError> {
+        names
+            .iter()
+            .map(|name| {
+                local
+                    .files
+                    .path_to_filesystem(name)
+                    .map_err(|error| self.error(name, error))
+            })
+            .collect()
+    }
+
+    /// What a local create-only write came to, counted as a `put` of each name.
+    #[cfg(target_os = "linux")]
+    fn local_created(
+        &self,
+        local: &LocalContainer,
+        names: &[Path],
+        len: usize,
+        created: std::io::Result<crate::local_create::Created>,
+    ) -> Option<Result<u64, BlobError>> {
         use crate::local_create::Created;
         let result = match created {
             Ok(Created::Unsupported) => return None,
@@ -327,15 +384,61 @@ impl BlobStore {
             }),
             Err(source) => {
                 let name = names.first().cloned().unwrap_or_default();
-                let source = object_store::Error::Generic {
-                    store: "LocalFileSystem",
-                    source: Box::new(source),
-                };
-                Err(self.error(&name, source))
+                Err(self.error(&name, local_error(source)))
             }
         };
         crate::metered::record_local_put(local.backend, names.len(), len as u64, &result);
         Some(result.map(|()| len as u64))
+    }
+
+    /// The largest body written with one put; a larger one streams through a staged upload.
+    pub fn single_put_limit(&self) -> usize {
+        self.single_put_limit
+    }
+
+    /// Writes a whole body (at most [`Self::single_put_limit`] bytes) before its names are
+    /// known, so that the write overlaps whatever decides them (a store's reservation);
+    /// [`Self::put_staged_body`] then gives it its names. On a local folder the bytes go
+    /// durably to an unnamed file, which vanishes if it is never named; elsewhere they are
+    /// held and put then.
+    pub async fn stage(&self, body: Vec<Bytes>) -> Result<StagedBody, BlobError> {
+        let len = body.iter().map(Bytes::len).sum();
+        let payload = PutPayload::from_iter(body);
+        #[cfg(target_os = "linux")]
+        if let (Some(local), None) = (&self.local, &self.faults) {
+            let folder = local.folder.clone();
+            let chunks: Vec<Bytes> = payload.iter().cloned().collect();
+            let written = tokio::task::spawn_blocking(move || {
+                crate::local_create::write_unnamed(&folder, &chunks)
+            })
+            .await
+            .unwrap_or_else(|join| Err(std::io::Error::other(join)));
+            let file = written
+                .map_err(|source| self.error(&Path::from(STAGING_PREFIX), local_error(source)))?;
+            return Ok(StagedBody { payload, len, file });
+        }
+        Ok(StagedBody {
+            payload,
+            len,
+            #[cfg(target_os = "linux")]
+            file: None,
+        })
+    }
+
+    /// Creates every name in `names` with a body from [`Self::stage`]: create-only, and on
+    /// failure nothing is left behind, as [`Self::put_stream_create`].
+    pub async fn put_staged_body(
+        &self,
+        names: &[Path],
+        staged: StagedBody,
+    ) -> Result<u64, BlobError> {
+        #[cfg(target_os = "linux")]
+        if let (Some(local), Some(file)) = (&self.local, staged.file)
+            && let Some(written) = self.link_local(local, names, file, staged.len).await
+        {
+            return written;
+        }
+        self.put_whole(names, staged.payload, staged.len).await
     }
 
     async fn put_staged<S, E>(
@@ -930,6 +1033,15 @@ impl CopyBatch {
 }
 
 /// The one place `object_store` errors become [`BlobError`]s.
+/// An IO error of a local write, as `object_store`'s filesystem reports one.
+#[cfg(target_os = "linux")]
+fn local_error(source: std::io::Error) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "LocalFileSystem",
+        source: Box::new(source),
+    }
+}
+
 fn map_error(container: &str, name: &Path, source: object_store::Error) -> BlobError {
     let (container, name) = (container.to_owned(), name.to_string());
     match source {

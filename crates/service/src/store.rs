@@ -5,7 +5,7 @@ use std::task::Poll;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt, stream};
-use tessera_blob::BodyError;
+use tessera_blob::{BlobError, BodyError, StagedBody};
 use tessera_core::{
     ContentChecksum, InstanceIdentifier, SearchableAttributes, Uid, VersionedInstance, Watermark,
 };
@@ -79,6 +79,14 @@ pub enum StoreOutcome {
         /// failure is not about attributes.
         failed_attributes: Vec<String>,
     },
+}
+
+/// A reserved instance's blobs: written whole while it was reserved, or still to stream.
+enum Staged {
+    /// The file and metadata, each written (or failed) without a name yet.
+    Whole(Result<StagedBody, BlobError>, Result<StagedBody, BlobError>),
+    /// The body read so far, the rest of it still in the request, and the metadata.
+    Streaming(Vec<Bytes>, Bytes),
 }
 
 /// Follows the bytes as they stream to the blob store: length, checksum, and the walk of the
@@ -176,7 +184,74 @@ impl DicomService {
             attributes: attributes.clone(),
             native_frames,
         };
-        let watermark = match self.index.begin_create(&new).await {
+        let mut tee = Tee {
+            checksum: ContentChecksum::new(),
+            walker,
+            invalid: None,
+        };
+        // A small instance is read whole before it is reserved: its blobs are then written
+        // while the index reserves its watermark, and named once both are done. A larger one
+        // streams to its names after the reservation.
+        let limit = self.blobs.single_put_limit();
+        let mut head = vec![prefix];
+        let mut buffered = head.iter().map(Bytes::len).sum::<usize>();
+        let whole = loop {
+            if buffered > limit {
+                break false;
+            }
+            match body.next().await {
+                None => break true,
+                Some(Ok(chunk)) => {
+                    buffered = buffered.saturating_add(chunk.len());
+                    head.push(chunk);
+                }
+                Some(Err(error)) => {
+                    let error: BodyError = error.into();
+                    let comment = format!("the request body failed: {error}");
+                    return failed(
+                        Some((&header, &id)),
+                        FailureReason::ProcessingFailure,
+                        comment,
+                    );
+                }
+            }
+        };
+        if whole {
+            let checked = head
+                .iter()
+                .try_for_each(|chunk| tee.observe(chunk))
+                .and_then(|()| tee.finish());
+            if let Err(invalid) = checked {
+                return failed(
+                    Some((&header, &id)),
+                    FailureReason::ValidationFailure,
+                    invalid.to_string(),
+                );
+            }
+        }
+        let metadata = match header.metadata_json() {
+            Ok(metadata) => Bytes::from(metadata),
+            Err(error) => {
+                tracing::error!(%error, "could not write an instance's metadata");
+                return failed(
+                    Some((&header, &id)),
+                    FailureReason::ProcessingFailure,
+                    "Processing failure.".into(),
+                );
+            }
+        };
+        let (reserved, staged) = if whole {
+            let (reserved, file, metadata) = tokio::join!(
+                self.index.begin_create(&new),
+                self.blobs.stage_file(head),
+                self.blobs.stage_metadata(metadata),
+            );
+            (reserved, Staged::Whole(file, metadata))
+        } else {
+            let reserved = self.index.begin_create(&new).await;
+            (reserved, Staged::Streaming(head, metadata))
+        };
+        let watermark = match reserved {
             Ok(watermark) => watermark,
             Err(IndexError::AlreadyExists { creating }) => {
                 let reason = if creating {
@@ -200,14 +275,18 @@ impl DicomService {
             }
         };
         let instance = VersionedInstance::new(id.clone(), watermark);
-        let rest = stream::once(async move { Ok::<_, BodyError>(prefix) })
-            .chain(body.map(|c| c.map_err(Into::into)));
-        let mut tee = Tee {
-            checksum: ContentChecksum::new(),
-            walker,
-            invalid: None,
+        let written = match staged {
+            Staged::Whole(file, metadata) => {
+                self.name_staged_blobs(&instance, &header, file, metadata, &tee)
+                    .await
+            }
+            Staged::Streaming(head, metadata) => {
+                let rest = stream::iter(head.into_iter().map(Ok::<_, BodyError>))
+                    .chain(body.map(|c| c.map_err(Into::into)));
+                self.write_blobs(&instance, &header, rest, metadata, &mut tee)
+                    .await
+            }
         };
-        let written = self.write_blobs(&instance, &header, rest, &mut tee).await;
         match (written, tee.invalid) {
             (Ok(()), _) => StoreOutcome::Stored {
                 id,
@@ -236,6 +315,24 @@ impl DicomService {
         }
     }
 
+    /// Names the blobs of a small instance written while it was reserved, then completes it.
+    async fn name_staged_blobs(
+        &self,
+        instance: &VersionedInstance,
+        header: &InstanceHeader,
+        file: Result<StagedBody, BlobError>,
+        metadata: Result<StagedBody, BlobError>,
+        tee: &Tee,
+    ) -> Result<(), crate::ServiceError> {
+        let (file, metadata) = tokio::join!(
+            async { self.blobs.put_staged_file(instance, file?).await },
+            async { self.blobs.put_staged_metadata(instance, metadata?).await },
+        );
+        file?;
+        metadata?;
+        self.complete(instance, header, tee).await
+    }
+
     /// Streams `body` to the file blob through `tee`; an instance the tee finds broken or cut
     /// short ends the stream with an error, so its blob is never created.
     async fn write_blobs<S>(
@@ -243,6 +340,7 @@ impl DicomService {
         instance: &VersionedInstance,
         header: &InstanceHeader,
         body: S,
+        metadata: Bytes,
         tee: &mut Tee,
     ) -> Result<(), crate::ServiceError>
     where
@@ -267,18 +365,26 @@ impl DicomService {
                 }
             })
         });
-        let metadata = header
-            .metadata_json()
-            .map_err(|e| crate::ServiceError::Blob(tessera_blob::BlobError::Body(Box::new(e))))?;
         // The metadata is written while the file streams: each durable write waits on its own
         // flushes, so side by side they cost one wait, not two. Whatever of them was written
         // when the other fails is removed by the caller's roll-back.
         let (file, metadata) = tokio::join!(
             self.blobs.put_file(instance, observed),
-            self.blobs.put_metadata(instance, metadata.into()),
+            self.blobs.put_metadata(instance, metadata),
         );
         file?;
         metadata?;
+        self.complete(instance, header, tee).await
+    }
+
+    /// Writes what follows the instance's blobs (the frame ranges of encapsulated pixel data)
+    /// and marks it `Created`.
+    async fn complete(
+        &self,
+        instance: &VersionedInstance,
+        header: &InstanceHeader,
+        tee: &Tee,
+    ) -> Result<(), crate::ServiceError> {
         // Encapsulated frames are known once the walk has seen every fragment.
         let ranges = match (header.pixel_data(), &tee.walker) {
             (Some(PixelData::Encapsulated { .. }), Some(walker)) => {
