@@ -141,7 +141,7 @@ impl InstanceBlobStore {
     }
 
     /// Writes a whole instance file (at most [`Self::single_put_limit`] bytes) before its
-    /// watermark is known, so the write overlaps the reservation; see [`BlobStore::stage`].
+    /// watermark is known, so the write overlaps the reservation; see [`crate::BlobStore::stage`].
     pub async fn stage_file(&self, body: Vec<Bytes>) -> Result<StagedBody, BlobError> {
         self.containers.files.stage(body).await
     }
