@@ -423,7 +423,15 @@ impl BlobStore {
             .map_err(|e| self.error(name, e))?;
         let blocking = match open_local_cached(&path) {
             CachedOpen::Done(opened) => return self.local_read(local, name, opened),
-            CachedOpen::Partial(partial) => tokio::task::spawn_blocking(move || partial.finish()),
+            CachedOpen::Partial { size, read } => tokio::task::spawn_blocking(move || {
+                let len = read.len;
+                let (file, first) = read.finish()?;
+                Ok(OpenedFile {
+                    size,
+                    rest: (size > len).then_some(file),
+                    first,
+                })
+            }),
             CachedOpen::Blocking => tokio::task::spawn_blocking(move || open_local(&path)),
         };
         let opened = blocking
@@ -533,20 +541,7 @@ impl BlobStore {
         name: &Path,
         opened: std::io::Result<OpenedFile>,
     ) -> Result<BlobRead, BlobError> {
-        let result = opened.map_err(|source| {
-            let source = if source.kind() == std::io::ErrorKind::NotFound {
-                object_store::Error::NotFound {
-                    path: name.to_string(),
-                    source: Box::new(source),
-                }
-            } else {
-                object_store::Error::Generic {
-                    store: "LocalFileSystem",
-                    source: Box::new(source),
-                }
-            };
-            self.error(name, source)
-        });
+        let result = opened.map_err(|source| self.local_error(name, source));
         crate::metered::record_local_get(local.backend, &result, |opened| opened.size);
         let OpenedFile { size, first, rest } = result?;
         let read = first.len() as u64;
@@ -561,6 +556,23 @@ impl BlobStore {
             .map_err(move |source| map_error(&container, &name, source))
             .boxed();
         Ok(BlobRead { size, stream })
+    }
+
+    /// The error of a local read of `name` that bypassed object_store, as object_store's
+    /// would be.
+    fn local_error(&self, name: &Path, source: std::io::Error) -> BlobError {
+        let source = if source.kind() == std::io::ErrorKind::NotFound {
+            object_store::Error::NotFound {
+                path: name.to_string(),
+                source: Box::new(source),
+            }
+        } else {
+            object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: Box::new(source),
+            }
+        };
+        self.error(name, source)
     }
 
     /// Reads the whole blob; only for blobs known to be small (metadata, frame ranges).
@@ -584,10 +596,41 @@ impl BlobStore {
 
     /// Reads `range` of a blob (frames are served this way).
     pub async fn get_range(&self, name: &Path, range: Range<u64>) -> Result<Bytes, BlobError> {
+        if let (Some(local), None) = (&self.local, &self.faults)
+            && let Some(read) = self.get_local_range(local, name, &range).await
+        {
+            return read;
+        }
         self.inner
             .get_range(name, range)
             .await
             .map_err(|e| self.error(name, e))
+    }
+
+    /// Reads `range` of a local file, on this thread where the kernel's caches hold what that
+    /// needs ([`read_range_cached`]; object_store opens and reads in two blocking tasks), else
+    /// with one blocking task; `None` leaves it to object_store (a long range, one beyond the
+    /// file, or a path not in the lookup cache).
+    async fn get_local_range(
+        &self,
+        local: &LocalContainer,
+        name: &Path,
+        range: &Range<u64>,
+    ) -> Option<Result<Bytes, BlobError>> {
+        let path = local.files.path_to_filesystem(name).ok()?;
+        let read = match read_range_cached(&path, range) {
+            CachedRange::Done(read) => read,
+            CachedRange::Partial(read) => tokio::task::spawn_blocking(move || read.finish())
+                .await
+                .unwrap_or_else(|join| Err(std::io::Error::other(join)))
+                .map(|(_, buffer)| buffer),
+            CachedRange::Elsewhere => return None,
+        };
+        let result = read
+            .map(read_buffers::bytes)
+            .map_err(|source| self.local_error(name, source));
+        crate::metered::record_local_get(local.backend, &result, |bytes| bytes.len() as u64);
+        Some(result)
     }
 
     /// Size and version of a blob without reading it.
@@ -728,8 +771,8 @@ fn open_local(path: &std::path::Path) -> std::io::Result<OpenedFile> {
     })
 }
 
-/// Local files whose first chunk is at most this long may be read on the calling (async)
-/// thread; a longer read would hold that thread, and the other tasks it runs, too long.
+/// Reads of local files at most this long may be done on the calling (async) thread; a
+/// longer one would hold that thread, and the other tasks it runs, too long.
 const INLINE_READ_LIMIT: u64 = 256 * 1024;
 
 /// What [`open_local_cached`] got done without blocking.
@@ -737,53 +780,55 @@ enum CachedOpen {
     /// Opened and its first chunk read (or the open failed for good).
     Done(std::io::Result<OpenedFile>),
     /// Opened, but part of its first chunk is not in the page cache (or is too long to read
-    /// here): [`PartialOpen::finish`] reads it on a blocking thread.
-    Partial(PartialOpen),
+    /// here): the read is finished on a blocking thread.
+    Partial {
+        /// The file's length.
+        size: u64,
+        /// The first chunk's read.
+        read: PendingRead,
+    },
     /// Not attempted, or a path component is not in the kernel's lookup cache: the whole open
     /// is done by [`open_local`] on a blocking thread.
     Blocking,
 }
 
-/// A local file opened whose first chunk is read up to `filled`.
-struct PartialOpen {
+/// A read of `len` bytes at `offset` of an open file, done up to `filled`.
+struct PendingRead {
     file: std::fs::File,
-    size: u64,
-    /// The buffer of the first chunk, if taken yet.
-    first: Option<Vec<u8>>,
+    offset: u64,
+    len: u64,
+    /// The buffer, if taken yet.
+    buffer: Option<Vec<u8>>,
     filled: usize,
 }
 
-impl PartialOpen {
-    /// Reads the rest of the first chunk (blocking).
-    fn finish(self) -> std::io::Result<OpenedFile> {
+impl PendingRead {
+    /// Reads the rest (blocking).
+    fn finish(self) -> std::io::Result<(std::fs::File, Vec<u8>)> {
         use std::os::unix::fs::FileExt;
 
         let Self {
             file,
-            size,
-            first,
+            offset,
+            len,
+            buffer,
             filled,
         } = self;
-        let mut first = first.unwrap_or_else(|| read_buffers::take(size));
-        let rest = first.get_mut(filled..).unwrap_or_default();
-        file.read_exact_at(rest, filled as u64).map_err(shrunk)?;
-        Ok(OpenedFile {
-            size,
-            rest: (size > first.len() as u64).then_some(file),
-            first,
-        })
+        let mut buffer = buffer.unwrap_or_else(|| read_buffers::take(len));
+        if let Some(rest) = buffer.get_mut(filled..) {
+            file.read_exact_at(rest, offset + filled as u64)
+                .map_err(shrunk)?;
+        }
+        Ok((file, buffer))
     }
 }
 
-/// Opens a local file and reads its first chunk on the calling thread as far as that cannot
-/// block it on the disk: the open only if every component of the path is in the kernel's
-/// lookup cache (`openat2` with `RESOLVE_CACHED`, Linux 5.12), the bytes only as far as the
-/// page cache holds them (`preadv2` with `RWF_NOWAIT`). A small instance read this way costs no
-/// thread hand-off, which was the largest cost of serving it; what the caches miss is read on
-/// a blocking thread as before. Hand-written over rustix's system calls: neither tokio nor
-/// object_store reads without a blocking task.
+/// Opens a local file on the calling thread if that cannot block it on the disk: only if
+/// every component of the path is in the kernel's lookup cache (`openat2` with
+/// `RESOLVE_CACHED`, Linux 5.12). `Ok(None)` when it is not (or the call is not available
+/// here); else the file and its length.
 #[cfg(target_os = "linux")]
-fn open_local_cached(path: &std::path::Path) -> CachedOpen {
+fn open_cached(path: &std::path::Path) -> std::io::Result<Option<(std::fs::File, u64)>> {
     use rustix::fs::{CWD, Mode, OFlags, ResolveFlags};
     use rustix::io::Errno;
 
@@ -796,67 +841,140 @@ fn open_local_cached(path: &std::path::Path) -> CachedOpen {
     ) {
         Ok(fd) => fd,
         // A cached lookup that ends at a missing name is as sure as an uncached one.
-        Err(Errno::NOENT) => return CachedOpen::Done(Err(Errno::NOENT.into())),
-        // Not cached, or not supported here (an older kernel, a sandbox): open the usual way.
-        Err(_) => return CachedOpen::Blocking,
+        Err(Errno::NOENT) => return Err(Errno::NOENT.into()),
+        // Not cached, or not supported here (an older kernel, a sandbox).
+        Err(_) => return Ok(None),
     };
     let file = std::fs::File::from(fd);
-    let size = match file.metadata() {
-        Ok(metadata) if metadata.is_file() => metadata.len(),
-        Ok(_) => {
-            return CachedOpen::Done(Err(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "not a file",
-            )));
-        }
-        Err(error) => return CachedOpen::Done(Err(error)),
-    };
-    let len = size.min(LOCAL_READ_CHUNK);
-    if len > INLINE_READ_LIMIT {
-        return CachedOpen::Partial(PartialOpen {
-            file,
-            size,
-            first: None,
-            filled: 0,
-        });
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "not a file",
+        ));
     }
-    let mut first = read_buffers::take(len);
+    Ok(Some((file, metadata.len())))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_cached(_path: &std::path::Path) -> std::io::Result<Option<(std::fs::File, u64)>> {
+    Ok(None)
+}
+
+/// Reads `file` from `offset` into `buffer` as far as the page cache holds it (`preadv2` with
+/// `RWF_NOWAIT`), without blocking on the disk: how many bytes were read. A file that ends
+/// before the buffer is full has shrunk, which is an error.
+#[cfg(target_os = "linux")]
+fn read_cached_at(file: &std::fs::File, buffer: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    use rustix::io::Errno;
+
     let mut filled = 0;
-    while let Some(rest) = first.get_mut(filled..).filter(|rest| !rest.is_empty()) {
+    while let Some(rest) = buffer.get_mut(filled..).filter(|rest| !rest.is_empty()) {
         match rustix::io::preadv2(
-            &file,
+            file,
             &mut [std::io::IoSliceMut::new(rest)],
-            filled as u64,
+            offset + filled as u64,
             rustix::io::ReadWriteFlags::NOWAIT,
         ) {
-            Ok(0) => {
-                return CachedOpen::Done(Err(shrunk(std::io::ErrorKind::UnexpectedEof.into())));
-            }
+            Ok(0) => return Err(shrunk(std::io::ErrorKind::UnexpectedEof.into())),
             Ok(read) => filled += read,
             Err(Errno::INTR) => {}
             // Not in the page cache, or no RWF_NOWAIT on this kernel or filesystem.
             Err(Errno::AGAIN | Errno::OPNOTSUPP | Errno::INVAL | Errno::NOSYS) => break,
-            Err(error) => return CachedOpen::Done(Err(error.into())),
+            Err(error) => return Err(error.into()),
         }
     }
-    if filled == first.len() {
-        return CachedOpen::Done(Ok(OpenedFile {
-            size,
-            rest: (size > len).then_some(file),
-            first,
-        }));
+    Ok(filled)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn read_cached_at(
+    _file: &std::fs::File,
+    _buffer: &mut [u8],
+    _offset: u64,
+) -> std::io::Result<usize> {
+    Ok(0)
+}
+
+/// Starts a read of `len` bytes at `offset` of `file` on the calling thread, as far as the
+/// page cache holds them when `len` is at most [`INLINE_READ_LIMIT`].
+fn read_inline(file: std::fs::File, offset: u64, len: u64) -> std::io::Result<PendingRead> {
+    if len > INLINE_READ_LIMIT {
+        return Ok(PendingRead {
+            file,
+            offset,
+            len,
+            buffer: None,
+            filled: 0,
+        });
     }
-    CachedOpen::Partial(PartialOpen {
+    let mut buffer = read_buffers::take(len);
+    let filled = read_cached_at(&file, &mut buffer, offset)?;
+    Ok(PendingRead {
         file,
-        size,
-        first: Some(first),
+        offset,
+        len,
+        buffer: Some(buffer),
         filled,
     })
 }
 
-#[cfg(not(target_os = "linux"))]
-fn open_local_cached(_path: &std::path::Path) -> CachedOpen {
-    CachedOpen::Blocking
+/// Opens a local file and reads its first chunk on the calling thread as far as that cannot
+/// block it on the disk ([`open_cached`], [`read_cached_at`]). A small instance read this way
+/// costs no thread hand-off, which was the largest cost of serving it; what the caches miss is
+/// read on a blocking thread as before. Hand-written over rustix's system calls: neither tokio
+/// nor object_store reads without a blocking task.
+fn open_local_cached(path: &std::path::Path) -> CachedOpen {
+    let (file, size) = match open_cached(path) {
+        Ok(Some(opened)) => opened,
+        Ok(None) => return CachedOpen::Blocking,
+        Err(error) => return CachedOpen::Done(Err(error)),
+    };
+    let read = match read_inline(file, 0, size.min(LOCAL_READ_CHUNK)) {
+        Ok(read) => read,
+        Err(error) => return CachedOpen::Done(Err(error)),
+    };
+    match read.buffer {
+        Some(first) if read.filled == first.len() => CachedOpen::Done(Ok(OpenedFile {
+            size,
+            rest: (size > read.len).then_some(read.file),
+            first,
+        })),
+        _ => CachedOpen::Partial { size, read },
+    }
+}
+
+/// What [`read_range_cached`] got done without blocking.
+enum CachedRange {
+    /// Read (or failed for good).
+    Done(std::io::Result<Vec<u8>>),
+    /// Opened, but part of the range is not in the page cache.
+    Partial(PendingRead),
+    /// Left to object_store: not in the lookup cache, too long, or not within the file.
+    Elsewhere,
+}
+
+/// Reads `range` of a local file on the calling thread as far as that cannot block it (see
+/// [`open_local_cached`]); frames are served this way.
+fn read_range_cached(path: &std::path::Path, range: &Range<u64>) -> CachedRange {
+    let len = range.end.saturating_sub(range.start);
+    if len == 0 || len > INLINE_READ_LIMIT {
+        return CachedRange::Elsewhere;
+    }
+    let file = match open_cached(path) {
+        Ok(Some((file, size))) if range.end <= size => file,
+        Ok(_) => return CachedRange::Elsewhere,
+        Err(error) => return CachedRange::Done(Err(error)),
+    };
+    match read_inline(file, range.start, len) {
+        Ok(PendingRead {
+            buffer: Some(buffer),
+            filled,
+            ..
+        }) if filled == buffer.len() => CachedRange::Done(Ok(buffer)),
+        Ok(read) => CachedRange::Partial(read),
+        Err(error) => CachedRange::Done(Err(error)),
+    }
 }
 
 /// The next `len` bytes of `file`, into a reused buffer, in one `read` where the file allows
@@ -1137,7 +1255,45 @@ mod tests {
             assert_eq!(read.size, len as u64);
             let chunks: Vec<Bytes> = read.stream.try_collect().await.unwrap();
             assert_eq!(chunks.concat(), body, "{len} bytes");
+            rustix::fs::fadvise(&file, half, None, rustix::fs::Advice::DontNeed).unwrap();
+            let start = len as u64 / 3;
+            let range = store.get_range(&name, start..len as u64).await.unwrap();
+            assert_eq!(range, body[start as usize..], "{len} bytes from {start}");
         }
+    }
+
+    /// Ranges of a local file read by the store itself answer as object_store's do.
+    #[tokio::test]
+    async fn local_ranges_read_as_object_store_reads_them() {
+        let folder = tempfile::tempdir().unwrap();
+        let [local, plain] = stores(folder.path()).await;
+        let len = INLINE_READ_LIMIT + 1000;
+        let body: Vec<u8> = (0..len).map(|i| (i % 239) as u8).collect();
+        let name = Path::from("ranges.bin");
+        local
+            .put_create(&name, Bytes::from(body.clone()))
+            .await
+            .unwrap();
+        for range in [
+            0..1,
+            10..2000,
+            0..len,
+            len - 1..len,
+            5..INLINE_READ_LIMIT + 5,
+            len - 10..len + 10,
+            len..len + 1,
+            len + 5..len + 10,
+        ] {
+            let ours = local.get_range(&name, range.clone()).await;
+            let theirs = plain.get_range(&name, range.clone()).await;
+            match (&ours, &theirs) {
+                (Ok(ours), Ok(theirs)) => assert_eq!(ours, theirs, "{range:?}"),
+                (Err(_), Err(_)) => {}
+                _ => panic!("{range:?}: {ours:?} and {theirs:?}"),
+            }
+        }
+        let missing = local.get_range(&Path::from("gone.bin"), 0..1).await;
+        assert!(matches!(missing, Err(BlobError::NotFound { .. })));
     }
 
     #[tokio::test]
