@@ -650,7 +650,7 @@ pub async fn frames(
     if chosen.transcode && !native_le {
         return decoded_frames(&state, instance, numbers, multipart).await;
     }
-    let (instance, ranges) = state.service.frame_ranges(&scope, &numbers).await?;
+    let ranges = state.service.frame_ranges(&instance, &numbers).await?;
     let part_type = format!(
         "application/octet-stream; transfer-syntax={}",
         if chosen.transcode {
