@@ -569,15 +569,30 @@ impl BlobStore {
         Ok(BlobRead { size, stream })
     }
 
-    /// Opens a local file and reads its first chunk in one blocking task (through object_store,
-    /// opening and reading are two tasks, each a thread hand-off that cost about as much CPU
-    /// as serving a small instance's bytes); the rest streams as [`local_file_stream`] reads it.
+    /// Opens a local file and reads its first chunk: on this thread where the kernel's caches
+    /// hold what that needs ([`open_local_cached`]), else in one blocking task (through
+    /// object_store, opening and reading are two tasks, each a thread hand-off that cost about
+    /// as much CPU as serving a small instance's bytes); the rest streams as
+    /// [`local_file_stream`] reads it.
     async fn get_local(&self, local: &LocalContainer, name: &Path) -> Result<BlobRead, BlobError> {
         let path = local
             .files
             .path_to_filesystem(name)
             .map_err(|e| self.error(name, e))?;
-        let opened = tokio::task::spawn_blocking(move || open_local(&path))
+        let blocking = match open_local_cached(&path) {
+            CachedOpen::Done(opened) => return self.local_read(local, name, opened),
+            CachedOpen::Partial { size, read } => tokio::task::spawn_blocking(move || {
+                let len = read.len;
+                let (file, first) = read.finish()?;
+                Ok(OpenedFile {
+                    size,
+                    rest: (size > len).then_some(file),
+                    first,
+                })
+            }),
+            CachedOpen::Blocking => tokio::task::spawn_blocking(move || open_local(&path)),
+        };
+        let opened = blocking
             .await
             .unwrap_or_else(|join| Err(std::io::Error::other(join)));
         self.local_read(local, name, opened)
@@ -684,20 +699,7 @@ impl BlobStore {
         name: &Path,
         opened: std::io::Result<OpenedFile>,
     ) -> Result<BlobRead, BlobError> {
-        let result = opened.map_err(|source| {
-            let source = if source.kind() == std::io::ErrorKind::NotFound {
-                object_store::Error::NotFound {
-                    path: name.to_string(),
-                    source: Box::new(source),
-                }
-            } else {
-                object_store::Error::Generic {
-                    store: "LocalFileSystem",
-                    source: Box::new(source),
-                }
-            };
-            self.error(name, source)
-        });
+        let result = opened.map_err(|source| self.local_error(name, source));
         crate::metered::record_local_get(local.backend, &result, |opened| opened.size);
         let OpenedFile { size, first, rest } = result?;
         let read = first.len() as u64;
@@ -712,6 +714,23 @@ impl BlobStore {
             .map_err(move |source| map_error(&container, &name, source))
             .boxed();
         Ok(BlobRead { size, stream })
+    }
+
+    /// The error of a local read of `name` that bypassed object_store, as object_store's
+    /// would be.
+    fn local_error(&self, name: &Path, source: std::io::Error) -> BlobError {
+        let source = if source.kind() == std::io::ErrorKind::NotFound {
+            object_store::Error::NotFound {
+                path: name.to_string(),
+                source: Box::new(source),
+            }
+        } else {
+            object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: Box::new(source),
+            }
+        };
+        self.error(name, source)
     }
 
     /// Reads the whole blob; only for blobs known to be small (metadata, frame ranges).
@@ -735,10 +754,41 @@ impl BlobStore {
 
     /// Reads `range` of a blob (frames are served this way).
     pub async fn get_range(&self, name: &Path, range: Range<u64>) -> Result<Bytes, BlobError> {
+        if let (Some(local), None) = (&self.local, &self.faults)
+            && let Some(read) = self.get_local_range(local, name, &range).await
+        {
+            return read;
+        }
         self.inner
             .get_range(name, range)
             .await
             .map_err(|e| self.error(name, e))
+    }
+
+    /// Reads `range` of a local file, on this thread where the kernel's caches hold what that
+    /// needs ([`read_range_cached`]; object_store opens and reads in two blocking tasks), else
+    /// with one blocking task; `None` leaves it to object_store (a long range, one beyond the
+    /// file, or a path not in the lookup cache).
+    async fn get_local_range(
+        &self,
+        local: &LocalContainer,
+        name: &Path,
+        range: &Range<u64>,
+    ) -> Option<Result<Bytes, BlobError>> {
+        let path = local.files.path_to_filesystem(name).ok()?;
+        let read = match read_range_cached(&path, range) {
+            CachedRange::Done(read) => read,
+            CachedRange::Partial(read) => tokio::task::spawn_blocking(move || read.finish())
+                .await
+                .unwrap_or_else(|join| Err(std::io::Error::other(join)))
+                .map(|(_, buffer)| buffer),
+            CachedRange::Elsewhere => return None,
+        };
+        let result = read
+            .map(read_buffers::bytes)
+            .map_err(|source| self.local_error(name, source));
+        crate::metered::record_local_get(local.backend, &result, |bytes| bytes.len() as u64);
+        Some(result)
     }
 
     /// Size and version of a blob without reading it.
@@ -802,8 +852,10 @@ mod read_buffers {
     /// Kept buffers this much larger than a read are not used for it.
     const SPARE: usize = 256 * 1024;
 
-    /// An empty buffer that holds `len` bytes (at most [`LOCAL_READ_CHUNK`]): a kept one of
-    /// about that size, or a new one.
+    /// A buffer of exactly `len` bytes (at most [`LOCAL_READ_CHUNK`]) for a read to overwrite
+    /// whole: a kept one of about that size, or a new one. Its bytes are unspecified (those of
+    /// an earlier read, or zeros), so it is handed on only once a read has filled all of it;
+    /// kept buffers are not cleared, which spares clearing the bytes a read overwrites anyway.
     pub(super) fn take(len: u64) -> Vec<u8> {
         let len = usize::try_from(len.min(LOCAL_READ_CHUNK)).unwrap_or(0);
         let fits = |buffer: &Vec<u8>| {
@@ -814,7 +866,9 @@ mod read_buffers {
             let at = free.iter().rposition(fits)?;
             Some(free.swap_remove(at))
         });
-        kept.unwrap_or_else(|| Vec::with_capacity(len))
+        let mut buffer = kept.unwrap_or_else(|| Vec::with_capacity(len));
+        buffer.resize(len, 0);
+        buffer
     }
 
     /// `buffer`'s bytes, which go back to the free list once every clone is dropped.
@@ -832,11 +886,10 @@ mod read_buffers {
 
     impl Drop for Returned {
         fn drop(&mut self) {
-            let mut buffer = std::mem::take(&mut self.0);
+            let buffer = std::mem::take(&mut self.0);
             if buffer.capacity() as u64 > LOCAL_READ_CHUNK {
                 return;
             }
-            buffer.clear();
             if let Ok(mut free) = FREE.lock()
                 && free.len() < KEPT
             {
@@ -876,20 +929,234 @@ fn open_local(path: &std::path::Path) -> std::io::Result<OpenedFile> {
     })
 }
 
-/// The next `len` bytes of `file`, into a reused buffer; a file that ends sooner has shrunk
-/// since its size was taken, which is an error.
+/// Reads of local files at most this long may be done on the calling (async) thread; a
+/// longer one would hold that thread, and the other tasks it runs, too long.
+const INLINE_READ_LIMIT: u64 = 256 * 1024;
+
+/// What [`open_local_cached`] got done without blocking.
+enum CachedOpen {
+    /// Opened and its first chunk read (or the open failed for good).
+    Done(std::io::Result<OpenedFile>),
+    /// Opened, but part of its first chunk is not in the page cache (or is too long to read
+    /// here): the read is finished on a blocking thread.
+    Partial {
+        /// The file's length.
+        size: u64,
+        /// The first chunk's read.
+        read: PendingRead,
+    },
+    /// Not attempted, or a path component is not in the kernel's lookup cache: the whole open
+    /// is done by [`open_local`] on a blocking thread.
+    Blocking,
+}
+
+/// A read of `len` bytes at `offset` of an open file, done up to `filled`.
+struct PendingRead {
+    file: std::fs::File,
+    offset: u64,
+    len: u64,
+    /// The buffer, if taken yet.
+    buffer: Option<Vec<u8>>,
+    filled: usize,
+}
+
+impl PendingRead {
+    /// Reads the rest (blocking).
+    fn finish(self) -> std::io::Result<(std::fs::File, Vec<u8>)> {
+        use std::os::unix::fs::FileExt;
+
+        let Self {
+            file,
+            offset,
+            len,
+            buffer,
+            filled,
+        } = self;
+        let mut buffer = buffer.unwrap_or_else(|| read_buffers::take(len));
+        if let Some(rest) = buffer.get_mut(filled..) {
+            file.read_exact_at(rest, offset + filled as u64)
+                .map_err(shrunk)?;
+        }
+        Ok((file, buffer))
+    }
+}
+
+/// Opens a local file on the calling thread if that cannot block it on the disk: only if
+/// every component of the path is in the kernel's lookup cache (`openat2` with
+/// `RESOLVE_CACHED`, Linux 5.12). `Ok(None)` when it is not (or the call is not available
+/// here); else the file and its length.
+#[cfg(target_os = "linux")]
+fn open_cached(path: &std::path::Path) -> std::io::Result<Option<(std::fs::File, u64)>> {
+    use rustix::fs::{CWD, Mode, OFlags, ResolveFlags};
+    use rustix::io::Errno;
+
+    let fd = match rustix::fs::openat2(
+        CWD,
+        path,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::CACHED,
+    ) {
+        Ok(fd) => fd,
+        // A cached lookup that ends at a missing name is as sure as an uncached one.
+        Err(Errno::NOENT) => return Err(Errno::NOENT.into()),
+        // Not cached, or not supported here (an older kernel, a sandbox).
+        Err(_) => return Ok(None),
+    };
+    let file = std::fs::File::from(fd);
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "not a file",
+        ));
+    }
+    Ok(Some((file, metadata.len())))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_cached(_path: &std::path::Path) -> std::io::Result<Option<(std::fs::File, u64)>> {
+    Ok(None)
+}
+
+/// Reads `file` from `offset` into `buffer` as far as the page cache holds it (`preadv2` with
+/// `RWF_NOWAIT`), without blocking on the disk: how many bytes were read. A file that ends
+/// before the buffer is full has shrunk, which is an error.
+#[cfg(target_os = "linux")]
+fn read_cached_at(file: &std::fs::File, buffer: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    use rustix::io::Errno;
+
+    let mut filled = 0;
+    while let Some(rest) = buffer.get_mut(filled..).filter(|rest| !rest.is_empty()) {
+        match rustix::io::preadv2(
+            file,
+            &mut [std::io::IoSliceMut::new(rest)],
+            offset + filled as u64,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        ) {
+            Ok(0) => return Err(shrunk(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(read) => filled += read,
+            Err(Errno::INTR) => {}
+            // Not in the page cache, or no RWF_NOWAIT on this kernel or filesystem.
+            Err(Errno::AGAIN | Errno::OPNOTSUPP | Errno::INVAL | Errno::NOSYS) => break,
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn read_cached_at(
+    _file: &std::fs::File,
+    _buffer: &mut [u8],
+    _offset: u64,
+) -> std::io::Result<usize> {
+    Ok(0)
+}
+
+/// Starts a read of `len` bytes at `offset` of `file` on the calling thread, as far as the
+/// page cache holds them when `len` is at most [`INLINE_READ_LIMIT`].
+fn read_inline(file: std::fs::File, offset: u64, len: u64) -> std::io::Result<PendingRead> {
+    if len > INLINE_READ_LIMIT {
+        return Ok(PendingRead {
+            file,
+            offset,
+            len,
+            buffer: None,
+            filled: 0,
+        });
+    }
+    let mut buffer = read_buffers::take(len);
+    let filled = read_cached_at(&file, &mut buffer, offset)?;
+    Ok(PendingRead {
+        file,
+        offset,
+        len,
+        buffer: Some(buffer),
+        filled,
+    })
+}
+
+/// Opens a local file and reads its first chunk on the calling thread as far as that cannot
+/// block it on the disk ([`open_cached`], [`read_cached_at`]). A small instance read this way
+/// costs no thread hand-off, which was the largest cost of serving it; what the caches miss is
+/// read on a blocking thread as before. Hand-written over rustix's system calls: neither tokio
+/// nor object_store reads without a blocking task.
+fn open_local_cached(path: &std::path::Path) -> CachedOpen {
+    let (file, size) = match open_cached(path) {
+        Ok(Some(opened)) => opened,
+        Ok(None) => return CachedOpen::Blocking,
+        Err(error) => return CachedOpen::Done(Err(error)),
+    };
+    let read = match read_inline(file, 0, size.min(LOCAL_READ_CHUNK)) {
+        Ok(read) => read,
+        Err(error) => return CachedOpen::Done(Err(error)),
+    };
+    match read.buffer {
+        Some(first) if read.filled == first.len() => CachedOpen::Done(Ok(OpenedFile {
+            size,
+            rest: (size > read.len).then_some(read.file),
+            first,
+        })),
+        _ => CachedOpen::Partial { size, read },
+    }
+}
+
+/// What [`read_range_cached`] got done without blocking.
+enum CachedRange {
+    /// Read (or failed for good).
+    Done(std::io::Result<Vec<u8>>),
+    /// Opened, but part of the range is not in the page cache.
+    Partial(PendingRead),
+    /// Left to object_store: not in the lookup cache, too long, or not within the file.
+    Elsewhere,
+}
+
+/// Reads `range` of a local file on the calling thread as far as that cannot block it (see
+/// [`open_local_cached`]); frames are served this way.
+fn read_range_cached(path: &std::path::Path, range: &Range<u64>) -> CachedRange {
+    let len = range.end.saturating_sub(range.start);
+    if len == 0 || len > INLINE_READ_LIMIT {
+        return CachedRange::Elsewhere;
+    }
+    let file = match open_cached(path) {
+        Ok(Some((file, size))) if range.end <= size => file,
+        Ok(_) => return CachedRange::Elsewhere,
+        Err(error) => return CachedRange::Done(Err(error)),
+    };
+    match read_inline(file, range.start, len) {
+        Ok(PendingRead {
+            buffer: Some(buffer),
+            filled,
+            ..
+        }) if filled == buffer.len() => CachedRange::Done(Ok(buffer)),
+        Ok(read) => CachedRange::Partial(read),
+        Err(error) => CachedRange::Done(Err(error)),
+    }
+}
+
+/// The next `len` bytes of `file`, into a reused buffer, in one `read` where the file allows
+/// (`read_to_end` probed with reads of 8 KiB, then twice that, and so on: five reads for a
+/// 132 KB instance); a file that ends sooner has shrunk since its size was taken, which is an
+/// error.
 fn read_chunk(file: &mut std::fs::File, len: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
 
     let mut chunk = read_buffers::take(len);
-    file.take(len).read_to_end(&mut chunk)?;
-    if (chunk.len() as u64) < len {
-        return Err(std::io::Error::new(
+    file.read_exact(&mut chunk).map_err(shrunk)?;
+    Ok(chunk)
+}
+
+/// The error of a read that found the end of a file before the length it had when opened.
+fn shrunk(error: std::io::Error) -> std::io::Error {
+    if error.kind() == std::io::ErrorKind::UnexpectedEof {
+        std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             "the file is shorter than the size it had when opened",
-        ));
+        )
+    } else {
+        error
     }
-    Ok(chunk)
 }
 
 /// `range` of a local file opened by the store, read in [`LOCAL_READ_CHUNK`]s on blocking
@@ -1112,6 +1379,88 @@ mod tests {
             let folder = store.get(&Path::from("a")).await;
             assert!(matches!(folder, Err(BlobError::NotFound { .. })));
         }
+    }
+
+    /// A file whose bytes are partly out of the page cache is read on this thread as far as
+    /// the cache holds it and the rest on a blocking thread; either way, whole.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_local_file_partly_out_of_the_page_cache_reads_whole() {
+        let folder = tempfile::tempdir().unwrap();
+        let [store, _] = stores(folder.path()).await;
+        // A large read first, so the smaller ones below reuse a buffer that held other bytes.
+        let large = Path::from("large.bin");
+        store
+            .put_create(&large, Bytes::from(vec![9u8; 200_000]))
+            .await
+            .unwrap();
+        let chunks: Vec<Bytes> = store
+            .get(&large)
+            .await
+            .unwrap()
+            .stream
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(chunks.concat(), vec![9u8; 200_000]);
+        for (i, len) in [150_000usize, 4096, 1].into_iter().enumerate() {
+            let body: Vec<u8> = (0..len).map(|i| (i % 241) as u8).collect();
+            let name = Path::from(format!("cold{i}.bin"));
+            store
+                .put_create(&name, Bytes::from(body.clone()))
+                .await
+                .unwrap();
+            let path = folder
+                .path()
+                .join(store.container())
+                .join(format!("cold{i}.bin"));
+            let file = std::fs::File::open(&path).unwrap();
+            // The second half leaves the page cache (its pages are clean: writes are synced).
+            let half = (len / 2) as u64;
+            rustix::fs::fadvise(&file, half, None, rustix::fs::Advice::DontNeed).unwrap();
+            let read = store.get(&name).await.unwrap();
+            assert_eq!(read.size, len as u64);
+            let chunks: Vec<Bytes> = read.stream.try_collect().await.unwrap();
+            assert_eq!(chunks.concat(), body, "{len} bytes");
+            rustix::fs::fadvise(&file, half, None, rustix::fs::Advice::DontNeed).unwrap();
+            let start = len as u64 / 3;
+            let range = store.get_range(&name, start..len as u64).await.unwrap();
+            assert_eq!(range, body[start as usize..], "{len} bytes from {start}");
+        }
+    }
+
+    /// Ranges of a local file read by the store itself answer as object_store's do.
+    #[tokio::test]
+    async fn local_ranges_read_as_object_store_reads_them() {
+        let folder = tempfile::tempdir().unwrap();
+        let [local, plain] = stores(folder.path()).await;
+        let len = INLINE_READ_LIMIT + 1000;
+        let body: Vec<u8> = (0..len).map(|i| (i % 239) as u8).collect();
+        let name = Path::from("ranges.bin");
+        local
+            .put_create(&name, Bytes::from(body.clone()))
+            .await
+            .unwrap();
+        for range in [
+            0..1,
+            10..2000,
+            0..len,
+            len - 1..len,
+            5..INLINE_READ_LIMIT + 5,
+            len - 10..len + 10,
+            len..len + 1,
+            len + 5..len + 10,
+        ] {
+            let ours = local.get_range(&name, range.clone()).await;
+            let theirs = plain.get_range(&name, range.clone()).await;
+            match (&ours, &theirs) {
+                (Ok(ours), Ok(theirs)) => assert_eq!(ours, theirs, "{range:?}"),
+                (Err(_), Err(_)) => {}
+                _ => panic!("{range:?}: {ours:?} and {theirs:?}"),
+            }
+        }
+        let missing = local.get_range(&Path::from("gone.bin"), 0..1).await;
+        assert!(matches!(missing, Err(BlobError::NotFound { .. })));
     }
 
     #[tokio::test]

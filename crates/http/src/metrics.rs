@@ -10,6 +10,7 @@
 //! Connect tokens, and no label carries a UID or anything else from a request's path (routes
 //! are the matched templates). Restrict it at the network or the reverse proxy where needed.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -55,8 +56,9 @@ const DURATION_BUCKETS: &[f64] = &[
 #[derive(Clone)]
 pub struct Metrics {
     handle: PrometheusHandle,
-    /// The configured background operations: (kind, id), e.g. `("copy", "1d46…")`.
-    operations: Vec<(String, String)>,
+    /// The configured background operations: (kind, id), e.g. `("copy", "1d46…")`; shared, as
+    /// the handlers' state (this with it) is cloned for every request.
+    operations: Arc<[(String, String)]>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -82,7 +84,10 @@ impl Metrics {
             .install_recorder()
             .map_err(|e| MetricsError(e.to_string()))?;
         describe();
-        Ok(Self { handle, operations })
+        Ok(Self {
+            handle,
+            operations: operations.into(),
+        })
     }
 
     /// Drains the histograms' buffers; the server calls this every few seconds so memory stays
@@ -208,7 +213,7 @@ pub(crate) async fn scrape(State(state): State<AppState>) -> Response {
     metrics::gauge!(INDEX_POOL_IDLE).set(f64::from(pool.idle));
     metrics::gauge!(INDEX_POOL_MAX).set(f64::from(pool.max));
     metrics::counter!(FALLBACK_READS).absolute(state.service.blobs().fallback_reads());
-    for (kind, id) in &metrics.operations {
+    for (kind, id) in metrics.operations.iter() {
         match state.service.operation(id).await {
             Ok(Some(record)) => {
                 let results = OperationResults::parse(&record.results);

@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
+use tessera_blob::BlobRead;
 use tessera_core::InstanceIdentifier;
 use tessera_service::{DicomService, RetrieveScope, StoredInstance};
 
@@ -331,13 +332,8 @@ async fn retrieve(
                 transcoded(service, instance.clone(), limit).await?,
             )
         } else {
-            let content_type = dicom_type(instance);
             let file = service.open_file(instance.clone()).await?;
-            Part {
-                content_type,
-                length: Some(file.read.size),
-                body: file.read.stream.map_err(std::io::Error::other).boxed(),
-            }
+            file_part(dicom_type(instance), file.read).await?
         };
         return Ok(multipart::sized_response("application/dicom", vec![part]));
     }
@@ -363,11 +359,11 @@ async fn retrieve(
                     .open_file(instance)
                     .await
                     .map_err(std::io::Error::other)?;
-                Ok(Part {
+                Ok(Part::streamed(
                     content_type,
-                    length: Some(file.read.size),
-                    body: file.read.stream.map_err(std::io::Error::other).boxed(),
-                })
+                    Some(file.read.size),
+                    file.read.stream.map_err(std::io::Error::other).boxed(),
+                ))
             }
         })
         .boxed();
@@ -398,11 +394,11 @@ fn stored_parts(
                 .into_iter()
                 .map(|file| {
                     let file = file.map_err(std::io::Error::other)?;
-                    Ok(Part {
-                        content_type: dicom_type(&file.instance),
-                        length: Some(file.read.size),
-                        body: file.read.stream.map_err(std::io::Error::other).boxed(),
-                    })
+                    Ok(Part::streamed(
+                        dicom_type(&file.instance),
+                        Some(file.read.size),
+                        file.read.stream.map_err(std::io::Error::other).boxed(),
+                    ))
                 })
                 .collect();
             Some((stream::iter(parts), (service, instances, after)))
@@ -410,6 +406,24 @@ fn stored_parts(
     )
     .flatten()
     .boxed()
+}
+
+/// The part of an opened file: in memory when its first chunk is all of it (a small instance
+/// on a local store, read whole when opened), else streamed.
+async fn file_part(content_type: String, read: BlobRead) -> Result<Part, ApiError> {
+    let BlobRead { size, mut stream } = read;
+    match stream.next().await.transpose()? {
+        Some(first) if first.len() as u64 == size => Ok(Part::whole(content_type, first)),
+        None if size == 0 => Ok(Part::whole(content_type, Bytes::new())),
+        first => Ok(Part::streamed(
+            content_type,
+            Some(size),
+            stream::iter(first.map(Ok))
+                .chain(stream)
+                .map_err(std::io::Error::other)
+                .boxed(),
+        )),
+    }
 }
 
 fn dicom_type(instance: &StoredInstance) -> String {
@@ -636,7 +650,7 @@ pub async fn frames(
     if chosen.transcode && !native_le {
         return decoded_frames(&state, instance, numbers, multipart).await;
     }
-    let (instance, ranges) = state.service.frame_ranges(&scope, &numbers).await?;
+    let ranges = state.service.frame_ranges(&instance, &numbers).await?;
     let part_type = format!(
         "application/octet-stream; transfer-syntax={}",
         if chosen.transcode {
@@ -651,6 +665,15 @@ pub async fn frames(
         };
         let frame = state.service.read_frame(&instance, range).await?;
         return Ok(([(CONTENT_TYPE, part_type)], frame).into_response());
+    }
+    if let [range] = ranges.as_slice() {
+        // One frame is read before the answer starts, so it is in memory when the boundary is
+        // chosen.
+        let frame = state.service.read_frame(&instance, *range).await?;
+        return Ok(multipart::sized_response(
+            "application/octet-stream",
+            vec![Part::whole(part_type, frame)],
+        ));
     }
     let instance = std::sync::Arc::new(instance);
     // Every frame's length is known from its range, so the body is sized; each frame is read
@@ -667,11 +690,7 @@ pub async fn frames(
                     .map_err(std::io::Error::other)
             })
             .boxed();
-            Part {
-                content_type: part_type.clone(),
-                length: Some(range.length),
-                body,
-            }
+            Part::streamed(part_type.clone(), Some(range.length), body)
         })
         .collect();
     Ok(multipart::sized_response("application/octet-stream", parts))

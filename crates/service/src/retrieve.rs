@@ -103,10 +103,9 @@ impl DicomService {
     /// [`ServiceError::Corrupt`] for a table that points beyond the file.
     pub async fn frame_ranges(
         &self,
-        scope: &RetrieveScope,
+        instance: &StoredInstance,
         numbers: &[u32],
-    ) -> Result<(StoredInstance, Vec<FrameRange>), ServiceError> {
-        let instance = self.instances(scope).await?.remove(0);
+    ) -> Result<Vec<FrameRange>, ServiceError> {
         // Native frames are located by the index; others by the frame-range blob.
         let ranges = match instance.native_frames {
             Some(_) => None,
@@ -148,7 +147,7 @@ impl DicomService {
             }
             selected.push(range);
         }
-        Ok((instance, selected))
+        Ok(selected)
     }
 
     /// The bytes of one frame, by a range read of its instance's file.
