@@ -207,6 +207,8 @@ pub(crate) const CREATED: i16 = 1;
 #[derive(Clone, Debug)]
 pub struct InstanceIndex {
     pub(crate) pool: AnyPool,
+    /// On SQLite, connections held apart for the reads every request makes.
+    readers: Option<Arc<sqlite::Readers>>,
     /// The pool write transactions begin on: on SQLite one connection (see `sqlite::Pools`),
     /// on PostgreSQL `pool` itself.
     pub(crate) writer: AnyPool,
@@ -217,6 +219,21 @@ pub struct InstanceIndex {
     pub(crate) owner: Option<ProcessId>,
     /// Tells whether a registered owner is gone (see [`GoneProbe`]).
     pub(crate) gone: Option<GoneProbe>,
+}
+
+/// A connection for a read every request makes (see [`InstanceIndex::reader`]).
+pub(crate) enum Reader<'a> {
+    Held(sqlite::HeldReader<'a>),
+    Pooled(sqlx::pool::PoolConnection<sqlx::Any>),
+}
+
+impl Reader<'_> {
+    pub(crate) fn connection(&mut self) -> Result<&mut sqlx::AnyConnection> {
+        match self {
+            Self::Held(held) => held.connection(),
+            Self::Pooled(pooled) => Ok(&mut *pooled),
+        }
+    }
 }
 
 /// The connections of an index's pool at one moment, for metrics.
@@ -270,19 +287,31 @@ impl InstanceIndex {
         let engine = Engine::of(url).ok_or_else(|| {
             open_error("expected sqlite://PATH or postgres://USER@HOST/DB".into())
         })?;
-        let (pool, writer) = match engine {
-            Engine::Sqlite => sqlite::open(url).await.map(|p| (p.read, p.write)),
-            Engine::Postgres => postgres::open(url).await.map(|p| (p.clone(), p)),
+        let (pool, readers, writer) = match engine {
+            Engine::Sqlite => sqlite::open(url)
+                .await
+                .map(|p| (p.read, p.readers.map(Arc::new), p.write)),
+            Engine::Postgres => postgres::open(url).await.map(|p| (p.clone(), None, p)),
         }
         .map_err(open_error)?;
         let groups = (engine == Engine::Sqlite).then(|| group::CommitGroups::start(writer.clone()));
         Ok(Self {
             pool,
+            readers,
             writer,
             groups,
             engine,
             owner: None,
             gone: None,
+        })
+    }
+
+    /// A connection for a read every request makes: one of SQLite's held readers, else one
+    /// from the pool.
+    pub(crate) async fn reader(&self) -> Result<Reader<'_>> {
+        Ok(match &self.readers {
+            Some(readers) => Reader::Held(readers.get().await?),
+            None => Reader::Pooled(self.pool.acquire().await?),
         })
     }
 
@@ -448,7 +477,8 @@ impl InstanceIndex {
         for uid in uids {
             query = query.bind(uid);
         }
-        let rows = query.fetch_all(&self.pool).await?;
+        let mut reader = self.reader().await?;
+        let rows = query.fetch_all(reader.connection()?).await?;
         rows.into_iter().map(InstanceRow::into_stored).collect()
     }
 

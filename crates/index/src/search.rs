@@ -411,7 +411,8 @@ impl InstanceIndex {
                 Bind::Integer(number) => statement.bind(number),
             };
         }
-        let rows = statement.fetch_all(&self.pool).await?;
+        let mut reader = self.reader().await?;
+        let rows = statement.fetch_all(reader.connection()?).await?;
         let mut results = rows
             .iter()
             .map(|row| qido_row(row, &columns))
@@ -420,47 +421,52 @@ impl InstanceIndex {
             .attributes
             .contains(&QueryAttribute::ModalitiesInStudy)
         {
-            self.add_modalities(&mut results).await?;
+            add_modalities(reader.connection()?, &mut results).await?;
         }
         Ok(results)
     }
+}
 
-    /// Fills in the modalities of the results' studies with one query.
-    async fn add_modalities(&self, results: &mut [QidoRow]) -> Result<()> {
-        let mut studies: Vec<String> = results
-            .iter()
-            .filter_map(|r| r.value(QueryAttribute::StudyInstanceUid).map(str::to_owned))
-            .collect();
-        studies.sort();
-        studies.dedup();
-        if studies.is_empty() {
-            return Ok(());
-        }
-        let placeholders: Vec<String> = (1..=studies.len()).map(|n| format!("${n}")).collect();
-        let sql = format!(
+/// Fills in the modalities of the results' studies with one query on `connection` (the
+/// search's own: a second one could wait on searches that wait for it).
+async fn add_modalities(
+    connection: &mut sqlx::AnyConnection,
+    results: &mut [QidoRow],
+) -> Result<()> {
+    let mut studies: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.value(QueryAttribute::StudyInstanceUid).map(str::to_owned))
+        .collect();
+    studies.sort();
+    studies.dedup();
+    if studies.is_empty() {
+        return Ok(());
+    }
+    let placeholders: Vec<String> = (1..=studies.len()).map(|n| format!("${n}")).collect();
+    let sql = format!(
             "SELECT DISTINCT study_uid, modality FROM series WHERE modality IS NOT NULL AND study_uid IN ({})
              ORDER BY modality",
             placeholders.join(", ")
         );
-        #[derive(sqlx::FromRow)]
-        struct ModalityRow {
-            study_uid: String,
-            modality: String,
-        }
-        // Safe: numbered placeholders only; values are bound.
-        let mut statement = sqlx::query_as::<_, ModalityRow>(sqlx::AssertSqlSafe(sql));
-        for study in &studies {
-            statement = statement.bind(study.clone());
-        }
-        for row in statement.fetch_all(&self.pool).await? {
-            for result in results.iter_mut().filter(|r| {
-                r.value(QueryAttribute::StudyInstanceUid) == Some(row.study_uid.as_str())
-            }) {
-                result.modalities_in_study.push(row.modality.clone());
-            }
-        }
-        Ok(())
+    #[derive(sqlx::FromRow)]
+    struct ModalityRow {
+        study_uid: String,
+        modality: String,
     }
+    // Safe: numbered placeholders only; values are bound.
+    let mut statement = sqlx::query_as::<_, ModalityRow>(sqlx::AssertSqlSafe(sql));
+    for study in &studies {
+        statement = statement.bind(study.clone());
+    }
+    for row in statement.fetch_all(&mut *connection).await? {
+        for result in results
+            .iter_mut()
+            .filter(|r| r.value(QueryAttribute::StudyInstanceUid) == Some(row.study_uid.as_str()))
+        {
+            result.modalities_in_study.push(row.modality.clone());
+        }
+    }
+    Ok(())
 }
 
 fn qido_row(row: &AnyRow, columns: &[(Field, String, &str)]) -> Result<QidoRow> {

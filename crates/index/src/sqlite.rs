@@ -40,6 +40,8 @@ const READ_CONNECTIONS: u32 = 4;
 /// this process goes through.
 pub(crate) struct Pools {
     pub(crate) read: AnyPool,
+    /// Held apart from `read` for the reads every request makes; `None` in memory.
+    pub(crate) readers: Option<Readers>,
     /// One connection, so this process's writers queue in the pool (in order, without
     /// waking) instead of in SQLite's busy handler, which polls with sleeps of up to 100 ms
     /// and, under concurrent stores, left the write lock idle between them. An in-memory
@@ -52,12 +54,91 @@ pub(crate) async fn open(url: &str) -> Result<Pools, String> {
     let url = sqlite_url(url)?;
     let read = connect(&url, READ_CONNECTIONS).await?;
     migrate(&read).await?;
-    let write = if url == MEMORY_URL {
-        read.clone()
+    let (write, readers) = if url == MEMORY_URL {
+        (read.clone(), None)
     } else {
-        connect(&url, 1).await?
+        let readers = connect(&url, HELD_READERS).await?;
+        let mut held = Vec::with_capacity(HELD_READERS as usize);
+        for _ in 0..HELD_READERS {
+            let connection = readers.acquire().await.map_err(|e| e.to_string())?;
+            held.push(connection.detach());
+        }
+        (connect(&url, 1).await?, Some(Readers::new(held)))
     };
-    Ok(Pools { read, write })
+    Ok(Pools {
+        read,
+        readers,
+        write,
+    })
+}
+
+/// Connections held apart from [`Readers`]' pool.
+const HELD_READERS: u32 = 4;
+
+/// Connections for the reads every request makes (an instance lookup, a search), handed out
+/// without sqlx's pool: it pings each connection taken back, on SQLite a round trip to the
+/// connection's worker thread that cost as much CPU as the lookup itself. A connection to a
+/// local file does not go stale, so none is tested. A read dropped halfway leaves its
+/// connection fit for the next: its worker finishes (or stops) the statement first.
+/// Hand-written: a pool crate would be a dependency for these thirty lines.
+#[derive(Debug)]
+pub(crate) struct Readers {
+    idle: std::sync::Mutex<Vec<sqlx::AnyConnection>>,
+    permits: tokio::sync::Semaphore,
+}
+
+impl Readers {
+    fn new(connections: Vec<sqlx::AnyConnection>) -> Self {
+        Self {
+            permits: tokio::sync::Semaphore::new(connections.len()),
+            idle: std::sync::Mutex::new(connections),
+        }
+    }
+
+    /// Waits for a connection; it goes back when the guard is dropped.
+    pub(crate) async fn get(&self) -> Result<HeldReader<'_>> {
+        let permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| IndexError::Stopped)?;
+        let connection = self
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .ok_or(IndexError::Stopped)?;
+        Ok(HeldReader {
+            readers: self,
+            connection: Some(connection),
+            _permit: permit,
+        })
+    }
+}
+
+/// A connection of [`Readers`], back to them when dropped.
+pub(crate) struct HeldReader<'a> {
+    readers: &'a Readers,
+    connection: Option<sqlx::AnyConnection>,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl HeldReader<'_> {
+    pub(crate) fn connection(&mut self) -> Result<&mut sqlx::AnyConnection> {
+        self.connection.as_mut().ok_or(IndexError::Stopped)
+    }
+}
+
+impl Drop for HeldReader<'_> {
+    fn drop(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            self.readers
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(connection);
+        }
+    }
 }
 
 async fn connect(url: &str, connections: u32) -> Result<AnyPool, String> {
