@@ -313,17 +313,11 @@ impl BlobStore {
         payload: &PutPayload,
         len: usize,
     ) -> Option<Result<u64, BlobError>> {
-        let paths = match self.local_paths(local, names) {
-            Ok(paths) => paths,
-            Err(error) => return Some(Err(error)),
-        };
         let body: Vec<Bytes> = payload.iter().cloned().collect();
-        let root = local.synced.clone();
-        let created =
-            tokio::task::spawn_blocking(move || crate::local_create::create(&paths, &body, &root))
-                .await
-                .unwrap_or_else(|join| Err(std::io::Error::other(join)));
-        self.local_created(local, names, len, created)
+        self.create_local(local, names, len, move |paths, root| {
+            crate::local_create::create(paths, &body, root)
+        })
+        .await
     }
 
     /// Gives a staged unnamed file its names (see [`Self::put_staged_body`]); `None` when
@@ -336,15 +330,38 @@ impl BlobStore {
         file: std::fs::File,
         len: usize,
     ) -> Option<Result<u64, BlobError>> {
+        self.create_local(local, names, len, move |paths, root| {
+            crate::local_create::link(&file, paths, root)
+        })
+        .await
+    }
+
+    /// Runs `create` on the local paths of `names` in one blocking task; what it came to, as
+    /// [`Self::local_created`] says.
+    #[cfg(target_os = "linux")]
+    async fn create_local<F>(
+        &self,
+        local: &LocalContainer,
+        names: &[Path],
+        len: usize,
+        create: F,
+    ) -> Option<Result<u64, BlobError>>
+    where
+        F: FnOnce(
+                &[PathBuf],
+                &crate::local_create::FolderSync,
+            ) -> std::io::Result<crate::local_create::Created>
+            + Send
+            + 'static,
+    {
         let paths = match self.local_paths(local, names) {
             Ok(paths) => paths,
             Err(error) => return Some(Err(error)),
         };
         let root = local.synced.clone();
-        let created =
-            tokio::task::spawn_blocking(move || crate::local_create::link(&file, &paths, &root))
-                .await
-                .unwrap_or_else(|join| Err(std::io::Error::other(join)));
+        let created = tokio::task::spawn_blocking(move || create(&paths, &root))
+            .await
+            .unwrap_or_else(|join| Err(std::io::Error::other(join)));
         self.local_created(local, names, len, created)
     }
 

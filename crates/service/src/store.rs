@@ -233,11 +233,7 @@ impl DicomService {
             Ok(metadata) => Bytes::from(metadata),
             Err(error) => {
                 tracing::error!(%error, "could not write an instance's metadata");
-                return failed(
-                    Some((&header, &id)),
-                    FailureReason::ProcessingFailure,
-                    "Processing failure.".into(),
-                );
+                return processing_failure(&header, &id);
             }
         };
         let (reserved, staged) = if whole {
@@ -267,11 +263,7 @@ impl DicomService {
             }
             Err(error) => {
                 tracing::error!(%error, "could not reserve an instance");
-                return failed(
-                    Some((&header, &id)),
-                    FailureReason::ProcessingFailure,
-                    "Processing failure.".into(),
-                );
+                return processing_failure(&header, &id);
             }
         };
         let instance = VersionedInstance::new(id.clone(), watermark);
@@ -306,11 +298,7 @@ impl DicomService {
             (Err(error), None) => {
                 tracing::error!(%error, %watermark, "store failed; rolling back");
                 self.roll_back(&instance).await;
-                failed(
-                    Some((&header, &id)),
-                    FailureReason::ProcessingFailure,
-                    "Processing failure.".into(),
-                )
+                processing_failure(&header, &id)
             }
         }
     }
@@ -494,6 +482,15 @@ fn validate(
     failed_attributes.extend(patient_warning.map(|w| w.message));
     let attributes = header.searchable_attributes().map_err(fail_on)?;
     Ok((id, attributes, failed_attributes))
+}
+
+/// Our fault, told to the client without its details (they go to the log).
+fn processing_failure(header: &InstanceHeader, id: &InstanceIdentifier) -> StoreOutcome {
+    failed(
+        Some((header, id)),
+        FailureReason::ProcessingFailure,
+        "Processing failure.".into(),
+    )
 }
 
 fn failed(
