@@ -81,12 +81,16 @@ pub enum StoreOutcome {
     },
 }
 
-/// A reserved instance's blobs: written whole while it was reserved, or still to stream.
-enum Staged {
-    /// The file and metadata, each written (or failed) without a name yet.
-    Whole(Result<StagedBody, BlobError>, Result<StagedBody, BlobError>),
-    /// The body read so far, the rest of it still in the request, and the metadata.
-    Streaming(Vec<Bytes>, Bytes),
+/// What was read of an instance's body while it was being reserved.
+enum ReadAhead {
+    /// All of it, checked: its file and metadata, each written (or failed) without a name yet.
+    Whole(Box<(Result<StagedBody, BlobError>, Result<StagedBody, BlobError>)>),
+    /// More than one put holds: what was read; the rest is still in the request.
+    Streaming(Vec<Bytes>),
+    /// All of it, and it is not a complete instance (the tee holds why).
+    Invalid,
+    /// The request body failed.
+    BodyFailed(BodyError),
 }
 
 /// Follows the bytes as they stream to the blob store: length, checksum, and the walk of the
@@ -189,46 +193,6 @@ impl DicomService {
             walker,
             invalid: None,
         };
-        // A small instance is read whole before it is reserved: its blobs are then written
-        // while the index reserves its watermark, and named once both are done. A larger one
-        // streams to its names after the reservation.
-        let limit = self.blobs.single_put_limit();
-        let mut head = vec![prefix];
-        let mut buffered = head.iter().map(Bytes::len).sum::<usize>();
-        let whole = loop {
-            if buffered > limit {
-                break false;
-            }
-            match body.next().await {
-                None => break true,
-                Some(Ok(chunk)) => {
-                    buffered = buffered.saturating_add(chunk.len());
-                    head.push(chunk);
-                }
-                Some(Err(error)) => {
-                    let error: BodyError = error.into();
-                    let comment = format!("the request body failed: {error}");
-                    return failed(
-                        Some((&header, &id)),
-                        FailureReason::ProcessingFailure,
-                        comment,
-                    );
-                }
-            }
-        };
-        if whole {
-            let checked = head
-                .iter()
-                .try_for_each(|chunk| tee.observe(chunk))
-                .and_then(|()| tee.finish());
-            if let Err(invalid) = checked {
-                return failed(
-                    Some((&header, &id)),
-                    FailureReason::ValidationFailure,
-                    invalid.to_string(),
-                );
-            }
-        }
         let metadata = match header.metadata_json() {
             Ok(metadata) => Bytes::from(metadata),
             Err(error) => {
@@ -236,17 +200,39 @@ impl DicomService {
                 return processing_failure(&header, &id);
             }
         };
-        let (reserved, staged) = if whole {
-            let (reserved, file, metadata) = tokio::join!(
-                self.index.begin_create(&new),
-                self.blobs.stage_file(head),
-                self.blobs.stage_metadata(metadata),
-            );
-            (reserved, Staged::Whole(file, metadata))
-        } else {
-            let reserved = self.index.begin_create(&new).await;
-            (reserved, Staged::Streaming(head, metadata))
+        // While the index reserves the watermark, the rest of a small instance is read and
+        // checked, and its file and metadata are written, durable but unnamed; they get their
+        // names once both are done. A larger instance streams to its names after that.
+        let limit = self.blobs.single_put_limit();
+        let read_ahead = async {
+            let mut head = vec![prefix];
+            let mut buffered = head.iter().map(Bytes::len).sum::<usize>();
+            while buffered <= limit {
+                match body.next().await {
+                    None => {
+                        let checked = head
+                            .iter()
+                            .try_for_each(|chunk| tee.observe(chunk))
+                            .and_then(|()| tee.finish());
+                        if checked.is_err() {
+                            return ReadAhead::Invalid;
+                        }
+                        let (file, metadata) = tokio::join!(
+                            self.blobs.stage_file(head),
+                            self.blobs.stage_metadata(metadata.clone()),
+                        );
+                        return ReadAhead::Whole(Box::new((file, metadata)));
+                    }
+                    Some(Ok(chunk)) => {
+                        buffered = buffered.saturating_add(chunk.len());
+                        head.push(chunk);
+                    }
+                    Some(Err(error)) => return ReadAhead::BodyFailed(error.into()),
+                }
+            }
+            ReadAhead::Streaming(head)
         };
+        let (reserved, read) = tokio::join!(self.index.begin_create(&new), read_ahead);
         let watermark = match reserved {
             Ok(watermark) => watermark,
             Err(IndexError::AlreadyExists { creating }) => {
@@ -267,16 +253,30 @@ impl DicomService {
             }
         };
         let instance = VersionedInstance::new(id.clone(), watermark);
-        let written = match staged {
-            Staged::Whole(file, metadata) => {
+        let written = match read {
+            ReadAhead::Whole(staged) => {
+                let (file, metadata) = *staged;
                 self.name_staged_blobs(&instance, &header, file, metadata, &tee)
                     .await
             }
-            Staged::Streaming(head, metadata) => {
+            ReadAhead::Streaming(head) => {
                 let rest = stream::iter(head.into_iter().map(Ok::<_, BodyError>))
                     .chain(body.map(|c| c.map_err(Into::into)));
                 self.write_blobs(&instance, &header, rest, metadata, &mut tee)
                     .await
+            }
+            ReadAhead::Invalid => Err(crate::ServiceError::Blob(BlobError::Body(
+                "the instance is not complete".into(),
+            ))),
+            ReadAhead::BodyFailed(error) => {
+                tracing::info!(%error, %watermark, "the request body failed; rolling back");
+                self.roll_back(&instance).await;
+                let comment = format!("the request body failed: {error}");
+                return failed(
+                    Some((&header, &id)),
+                    FailureReason::ProcessingFailure,
+                    comment,
+                );
             }
         };
         match (written, tee.invalid) {
