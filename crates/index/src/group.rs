@@ -10,7 +10,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use sqlx::AnyPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyPool, Connection};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{IndexError, Result, Tx};
@@ -19,6 +20,8 @@ use crate::{IndexError, Result, Tx};
 const MOST_WRITES_PER_COMMIT: usize = 64;
 /// Writes waiting for a commit before callers wait to queue.
 const QUEUE_LENGTH: usize = 1024;
+/// Groups committed in a row on one connection before it goes back to the pool.
+const MOST_GROUPS_HELD: u32 = 8;
 
 /// The work of one write, holding the group's transaction while it runs.
 pub(crate) type WriteFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
@@ -26,9 +29,9 @@ pub(crate) type WriteFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Se
 /// A queued write, its result type erased.
 trait Write: Send {
     /// Runs the work in `tx`; says whether it succeeded (its result is kept for the answer).
-    fn run<'a>(
+    fn run<'a, 'c>(
         &'a mut self,
-        tx: &'a mut Tx<'static>,
+        tx: &'a mut Tx<'c>,
     ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
 
     /// Answers the caller once the group's fate is known: a failed write with its own error
@@ -46,11 +49,11 @@ struct Pending<T, F> {
 impl<T, F> Write for Pending<T, F>
 where
     T: Send + 'static,
-    F: for<'a> FnOnce(&'a mut Tx<'static>) -> WriteFuture<'a, T> + Send + 'static,
+    F: for<'a, 'c> FnOnce(&'a mut Tx<'c>) -> WriteFuture<'a, T> + Send + 'static,
 {
-    fn run<'a>(
+    fn run<'a, 'c>(
         &'a mut self,
-        tx: &'a mut Tx<'static>,
+        tx: &'a mut Tx<'c>,
     ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
         Box::pin(async move {
             let Some(work) = self.work.take() else {
@@ -96,7 +99,7 @@ impl CommitGroups {
     pub(crate) async fn write<T, F>(&self, work: F) -> Result<T>
     where
         T: Send + 'static,
-        F: for<'a> FnOnce(&'a mut Tx<'static>) -> WriteFuture<'a, T> + Send + 'static,
+        F: for<'a, 'c> FnOnce(&'a mut Tx<'c>) -> WriteFuture<'a, T> + Send + 'static,
     {
         let (reply, replied) = oneshot::channel();
         let pending = Pending {
@@ -115,20 +118,53 @@ impl CommitGroups {
 
 /// Takes the waiting writes in groups until every handle to the queue is gone. Each group runs
 /// in a task of its own, so a panic in one fails only its writes (their callers see the
-/// writer stopped), not every write after it.
+/// writer stopped), not every write after it. The writer connection is kept from one group to
+/// the next while writes wait, up to [`MOST_GROUPS_HELD`]: sqlx pings every connection taken
+/// back into its pool, a round trip to SQLite's worker thread in front of each next group.
 async fn commit_groups(writer: AnyPool, mut waiting: mpsc::Receiver<Box<dyn Write>>) {
     let mut group = Vec::with_capacity(MOST_WRITES_PER_COMMIT);
+    let mut held: Option<PoolConnection<Any>> = None;
+    let mut groups_held = 0;
     while waiting.recv_many(&mut group, MOST_WRITES_PER_COMMIT).await > 0 {
         let mut writes = std::mem::replace(&mut group, Vec::with_capacity(MOST_WRITES_PER_COMMIT));
-        let writer = writer.clone();
+        let connection = match held.take() {
+            Some(connection) => Ok(connection),
+            None => {
+                groups_held = 0;
+                writer.acquire().await
+            }
+        };
+        let mut connection = match connection {
+            Ok(connection) => connection,
+            Err(error) => {
+                let error = Arc::new(IndexError::Database(error));
+                for write in writes {
+                    write.answer(Err(error.clone()));
+                }
+                continue;
+            }
+        };
         let committed = tokio::spawn(async move {
-            let outcome = run_group(&writer, &mut writes).await;
+            let outcome = run_group(&mut connection, &mut writes).await;
             for write in writes {
                 write.answer(outcome.clone());
             }
+            // A connection whose commit failed may be left in its transaction: it goes back
+            // to the pool, which rolls it back.
+            outcome.is_ok().then_some(connection)
         });
-        if let Err(error) = committed.await {
-            tracing::error!(%error, "a group commit of the index failed unexpectedly");
+        match committed.await {
+            Ok(kept) => {
+                groups_held += 1;
+                // Other writers of this process (deletes, operations) get the connection when
+                // no store waits, or after a while.
+                if !waiting.is_empty() && groups_held < MOST_GROUPS_HELD {
+                    held = kept;
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "a group commit of the index failed unexpectedly");
+            }
         }
     }
 }
@@ -136,9 +172,15 @@ async fn commit_groups(writer: AnyPool, mut waiting: mpsc::Receiver<Box<dyn Writ
 /// Runs one group's writes in one transaction and commits it. An error here (a savepoint
 /// that cannot be taken or undone, a failed commit) fails the whole group: nothing of it
 /// was committed.
-async fn run_group(writer: &AnyPool, group: &mut [Box<dyn Write>]) -> Result<(), Arc<IndexError>> {
+async fn run_group(
+    connection: &mut PoolConnection<Any>,
+    group: &mut [Box<dyn Write>],
+) -> Result<(), Arc<IndexError>> {
     let shared = |error: sqlx::Error| Arc::new(IndexError::Database(error));
-    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(shared)?;
+    let mut tx = connection
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(shared)?;
     if let [write] = group {
         // Alone, a write needs no savepoint: if it fails, the dropped transaction undoes it.
         if write.run(&mut tx).await {
@@ -161,6 +203,6 @@ async fn run_group(writer: &AnyPool, group: &mut [Box<dyn Write>]) -> Result<(),
     tx.commit().await.map_err(shared)
 }
 
-async fn execute(tx: &mut Tx<'static>, sql: &'static str) -> Result<(), sqlx::Error> {
+async fn execute(tx: &mut Tx<'_>, sql: &'static str) -> Result<(), sqlx::Error> {
     sqlx::raw_sql(sql).execute(&mut **tx).await.map(|_| ())
 }

@@ -325,7 +325,7 @@ impl InstanceIndex {
     pub(crate) async fn write<T, F>(&self, work: F) -> Result<T>
     where
         T: Send + 'static,
-        F: for<'a> FnOnce(&'a mut Tx<'static>) -> group::WriteFuture<'a, T> + Send + 'static,
+        F: for<'a, 'c> FnOnce(&'a mut Tx<'c>) -> group::WriteFuture<'a, T> + Send + 'static,
     {
         if let Some(groups) = &self.groups {
             return groups.write(work).await;
@@ -354,7 +354,7 @@ impl InstanceIndex {
     }
 
     /// `begin_create` within `tx`.
-    async fn reserve(&self, tx: &mut Tx<'static>, instance: &NewInstance) -> Result<Watermark> {
+    async fn reserve(&self, tx: &mut Tx<'_>, instance: &NewInstance) -> Result<Watermark> {
         let now = micros(Utc::now());
         // The write comes first so that SQLite takes its write lock at once (no upgrade
         // deadlock). The study row is locked next (the upsert), before any instance row, the
