@@ -5,14 +5,21 @@
 //! each. Here one task takes whatever writes are waiting, runs each in its own savepoint of
 //! one transaction (a write that fails is undone alone), commits once, and only then answers
 //! them: acknowledged still means on disk. sqlx has no such batching, hence this module.
+//!
+//! Every statement is a round trip to the connection's worker thread, which costs a store
+//! more CPU than the statement. So a write alone in its group runs in its one-shot form, its
+//! own `BEGIN`, statements and `COMMIT` in one round trip, and the task keeps the writer
+//! connection between groups until another writer of this process asks for it (sqlx pings
+//! every connection taken back into its pool: one more round trip).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyPool, Connection};
-use tokio::sync::{mpsc, oneshot};
+use sqlx::{Any, AnyConnection, AnyPool, Connection};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::{IndexError, Result, Tx};
 
@@ -20,11 +27,22 @@ use crate::{IndexError, Result, Tx};
 const MOST_WRITES_PER_COMMIT: usize = 64;
 /// Writes waiting for a commit before callers wait to queue.
 const QUEUE_LENGTH: usize = 1024;
-/// Groups committed in a row on one connection before it goes back to the pool.
-const MOST_GROUPS_HELD: u32 = 8;
 
 /// The work of one write, holding the group's transaction while it runs.
 pub(crate) type WriteFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// A write's one-shot form: a transaction of its own on the connection, begun and committed
+/// by the work itself. A failure may leave that transaction open; the group rolls it back.
+pub(crate) type AloneWork<T> =
+    Box<dyn for<'a> FnOnce(&'a mut AnyConnection) -> WriteFuture<'a, T> + Send>;
+
+/// Boxes a write's one-shot form (the bound makes a closure's signature what it must be).
+pub(crate) fn alone<T, F>(work: F) -> AloneWork<T>
+where
+    F: for<'a> FnOnce(&'a mut AnyConnection) -> WriteFuture<'a, T> + Send + 'static,
+{
+    Box::new(work)
+}
 
 /// A queued write, its result type erased.
 trait Write: Send {
@@ -34,6 +52,13 @@ trait Write: Send {
         tx: &'a mut Tx<'c>,
     ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
 
+    /// Runs the work's one-shot form on `connection`, if it has one; says whether it
+    /// succeeded.
+    fn run_alone<'a>(
+        &'a mut self,
+        connection: &'a mut AnyConnection,
+    ) -> Option<Pin<Box<dyn Future<Output = bool> + Send + 'a>>>;
+
     /// Answers the caller once the group's fate is known: a failed write with its own error
     /// (its writes were undone either way), a successful one with its result if the group
     /// committed, else with why it did not.
@@ -42,6 +67,7 @@ trait Write: Send {
 
 struct Pending<T, F> {
     work: Option<F>,
+    alone: Option<AloneWork<T>>,
     result: Option<Result<T>>,
     reply: oneshot::Sender<Result<T>>,
 }
@@ -66,6 +92,20 @@ where
         })
     }
 
+    fn run_alone<'a>(
+        &'a mut self,
+        connection: &'a mut AnyConnection,
+    ) -> Option<Pin<Box<dyn Future<Output = bool> + Send + 'a>>> {
+        let alone = self.alone.take()?;
+        self.work = None;
+        Some(Box::pin(async move {
+            let result = alone(connection).await;
+            let succeeded = result.is_ok();
+            self.result = Some(result);
+            succeeded
+        }))
+    }
+
     fn answer(self: Box<Self>, group: Result<(), Arc<IndexError>>) {
         let reply = match (self.result, group) {
             (Some(Err(own)), _) => Err(own),
@@ -82,6 +122,24 @@ where
 #[derive(Clone, Debug)]
 pub(crate) struct CommitGroups {
     queue: mpsc::Sender<Box<dyn Write>>,
+    others: Arc<OtherWriters>,
+}
+
+/// The writers of this process that wait for the writer connection outside the groups.
+#[derive(Debug, Default)]
+struct OtherWriters {
+    waiting: AtomicUsize,
+    asked: Notify,
+}
+
+/// Held while a writer outside the groups waits for the writer connection (see
+/// [`CommitGroups::ask_for_writer`]).
+pub(crate) struct AskingForWriter<'a>(&'a OtherWriters);
+
+impl Drop for AskingForWriter<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl CommitGroups {
@@ -89,14 +147,26 @@ impl CommitGroups {
     /// when the last handle to the queue is dropped.
     pub(crate) fn start(writer: AnyPool) -> Self {
         let (queue, waiting) = mpsc::channel(QUEUE_LENGTH);
-        tokio::spawn(commit_groups(writer, waiting));
-        Self { queue }
+        let others = Arc::new(OtherWriters::default());
+        tokio::spawn(commit_groups(writer, waiting, others.clone()));
+        Self { queue, others }
+    }
+
+    /// Tells the group task that a writer outside the groups wants the writer connection:
+    /// the task gives it back to the pool after its current group. Hold the guard until the
+    /// connection is acquired.
+    pub(crate) fn ask_for_writer(&self) -> AskingForWriter<'_> {
+        self.others.waiting.fetch_add(1, Ordering::SeqCst);
+        self.others.asked.notify_one();
+        AskingForWriter(&self.others)
     }
 
     /// Runs `work` in the next group's transaction and returns its result once that
     /// transaction is committed. When `work` fails, its writes are undone and its error
     /// returned; the rest of the group commits.
-    pub(crate) async fn write<T, F>(&self, work: F) -> Result<T>
+    /// `alone`, if given, is the same write in its one-shot form, run when the write is
+    /// alone in its group.
+    pub(crate) async fn write<T, F>(&self, work: F, alone: Option<AloneWork<T>>) -> Result<T>
     where
         T: Send + 'static,
         F: for<'a, 'c> FnOnce(&'a mut Tx<'c>) -> WriteFuture<'a, T> + Send + 'static,
@@ -104,6 +174,7 @@ impl CommitGroups {
         let (reply, replied) = oneshot::channel();
         let pending = Pending {
             work: Some(work),
+            alone,
             result: None,
             reply,
         };
@@ -119,20 +190,33 @@ impl CommitGroups {
 /// Takes the waiting writes in groups until every handle to the queue is gone. Each group runs
 /// in a task of its own, so a panic in one fails only its writes (their callers see the
 /// writer stopped), not every write after it. The writer connection is kept from one group to
-/// the next while writes wait, up to [`MOST_GROUPS_HELD`]: sqlx pings every connection taken
-/// back into its pool, a round trip to SQLite's worker thread in front of each next group.
-async fn commit_groups(writer: AnyPool, mut waiting: mpsc::Receiver<Box<dyn Write>>) {
+/// the next until another writer asks for it (see [`CommitGroups::ask_for_writer`]).
+async fn commit_groups(
+    writer: AnyPool,
+    mut waiting: mpsc::Receiver<Box<dyn Write>>,
+    others: Arc<OtherWriters>,
+) {
     let mut group = Vec::with_capacity(MOST_WRITES_PER_COMMIT);
     let mut held: Option<PoolConnection<Any>> = None;
-    let mut groups_held = 0;
-    while waiting.recv_many(&mut group, MOST_WRITES_PER_COMMIT).await > 0 {
+    loop {
+        let received = if held.is_some() {
+            tokio::select! {
+                received = waiting.recv_many(&mut group, MOST_WRITES_PER_COMMIT) => received,
+                () = others.asked.notified() => {
+                    held = None;
+                    continue;
+                }
+            }
+        } else {
+            waiting.recv_many(&mut group, MOST_WRITES_PER_COMMIT).await
+        };
+        if received == 0 {
+            break;
+        }
         let mut writes = std::mem::replace(&mut group, Vec::with_capacity(MOST_WRITES_PER_COMMIT));
         let connection = match held.take() {
             Some(connection) => Ok(connection),
-            None => {
-                groups_held = 0;
-                writer.acquire().await
-            }
+            None => writer.acquire().await,
         };
         let mut connection = match connection {
             Ok(connection) => connection,
@@ -154,14 +238,8 @@ async fn commit_groups(writer: AnyPool, mut waiting: mpsc::Receiver<Box<dyn Writ
             outcome.is_ok().then_some(connection)
         });
         match committed.await {
-            Ok(kept) => {
-                groups_held += 1;
-                // Other writers of this process (deletes, operations) get the connection when
-                // no store waits, or after a while.
-                if !waiting.is_empty() && groups_held < MOST_GROUPS_HELD {
-                    held = kept;
-                }
-            }
+            Ok(kept) if others.waiting.load(Ordering::SeqCst) == 0 => held = kept,
+            Ok(_) => {}
             Err(error) => {
                 tracing::error!(%error, "a group commit of the index failed unexpectedly");
             }
@@ -177,6 +255,24 @@ async fn run_group(
     group: &mut [Box<dyn Write>],
 ) -> Result<(), Arc<IndexError>> {
     let shared = |error: sqlx::Error| Arc::new(IndexError::Database(error));
+    if let [write] = group {
+        let alone = match write.run_alone(connection) {
+            Some(alone) => Some(alone.await),
+            None => None,
+        };
+        if let Some(succeeded) = alone {
+            if !succeeded {
+                // Whatever the failed write left open is undone. No transaction open (the
+                // failure came before its BEGIN or after its COMMIT) fails this rollback, and
+                // the connection then goes back to the pool, which checks it.
+                sqlx::raw_sql("ROLLBACK")
+                    .execute(&mut **connection)
+                    .await
+                    .map_err(shared)?;
+            }
+            return Ok(());
+        }
+    }
     let mut tx = connection
         .begin_with("BEGIN IMMEDIATE")
         .await

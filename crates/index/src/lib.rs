@@ -317,18 +317,23 @@ impl InstanceIndex {
 
     /// A write transaction (see `Engine::begin_sql`).
     pub(crate) async fn begin(&self) -> Result<Tx<'static>> {
+        let _asking = self
+            .groups
+            .as_ref()
+            .map(group::CommitGroups::ask_for_writer);
         Ok(self.writer.begin_with(self.engine.begin_sql()).await?)
     }
 
     /// Runs `work` in a write transaction and commits it: on SQLite as part of the next
-    /// group commit (see `group.rs`), elsewhere in a transaction of its own.
-    pub(crate) async fn write<T, F>(&self, work: F) -> Result<T>
+    /// group commit (see `group.rs`), or as `alone`, the same write's one-shot form, when it
+    /// is alone in its group; elsewhere in a transaction of its own.
+    pub(crate) async fn write<T, F>(&self, work: F, alone: Option<group::AloneWork<T>>) -> Result<T>
     where
         T: Send + 'static,
         F: for<'a, 'c> FnOnce(&'a mut Tx<'c>) -> group::WriteFuture<'a, T> + Send + 'static,
     {
         if let Some(groups) = &self.groups {
-            return groups.write(work).await;
+            return groups.write(work, alone).await;
         }
         let mut tx = self.begin().await?;
         let value = work(&mut tx).await?;
@@ -347,10 +352,36 @@ impl InstanceIndex {
     /// reservation (its owner unregistered or its lease expired), which is abandoned (blobs
     /// queued for removal) and replaced in the same transaction.
     pub async fn begin_create(&self, instance: &NewInstance) -> Result<Watermark> {
+        let instance = Arc::new(instance.clone());
+        let alone = (self.engine == Engine::Sqlite).then(|| {
+            let (this, instance) = (self.clone(), instance.clone());
+            group::alone(move |connection| {
+                Box::pin(async move { this.reserve_alone(connection, &instance).await })
+            })
+        });
         let this = self.clone();
-        let instance = instance.clone();
-        self.write(move |tx| Box::pin(async move { this.reserve(tx, &instance).await }))
-            .await
+        self.write(
+            move |tx| Box::pin(async move { this.reserve(tx, &instance).await }),
+            alone,
+        )
+        .await
+    }
+
+    /// `begin_create` as a transaction of its own on SQLite's writer connection: one round
+    /// trip, unless the UIDs are taken; then [`Self::reserve`] decides in a transaction.
+    async fn reserve_alone(
+        &self,
+        connection: &mut sqlx::AnyConnection,
+        instance: &NewInstance,
+    ) -> Result<Watermark> {
+        let now = micros(Utc::now());
+        if let Some(next) = sqlite::reserve_alone(connection, instance, now, self.owner).await? {
+            return Watermark::new(next as u64).map_err(|e| IndexError::Corrupt(e.to_string()));
+        }
+        let mut tx = sqlx::Connection::begin_with(connection, Engine::Sqlite.begin_sql()).await?;
+        let watermark = self.reserve(&mut tx, instance).await?;
+        tx.commit().await?;
+        Ok(watermark)
     }
 
     /// `begin_create` within `tx`.
@@ -431,28 +462,36 @@ impl InstanceIndex {
         let w = db_watermark(watermark);
         let length = i64::try_from(content_length)
             .map_err(|_| IndexError::Corrupt(format!("content length {content_length}")))?;
-        let checksum = checksum.to_owned();
+        let completion = Completion {
+            watermark: w,
+            content_length: length,
+            checksum: checksum.to_owned(),
+            has_frame_ranges,
+            now,
+        };
         let engine = self.engine;
-        self.write(move |tx| {
-            Box::pin(async move {
-                let completion = Completion {
-                    watermark: w,
-                    content_length: length,
-                    checksum,
-                    has_frame_ranges,
-                    now,
-                };
-                if engine == Engine::Sqlite {
-                    return sqlite::complete(tx, completion).await;
-                }
-                let row: UidsRow = completion
-                    .bind(sqlx::query_as(COMPLETE_RESERVATION))
-                    .fetch_optional(&mut **tx)
-                    .await?
-                    .ok_or(IndexError::NotFound)?;
-                append_change(engine, tx, now, ChangeAction::Create, &row, w).await
+        let alone = (engine == Engine::Sqlite).then(|| {
+            let completion = completion.clone();
+            group::alone(move |connection| {
+                Box::pin(async move { sqlite::complete_alone(connection, completion).await })
             })
-        })
+        });
+        self.write(
+            move |tx| {
+                Box::pin(async move {
+                    if engine == Engine::Sqlite {
+                        return sqlite::complete(tx, completion).await;
+                    }
+                    let row: UidsRow = completion
+                        .bind(sqlx::query_as(COMPLETE_RESERVATION))
+                        .fetch_optional(&mut **tx)
+                        .await?
+                        .ok_or(IndexError::NotFound)?;
+                    append_change(engine, tx, now, ChangeAction::Create, &row, w).await
+                })
+            },
+            alone,
+        )
         .await
     }
 
@@ -668,6 +707,7 @@ pub(crate) const COMPLETE_RESERVATION: &str =
      RETURNING study_uid, series_uid, sop_uid";
 
 /// What `end_create` records about a stored instance.
+#[derive(Clone)]
 pub(crate) struct Completion {
     pub(crate) watermark: i64,
     pub(crate) content_length: i64,

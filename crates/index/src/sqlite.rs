@@ -63,7 +63,7 @@ pub(crate) async fn open(url: &str) -> Result<Pools, String> {
             let connection = readers.acquire().await.map_err(|e| e.to_string())?;
             held.push(connection.detach());
         }
-        (connect(&url, 1).await?, Some(Readers::new(held)))
+        (connect_writer(&url).await?, Some(Readers::new(held)))
     };
     Ok(Pools {
         read,
@@ -141,13 +141,30 @@ impl Drop for HeldReader<'_> {
     }
 }
 
+/// The one writing connection keeps its temporary data in memory: a write transaction's
+/// statement journal (the pages a failed statement or savepoint rolls back) outgrew SQLite's
+/// 64 KiB spill threshold about once every eight stores, and each spill created and deleted a
+/// temporary file; on ext4 without a journal every deleted inode slows the next file creation.
+/// Writes touch tens of pages, so this stays small; reads, whose sorts can be large, keep files.
+async fn connect_writer(url: &str) -> Result<AnyPool, String> {
+    connect_with(url, 1, "PRAGMA temp_store = MEMORY").await
+}
+
 async fn connect(url: &str, connections: u32) -> Result<AnyPool, String> {
+    connect_with(url, connections, "PRAGMA temp_store = DEFAULT").await
+}
+
+async fn connect_with(
+    url: &str,
+    connections: u32,
+    temp_store: &'static str,
+) -> Result<AnyPool, String> {
     AnyPoolOptions::new()
         .max_connections(connections)
         // A connection to a local file cannot go stale, and the ping before each checkout was
         // a round trip to the connection's worker thread in front of every statement.
         .test_before_acquire(false)
-        .after_connect(|connection, _| {
+        .after_connect(move |connection, _| {
             Box::pin(async move {
                 sqlx::query("PRAGMA busy_timeout = 10000")
                     .execute(&mut *connection)
@@ -155,6 +172,7 @@ async fn connect(url: &str, connections: u32) -> Result<AnyPool, String> {
                 sqlx::query("PRAGMA foreign_keys = ON")
                     .execute(&mut *connection)
                     .await?;
+                sqlx::query(temp_store).execute(&mut *connection).await?;
                 Ok(())
             })
         })
@@ -216,25 +234,38 @@ async fn applied_migrations(pool: &AnyPool) -> i64 {
 /// A reservation in one round trip to the connection's worker thread (every statement costs
 /// one, and their thread hand-offs were most of a store's index time): draws a watermark,
 /// upserts study (`$1..=$13`, see `crate::bind_study`) and series, and inserts the `Creating`
-/// row unless the UIDs are taken, returning its watermark.
-static RESERVE: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "UPDATE watermark_sequence SET next_value = next_value + 1 WHERE id = 1;
-         {study};
-         INSERT INTO series (study_uid, series_uid, modality, performed_procedure_step_start_date,
-             manufacturer_model_name, updated_at) VALUES ($1, $14, $15, $16, $17, $9)
-         ON CONFLICT (study_uid, series_uid) DO UPDATE SET modality = excluded.modality,
-             performed_procedure_step_start_date = excluded.performed_procedure_step_start_date,
-             manufacturer_model_name = excluded.manufacturer_model_name, updated_at = excluded.updated_at;
-         INSERT INTO instances (watermark, study_uid, series_uid, sop_uid, sop_class_uid, transfer_syntax,
-             status, created_at, updated_at, owner_id, native_frame_offset, native_frame_length,
-             native_frame_count)
-         SELECT next_value - 1, $1, $14, $18, $19, $20, $21, $9, $9, $22, $23, $24, $25
-         FROM watermark_sequence WHERE id = 1
-         ON CONFLICT (study_uid, series_uid, sop_uid) DO NOTHING
-         RETURNING watermark",
-        study = crate::UPSERT_STUDY
+/// row, returning its watermark. `{taken}` is what the insert does when the UIDs are taken.
+const RESERVE: &str =
+    "UPDATE watermark_sequence SET next_value = next_value + 1 WHERE id = 1;
+     {study};
+     INSERT INTO series (study_uid, series_uid, modality, performed_procedure_step_start_date,
+         manufacturer_model_name, updated_at) VALUES ($1, $14, $15, $16, $17, $9)
+     ON CONFLICT (study_uid, series_uid) DO UPDATE SET modality = excluded.modality,
+         performed_procedure_step_start_date = excluded.performed_procedure_step_start_date,
+         manufacturer_model_name = excluded.manufacturer_model_name, updated_at = excluded.updated_at;
+     INSERT INTO instances (watermark, study_uid, series_uid, sop_uid, sop_class_uid, transfer_syntax,
+         status, created_at, updated_at, owner_id, native_frame_offset, native_frame_length,
+         native_frame_count)
+     SELECT next_value - 1, $1, $14, $18, $19, $20, $21, $9, $9, $22, $23, $24, $25
+     FROM watermark_sequence WHERE id = 1
+     {taken}
+     RETURNING watermark";
+
+/// [`RESERVE`] within a transaction: no row when the UIDs are taken.
+static RESERVE_IN_TRANSACTION: LazyLock<String> = LazyLock::new(|| {
+    RESERVE.replace("{study}", crate::UPSERT_STUDY).replace(
+        "{taken}",
+        "ON CONFLICT (study_uid, series_uid, sop_uid) DO NOTHING",
     )
+});
+
+/// [`RESERVE`] as a transaction of its own (see `group.rs`): taken UIDs fail the insert,
+/// which leaves the transaction open for the caller to roll back.
+static RESERVE_ALONE: LazyLock<String> = LazyLock::new(|| {
+    let reserve = RESERVE
+        .replace("{study}", crate::UPSERT_STUDY)
+        .replace("{taken}", "");
+    format!("BEGIN IMMEDIATE; {reserve}; COMMIT")
 });
 
 /// Completes a reservation in one round trip (see [`RESERVE`]): marks it `Created`
@@ -254,18 +285,22 @@ static COMPLETE: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Draws a watermark and reserves it for `instance` (see [`RESERVE`]); says which watermark,
-/// and whether the row was inserted (false: the UIDs are taken).
-pub(crate) async fn reserve(
-    tx: &mut Tx<'_>,
+/// [`COMPLETE`] as a transaction of its own (see `group.rs`). It changes nothing when there
+/// is no reservation, so it commits either way.
+static COMPLETE_ALONE: LazyLock<String> =
+    LazyLock::new(|| format!("BEGIN IMMEDIATE; {}; COMMIT", COMPLETE.as_str()));
+
+/// Binds [`RESERVE`]'s arguments.
+fn bind_reservation<'q>(
+    sql: &'q str,
     instance: &NewInstance,
     now: i64,
     owner: Option<ProcessId>,
-) -> Result<(i64, bool)> {
+) -> Result<sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>> {
     let a = &instance.attributes;
     let frames = instance.native_frames;
-    let inserted: Option<i64> =
-        crate::bind_study(sqlx::query(AssertSqlSafe(RESERVE.as_str())), instance, now)
+    Ok(
+        crate::bind_study(sqlx::query(AssertSqlSafe(sql)), instance, now)
             .bind(instance.id.series.as_str().to_owned())
             .bind(a.modality.clone())
             .bind(a.performed_procedure_step_start_date.clone())
@@ -277,13 +312,30 @@ pub(crate) async fn reserve(
             .bind(owner.map(|o| o.to_string()))
             .bind(crate::native(frames.map(|n| n.offset))?)
             .bind(crate::native(frames.map(|n| n.length))?)
-            .bind(crate::native(frames.map(|n| n.count))?)
-            .fetch_all(&mut **tx)
-            .await?
-            .first()
-            .map(|row| sqlx::Row::try_get(row, 0))
-            .transpose()?;
-    match inserted {
+            .bind(crate::native(frames.map(|n| n.count))?),
+    )
+}
+
+/// The watermark a reservation's `RETURNING` gave, if any.
+fn returned_watermark(rows: &[sqlx::any::AnyRow]) -> Result<Option<i64>> {
+    Ok(rows
+        .first()
+        .map(|row| sqlx::Row::try_get(row, 0))
+        .transpose()?)
+}
+
+/// Draws a watermark and reserves it for `instance` (see [`RESERVE`]); says which watermark,
+/// and whether the row was inserted (false: the UIDs are taken).
+pub(crate) async fn reserve(
+    tx: &mut Tx<'_>,
+    instance: &NewInstance,
+    now: i64,
+    owner: Option<ProcessId>,
+) -> Result<(i64, bool)> {
+    let rows = bind_reservation(RESERVE_IN_TRANSACTION.as_str(), instance, now, owner)?
+        .fetch_all(&mut **tx)
+        .await?;
+    match returned_watermark(&rows)? {
         Some(watermark) => Ok((watermark, true)),
         None => {
             let drawn =
@@ -295,12 +347,52 @@ pub(crate) async fn reserve(
     }
 }
 
+/// [`reserve`] as a committed transaction of its own, in one round trip; `None` when the UIDs
+/// are taken, after rolling back (the caller then reserves in a transaction that looks at who
+/// holds them).
+pub(crate) async fn reserve_alone(
+    connection: &mut sqlx::AnyConnection,
+    instance: &NewInstance,
+    now: i64,
+    owner: Option<ProcessId>,
+) -> Result<Option<i64>> {
+    let reserved = bind_reservation(RESERVE_ALONE.as_str(), instance, now, owner)?
+        .fetch_all(&mut *connection)
+        .await;
+    match reserved {
+        Ok(rows) => returned_watermark(&rows)?
+            .map(Some)
+            .ok_or_else(|| IndexError::Corrupt("a reservation returned no watermark".into())),
+        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+            sqlx::raw_sql("ROLLBACK").execute(&mut *connection).await?;
+            Ok(None)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
 /// Completes a reservation (see [`COMPLETE`]); [`IndexError::NotFound`] when there is none.
 pub(crate) async fn complete(tx: &mut Tx<'_>, completion: Completion) -> Result<()> {
+    complete_on(&mut *tx, COMPLETE.as_str(), completion).await
+}
+
+/// [`complete`] as a committed transaction of its own, in one round trip.
+pub(crate) async fn complete_alone(
+    connection: &mut sqlx::AnyConnection,
+    completion: Completion,
+) -> Result<()> {
+    complete_on(connection, COMPLETE_ALONE.as_str(), completion).await
+}
+
+async fn complete_on(
+    connection: &mut sqlx::AnyConnection,
+    sql: &str,
+    completion: Completion,
+) -> Result<()> {
     let changed: Vec<UidsRow> = completion
-        .bind(sqlx::query_as(AssertSqlSafe(COMPLETE.as_str())))
+        .bind(sqlx::query_as(AssertSqlSafe(sql)))
         .bind(ChangeAction::Create as i16)
-        .fetch_all(&mut **tx)
+        .fetch_all(connection)
         .await?;
     if changed.is_empty() {
         return Err(IndexError::NotFound);

@@ -456,6 +456,62 @@ pub async fn change_feed_states_and_paging(t: &TestIndex) {
     assert_eq!(index.count_deletes_since(before).await.unwrap(), 1);
 }
 
+/// A refused store changes nothing: not the stored study's attributes, and not what comes next
+/// (on SQLite the refusal rolls back a one-shot transaction on the writer connection).
+pub async fn a_refused_duplicate_leaves_the_study_as_it_was(t: &TestIndex) {
+    let index = &t.index;
+    let named = |name: &str| SearchableAttributes {
+        patient_name: Some(name.into()),
+        patient_id: Some("P1".into()),
+        ..Default::default()
+    };
+    store(
+        index,
+        &instance("4.4", "4.4.1", "4.4.1.1", named("First^Name")),
+    )
+    .await;
+    assert!(matches!(
+        index
+            .begin_create(&instance("4.4", "4.4.1", "4.4.1.1", named("Second^Name")))
+            .await,
+        Err(IndexError::AlreadyExists { creating: false })
+    ));
+    let studies = async || {
+        let query = QidoQuery {
+            level: QueryLevel::Study,
+            study: None,
+            series: None,
+            filters: vec![],
+            limit: 10,
+            offset: 0,
+            fields: QidoFields::all(),
+        };
+        index.search(&query).await.unwrap()
+    };
+    let rows = studies().await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        rows[0].value(QueryAttribute::PatientName),
+        Some("First^Name")
+    );
+    // A write outside the group commits (a delete) still gets the writer connection.
+    store(
+        index,
+        &instance("5.5", "5.5.1", "5.5.1.1", named("Other^Name")),
+    )
+    .await;
+    let other = RetrieveScope::Study(Uid::parse("5.5").unwrap());
+    assert_eq!(index.delete(&other, Duration::ZERO).await.unwrap(), 1);
+    store(
+        index,
+        &instance("4.4", "4.4.1", "4.4.1.2", named("First^Name")),
+    )
+    .await;
+    let rows = studies().await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].study_instances, Some(2));
+}
+
 pub async fn qido_search(t: &TestIndex) {
     let index = &t.index;
     let patient = |name: &str, id: &str, date: &str| SearchableAttributes {
