@@ -92,7 +92,7 @@ impl InstanceHeader {
 
     /// A string attribute without padding, if present and non-empty.
     pub fn string(&self, tag: Tag) -> Option<String> {
-        let element = self.dataset.element_opt(tag).ok()??;
+        let element = self.dataset.get(tag)?;
         let text = element.to_str().ok()?;
         // Only the first value of a wrongly multi-valued element is indexed (orig D.5).
         let first = text.split('\\').next().unwrap_or_default();
@@ -102,7 +102,7 @@ impl InstanceHeader {
 
     /// A numeric attribute, if present and parseable.
     pub fn number(&self, tag: Tag) -> Option<u64> {
-        let element = self.dataset.element_opt(tag).ok()??;
+        let element = self.dataset.get(tag)?;
         element
             .to_int::<u64>()
             .ok()
@@ -143,7 +143,7 @@ impl InstanceHeader {
                 Ok(Some(missing(tag)))
             }
         };
-        let Some(element) = self.dataset.element_opt(tag).ok().flatten() else {
+        let Some(element) = self.dataset.get(tag) else {
             return absent();
         };
         let raw = element.to_raw_str().unwrap_or_default();
@@ -206,7 +206,7 @@ impl InstanceHeader {
             .iter()
             .filter(|&&(tag, _)| tag != tags::PATIENT_ID)
             .filter_map(|&(tag, vr)| {
-                let element = self.dataset.element_opt(tag).ok()??;
+                let element = self.dataset.get(tag)?;
                 let text = element.to_str().ok()?;
                 crate::validation::check(vr, &text)
                     .err()

@@ -178,7 +178,7 @@ impl Instance {
     }
 
     fn number(&self, tag: Tag) -> Option<u64> {
-        let element = self.object.element(tag).ok()?;
+        let element = self.object.get(tag)?;
         element
             .to_int::<u64>()
             .ok()
@@ -193,7 +193,7 @@ impl Instance {
 
     /// Bytes of one decoded frame, from the data set's attributes.
     fn frame_bytes(&self) -> Result<u64, PixelError> {
-        if self.object.element(tags::PIXEL_DATA).is_err() {
+        if self.object.get(tags::PIXEL_DATA).is_none() {
             return Err(PixelError::NoPixelData);
         }
         let rows = self.number(tags::ROWS).unwrap_or(0);
@@ -272,7 +272,7 @@ impl Instance {
     /// The whole instance as Part-10 bytes in Explicit VR Little Endian.
     pub fn to_explicit_vr_little_endian(mut self) -> Result<Vec<u8>, PixelError> {
         self.check_transcodable()?;
-        if self.object.element(tags::PIXEL_DATA).is_ok() {
+        if self.object.get(tags::PIXEL_DATA).is_some() {
             self.check_decoded(u64::from(self.frames()))?;
         }
         self.object
@@ -305,7 +305,7 @@ impl Instance {
         use dicom_core::VR;
         let missing =
             || PixelError::NoSuchElement(format!("({:04X},{:04X})", tag.group(), tag.element()));
-        let element = self.object.element(tag).map_err(|_| missing())?;
+        let element = self.object.get(tag).ok_or_else(missing)?;
         if !matches!(
             element.vr(),
             VR::OB | VR::OD | VR::OF | VR::OL | VR::OV | VR::OW | VR::UN
