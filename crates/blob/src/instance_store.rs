@@ -11,7 +11,7 @@ use object_store::path::Path;
 use tessera_core::{FormatType, VersionedInstance, Watermark};
 
 use crate::layout::{self, BlobLayout};
-use crate::{BlobError, BlobMeta, BlobRead, BodyError, Containers, StagedBody};
+use crate::{BlobError, BlobMeta, BlobRead, BlobStore, BodyError, Containers, StagedBody};
 
 /// How an [`InstanceBlobStore`] chooses names: the original's `BlobMigration` settings plus
 /// Tessera's read fallback.
@@ -149,6 +149,20 @@ impl InstanceBlobStore {
     /// Writes metadata JSON before its watermark is known; see [`Self::stage_file`].
     pub async fn stage_metadata(&self, json: Bytes) -> Result<StagedBody, BlobError> {
         self.containers.metadata.stage(vec![json]).await
+    }
+
+    /// [`Self::stage_file`] and [`Self::stage_metadata`] at once (see
+    /// [`crate::BlobStore::stage_pair`]).
+    pub async fn stage_instance(
+        &self,
+        file: Vec<Bytes>,
+        metadata: Bytes,
+    ) -> (Result<StagedBody, BlobError>, Result<StagedBody, BlobError>) {
+        BlobStore::stage_pair(
+            (&self.containers.files, file),
+            (&self.containers.metadata, vec![metadata]),
+        )
+        .await
     }
 
     /// Gives a staged instance file each name the format writes; as [`Self::put_file`].

@@ -79,8 +79,8 @@ pub(crate) fn create(paths: &[PathBuf], body: &[Bytes], root: &FolderSync) -> io
     }
 }
 
-/// Writes `body` to a new unnamed file in `folder` (created if missing) and fsyncs it: the
-/// bytes are durable, and vanish with the file unless it is linked. `None` when this
+/// Writes `body` to a new unnamed file in `folder` (created if missing); the bytes vanish with
+/// the file unless it is linked, and are durable once [`link`] returns. `None` when this
 /// filesystem cannot make unnamed files.
 pub(crate) fn write_unnamed(folder: &Path, body: &[Bytes]) -> io::Result<Option<File>> {
     create_folders(folder)?;
@@ -93,14 +93,14 @@ pub(crate) fn write_unnamed(folder: &Path, body: &[Bytes]) -> io::Result<Option<
     for chunk in body {
         writer.write_all(chunk)?;
     }
-    file.sync_all()?;
     Ok(Some(file))
 }
 
-/// Links the durable unnamed `file` under every path of `paths` (Dual mode writes two), on the
-/// same filesystem, then makes the links durable: each folder that gained an entry is fsynced
-/// (`root`'s through its [`FolderSync`]). Parent folders that are missing are created, each
-/// made durable in its parent. On failure, the names this call linked are removed again.
+/// Links the unnamed `file` under every path of `paths` (Dual mode writes two), on the same
+/// filesystem, then makes file and links durable: the file is fsynced (its bytes, and its inode
+/// with its new link count), then each folder that gained an entry (`root`'s through its
+/// [`FolderSync`]). Parent folders that are missing are created, each made durable in its
+/// parent. On failure, the names this call linked are removed again.
 pub(crate) fn link(file: &File, paths: &[PathBuf], root: &FolderSync) -> io::Result<Created> {
     let mut linked: Vec<&Path> = Vec::with_capacity(paths.len());
     for (index, path) in paths.iter().enumerate() {
@@ -118,6 +118,10 @@ pub(crate) fn link(file: &File, paths: &[PathBuf], root: &FolderSync) -> io::Res
                 };
             }
         }
+    }
+    if let Err(error) = file.sync_all() {
+        unlink_all(&linked);
+        return Err(error);
     }
     let mut synced: Vec<&Path> = Vec::with_capacity(paths.len());
     for path in &linked {

@@ -71,7 +71,7 @@ pub struct BlobRead {
 pub struct StagedBody {
     payload: PutPayload,
     len: usize,
-    /// On a local folder: the durable unnamed file that holds the bytes.
+    /// On a local folder: the unnamed file that holds the bytes (fsynced once linked).
     #[cfg(target_os = "linux")]
     file: Option<std::fs::File>,
 }
@@ -416,30 +416,84 @@ impl BlobStore {
     /// Writes a whole body (at most [`Self::single_put_limit`] bytes) before its names are
     /// known, so that the write overlaps whatever decides them (a store's reservation);
     /// [`Self::put_staged_body`] then gives it its names. On a local folder the bytes go
-    /// durably to an unnamed file, which vanishes if it is never named; elsewhere they are
-    /// held and put then.
+    /// to an unnamed file, which vanishes if it is never named (and is fsynced once it is);
+    /// elsewhere they are held and put then.
     pub async fn stage(&self, body: Vec<Bytes>) -> Result<StagedBody, BlobError> {
-        let len = body.iter().map(Bytes::len).sum();
-        let payload = PutPayload::from_iter(body);
         #[cfg(target_os = "linux")]
-        if let (Some(local), None) = (&self.local, &self.faults) {
-            let folder = local.folder.clone();
-            let chunks: Vec<Bytes> = payload.iter().cloned().collect();
+        if let Some(folder) = self.unnamed_folder() {
+            let chunks = body.clone();
             let written = tokio::task::spawn_blocking(move || {
                 crate::local_create::write_unnamed(&folder, &chunks)
             })
             .await
             .unwrap_or_else(|join| Err(std::io::Error::other(join)));
-            let file = written
-                .map_err(|source| self.error(&Path::from(STAGING_PREFIX), local_error(source)))?;
-            return Ok(StagedBody { payload, len, file });
+            return self.staged(body, written);
         }
+        Ok(self.held(body))
+    }
+
+    /// [`Self::stage`] into two containers at once (an instance's file and its metadata): in
+    /// one blocking task when both are local folders, since each hand-off to a blocking
+    /// thread and back costs a store more CPU than a small write; elsewhere side by side.
+    pub async fn stage_pair(
+        first: (&Self, Vec<Bytes>),
+        second: (&Self, Vec<Bytes>),
+    ) -> (Result<StagedBody, BlobError>, Result<StagedBody, BlobError>) {
+        #[cfg(target_os = "linux")]
+        if let (Some(a), Some(b)) = (first.0.unnamed_folder(), second.0.unnamed_folder()) {
+            let (body_a, body_b) = (first.1.clone(), second.1.clone());
+            let written = tokio::task::spawn_blocking(move || {
+                (
+                    crate::local_create::write_unnamed(&a, &body_a),
+                    crate::local_create::write_unnamed(&b, &body_b),
+                )
+            })
+            .await;
+            let (written_a, written_b) = written.unwrap_or_else(|join| {
+                let failed = || Err(std::io::Error::other(join.to_string()));
+                (failed(), failed())
+            });
+            return (
+                first.0.staged(first.1, written_a),
+                second.0.staged(second.1, written_b),
+            );
+        }
+        tokio::join!(first.0.stage(first.1), second.0.stage(second.1))
+    }
+
+    /// The folder unnamed files are staged in: a local container without fault injection.
+    #[cfg(target_os = "linux")]
+    fn unnamed_folder(&self) -> Option<Arc<std::path::Path>> {
+        match (&self.local, &self.faults) {
+            (Some(local), None) => Some(local.folder.clone()),
+            _ => None,
+        }
+    }
+
+    /// A staged body from what writing it to an unnamed file came to.
+    #[cfg(target_os = "linux")]
+    fn staged(
+        &self,
+        body: Vec<Bytes>,
+        written: std::io::Result<Option<std::fs::File>>,
+    ) -> Result<StagedBody, BlobError> {
+        let file = written
+            .map_err(|source| self.error(&Path::from(STAGING_PREFIX), local_error(source)))?;
         Ok(StagedBody {
-            payload,
+            file,
+            ..self.held(body)
+        })
+    }
+
+    /// A staged body held in memory, put when it is named.
+    fn held(&self, body: Vec<Bytes>) -> StagedBody {
+        let len = body.iter().map(Bytes::len).sum();
+        StagedBody {
+            payload: PutPayload::from_iter(body),
             len,
             #[cfg(target_os = "linux")]
             file: None,
-        })
+        }
     }
 
     /// Creates every name in `names` with a body from [`Self::stage`]: create-only, and on

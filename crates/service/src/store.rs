@@ -217,10 +217,8 @@ impl DicomService {
                         if checked.is_err() {
                             return ReadAhead::Invalid;
                         }
-                        let (file, metadata) = tokio::join!(
-                            self.blobs.stage_file(head),
-                            self.blobs.stage_metadata(metadata.clone()),
-                        );
+                        let (file, metadata) =
+                            self.blobs.stage_instance(head, metadata.clone()).await;
                         return ReadAhead::Whole(Box::new((file, metadata)));
                     }
                     Some(Ok(chunk)) => {
@@ -312,9 +310,10 @@ impl DicomService {
         metadata: Result<StagedBody, BlobError>,
         tee: &Tee,
     ) -> Result<(), crate::ServiceError> {
+        // Side by side: each waits on its own fsyncs.
         let (file, metadata) = tokio::join!(
-            async { self.blobs.put_staged_file(instance, file?).await },
-            async { self.blobs.put_staged_metadata(instance, metadata?).await },
+            self.blobs.put_staged_file(instance, file?),
+            self.blobs.put_staged_metadata(instance, metadata?),
         );
         file?;
         metadata?;

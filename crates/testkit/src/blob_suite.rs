@@ -203,6 +203,73 @@ pub async fn create_only(containers: Containers) {
     }
 }
 
+/// An instance written before its watermark is known (`stage_instance`, as a store does while
+/// its reservation runs) gets every name the format writes once named, create-only; staged
+/// bodies never named leave nothing behind.
+pub async fn staged_instance(containers: Containers) {
+    let store = InstanceBlobStore::new(containers.clone(), FormatPolicy::new(FormatType::Dual));
+    let inst = instance(21);
+    let body = pattern(6, 70_000);
+    let metadata = Bytes::from_static(b"{\"00080018\":{}}");
+    let (file, meta) = store
+        .stage_instance(
+            vec![body.slice(..1000), body.slice(1000..)],
+            metadata.clone(),
+        )
+        .await;
+    let len = store
+        .put_staged_file(&inst, file.expect("file staged"))
+        .await
+        .expect("file named");
+    assert_eq!(len, body.len() as u64);
+    store
+        .put_staged_metadata(&inst, meta.expect("metadata staged"))
+        .await
+        .expect("metadata named");
+    assert_eq!(read_all(&store, &inst).await, body);
+    assert_eq!(store.get_metadata(&inst).await.expect("metadata"), metadata);
+    for layout in [BlobLayout::Old, BlobLayout::New] {
+        assert!(
+            containers
+                .files
+                .exists(&layout.file(&inst))
+                .await
+                .expect("exists"),
+            "{layout:?} name"
+        );
+    }
+
+    let (again, _) = store
+        .stage_instance(vec![pattern(7, 100)], metadata.clone())
+        .await;
+    let again = store.put_staged_file(&inst, again.expect("staged")).await;
+    assert!(
+        matches!(again, Err(BlobError::AlreadyExists { .. })),
+        "{again:?}"
+    );
+    assert_eq!(
+        read_all(&store, &inst).await,
+        body,
+        "existing blob untouched"
+    );
+
+    let before = (
+        names(&containers.files).await,
+        names(&containers.metadata).await,
+    );
+    let unnamed = store.stage_instance(vec![pattern(8, 100)], metadata).await;
+    drop(unnamed);
+    assert_eq!(
+        (
+            names(&containers.files).await,
+            names(&containers.metadata).await
+        ),
+        before,
+        "a staged instance never named leaves nothing"
+    );
+    assert_no_staging(&containers).await;
+}
+
 /// A body larger than the single-put limit streams through a staged multipart upload into every
 /// name the format writes, and the staging blob is gone afterwards.
 pub async fn staged_upload(containers: Containers) {

@@ -57,6 +57,7 @@ on_every_backend! {
     format_new => |c| blob_suite::format_table(c, FormatType::New);
     create_only => blob_suite::create_only;
     staged_upload => blob_suite::staged_upload;
+    staged_instance => blob_suite::staged_instance;
     failed_body_leaves_nothing => blob_suite::failed_body_leaves_nothing;
     fallback_reads => blob_suite::fallback_reads;
     legacy_blobs => blob_suite::legacy_blobs;
