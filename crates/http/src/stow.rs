@@ -259,9 +259,13 @@ impl RequestFailure {
 /// durable writes of a batch overlap; a larger part streams to the blob store on its own.
 const BUFFERED_PART_BYTES: usize = 1 << 20;
 
-/// How many buffered parts of one request are stored at once (memory per request stays under
-/// this many times [`BUFFERED_PART_BYTES`], bytes the request itself brought).
-const PARTS_IN_FLIGHT: usize = 4;
+/// How many buffered parts of one request are stored at once: their reservations and
+/// completions share group commits, and their folder fsyncs are shared too.
+const PARTS_IN_FLIGHT: usize = 16;
+
+/// How many bytes of buffered parts one request holds while they are stored (memory per
+/// request stays under this plus one [`BUFFERED_PART_BYTES`], bytes the request brought).
+const BYTES_IN_FLIGHT: usize = 4 << 20;
 
 /// Stores the parts of a multipart/related body, small ones several at a time and in order of
 /// their outcomes; stops at the first problem with the body itself.
@@ -280,10 +284,13 @@ async fn store_parts(
     };
     let mut reader = RelatedReader::new(body, framing.boundary, related_limits);
     let mut outcomes = Vec::new();
+    // Each stored part's outcome, with the bytes it held.
     let mut in_flight = FuturesOrdered::new();
+    let mut held = 0usize;
     let failure = loop {
         while in_flight.len() >= PARTS_IN_FLIGHT {
-            if let Some(outcome) = in_flight.next().await {
+            if let Some((outcome, bytes)) = in_flight.next().await {
+                held = held.saturating_sub(bytes);
                 outcomes.push(outcome);
             }
         }
@@ -296,16 +303,14 @@ async fn store_parts(
         let is_dicom = media::lenient_media_type(part_type)
             .is_some_and(|m| m.essence_str().eq_ignore_ascii_case("application/dicom"));
         if !is_dicom {
-            in_flight.push_back(
-                future::ready(StoreOutcome::Failed {
-                    sop_class_uid: None,
-                    sop_instance_uid: None,
-                    reason: FailureReason::ValidationFailure,
-                    comment: "The part is not application/dicom.".into(),
-                    failed_attributes: Vec::new(),
-                })
-                .boxed(),
-            );
+            let outcome = StoreOutcome::Failed {
+                sop_class_uid: None,
+                sop_instance_uid: None,
+                reason: FailureReason::ValidationFailure,
+                comment: "The part is not application/dicom.".into(),
+                failed_attributes: Vec::new(),
+            };
+            in_flight.push_back(future::ready((outcome, 0)).boxed());
             continue;
         }
         let mut head = Vec::new();
@@ -328,6 +333,14 @@ async fn store_parts(
             }
         };
         if whole {
+            while held.saturating_add(buffered) > BYTES_IN_FLIGHT {
+                let Some((outcome, bytes)) = in_flight.next().await else {
+                    break;
+                };
+                held = held.saturating_sub(bytes);
+                outcomes.push(outcome);
+            }
+            held = held.saturating_add(buffered);
             // A task of its own, so that it goes on while this loop reads the next parts.
             let (service, study) = (service.clone(), study.cloned());
             let store = tokio::spawn(async move {
@@ -337,20 +350,22 @@ async fn store_parts(
             });
             in_flight.push_back(
                 async move {
-                    store.await.unwrap_or_else(|error| StoreOutcome::Failed {
+                    let outcome = store.await.unwrap_or_else(|error| StoreOutcome::Failed {
                         sop_class_uid: None,
                         sop_instance_uid: None,
                         reason: FailureReason::ProcessingFailure,
                         comment: format!("the store of a part failed: {error}"),
                         failed_attributes: Vec::new(),
-                    })
+                    });
+                    (outcome, buffered)
                 }
                 .boxed(),
             );
         } else {
-            while let Some(outcome) = in_flight.next().await {
+            while let Some((outcome, _)) = in_flight.next().await {
                 outcomes.push(outcome);
             }
+            held = 0;
             let rest = stream::unfold(&mut reader, |reader| async move {
                 match reader.next_chunk().await {
                     Ok(Some(chunk)) => Some((Ok(chunk), reader)),
@@ -365,7 +380,7 @@ async fn store_parts(
             break Some(RequestFailure::BadRequest(error));
         }
     };
-    while let Some(outcome) = in_flight.next().await {
+    while let Some((outcome, _)) = in_flight.next().await {
         outcomes.push(outcome);
     }
     (outcomes, failure)
