@@ -234,6 +234,14 @@ impl Reader<'_> {
             Self::Pooled(pooled) => Ok(&mut *pooled),
         }
     }
+
+    /// Passes on what a read came to (see `sqlite::HeldReader::check`).
+    pub(crate) fn check<T>(&mut self, read: Result<T, sqlx::Error>) -> Result<T> {
+        match self {
+            Self::Held(held) => held.check(read),
+            Self::Pooled(_) => Ok(read?),
+        }
+    }
 }
 
 /// The connections of an index's pool at one moment, for metrics.
@@ -517,7 +525,8 @@ impl InstanceIndex {
             query = query.bind(uid);
         }
         let mut reader = self.reader().await?;
-        let rows = query.fetch_all(reader.connection()?).await?;
+        let rows = query.fetch_all(reader.connection()?).await;
+        let rows = reader.check(rows)?;
         rows.into_iter().map(InstanceRow::into_stored).collect()
     }
 

@@ -412,7 +412,8 @@ impl InstanceIndex {
             };
         }
         let mut reader = self.reader().await?;
-        let rows = statement.fetch_all(reader.connection()?).await?;
+        let rows = statement.fetch_all(reader.connection()?).await;
+        let rows = reader.check(rows)?;
         let mut results = rows
             .iter()
             .map(|row| qido_row(row, &columns))

@@ -57,13 +57,8 @@ pub(crate) async fn open(url: &str) -> Result<Pools, String> {
     let (write, readers) = if url == MEMORY_URL {
         (read.clone(), None)
     } else {
-        let readers = connect(&url, HELD_READERS).await?;
-        let mut held = Vec::with_capacity(HELD_READERS as usize);
-        for _ in 0..HELD_READERS {
-            let connection = readers.acquire().await.map_err(|e| e.to_string())?;
-            held.push(connection.detach());
-        }
-        (connect_writer(&url).await?, Some(Readers::new(held)))
+        let readers = Readers::open(&url).await?;
+        (connect_writer(&url).await?, Some(readers))
     };
     Ok(Pools {
         read,
@@ -78,21 +73,30 @@ const HELD_READERS: u32 = 4;
 /// Connections for the reads every request makes (an instance lookup, a search), handed out
 /// without sqlx's pool: it pings each connection taken back, on SQLite a round trip to the
 /// connection's worker thread that cost as much CPU as the lookup itself. A connection to a
-/// local file does not go stale, so none is tested. A read dropped halfway leaves its
-/// connection fit for the next: its worker finishes (or stops) the statement first.
-/// Hand-written: a pool crate would be a dependency for these thirty lines.
+/// local file does not go stale, so none is tested; one whose worker failed (an I/O error, a
+/// crashed thread) is dropped by its reader ([`HeldReader::check`]) and replaced by the next
+/// caller that draws its slot. A read dropped halfway leaves its connection fit for the next:
+/// its worker finishes (or stops) the statement first. Hand-written: a pool crate would be a
+/// dependency for these forty lines.
 #[derive(Debug)]
 pub(crate) struct Readers {
-    idle: std::sync::Mutex<Vec<sqlx::AnyConnection>>,
+    url: String,
+    /// One slot per connection; `None` where one was dropped and is yet to be replaced.
+    idle: std::sync::Mutex<Vec<Option<sqlx::AnyConnection>>>,
     permits: tokio::sync::Semaphore,
 }
 
 impl Readers {
-    fn new(connections: Vec<sqlx::AnyConnection>) -> Self {
-        Self {
-            permits: tokio::sync::Semaphore::new(connections.len()),
-            idle: std::sync::Mutex::new(connections),
+    async fn open(url: &str) -> Result<Self, String> {
+        let mut idle = Vec::with_capacity(HELD_READERS as usize);
+        for _ in 0..HELD_READERS {
+            idle.push(Some(connect_reader(url).await.map_err(|e| e.to_string())?));
         }
+        Ok(Self {
+            url: url.to_owned(),
+            permits: tokio::sync::Semaphore::new(idle.len()),
+            idle: std::sync::Mutex::new(idle),
+        })
     }
 
     /// Waits for a connection; it goes back when the guard is dropped.
@@ -102,18 +106,40 @@ impl Readers {
             .acquire()
             .await
             .map_err(|_| IndexError::Stopped)?;
-        let connection = self
+        let slot = self
             .idle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop()
             .ok_or(IndexError::Stopped)?;
+        let connection = match slot {
+            Some(connection) => connection,
+            None => match connect_reader(&self.url).await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    self.idle
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(None);
+                    return Err(error);
+                }
+            },
+        };
         Ok(HeldReader {
             readers: self,
             connection: Some(connection),
             _permit: permit,
         })
     }
+}
+
+/// One connection for [`Readers`], outside any pool.
+async fn connect_reader(url: &str) -> Result<sqlx::AnyConnection> {
+    let pool = connect(url, 1).await.map_err(|reason| IndexError::Open {
+        url: crate::mask(url),
+        reason,
+    })?;
+    Ok(pool.acquire().await?.detach())
 }
 
 /// A connection of [`Readers`], back to them when dropped.
@@ -127,17 +153,27 @@ impl HeldReader<'_> {
     pub(crate) fn connection(&mut self) -> Result<&mut sqlx::AnyConnection> {
         self.connection.as_mut().ok_or(IndexError::Stopped)
     }
+
+    /// Passes on what a read on this connection came to; a failure of the connection itself
+    /// drops it, so that its slot gets a new one.
+    pub(crate) fn check<T>(&mut self, read: Result<T, sqlx::Error>) -> Result<T> {
+        if let Err(sqlx::Error::WorkerCrashed | sqlx::Error::Io(_) | sqlx::Error::Protocol(_)) =
+            &read
+        {
+            self.connection = None;
+        }
+        Ok(read?)
+    }
 }
 
 impl Drop for HeldReader<'_> {
     fn drop(&mut self) {
-        if let Some(connection) = self.connection.take() {
-            self.readers
-                .idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(connection);
-        }
+        let connection = self.connection.take();
+        self.readers
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(connection);
     }
 }
 
@@ -436,4 +472,54 @@ fn sqlite_url(url: &str) -> Result<String, String> {
             .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
     Ok(format!("sqlite://{path}?mode=rwc"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_dropped_reader_is_replaced_by_the_next_caller() {
+        sqlx::any::install_default_drivers();
+        let dir = tempfile::tempdir().unwrap();
+        let url = sqlite_url(&format!("sqlite://{}/index.db", dir.path().display())).unwrap();
+        let readers = Readers::open(&url).await.unwrap();
+        let one = async |readers: &Readers| {
+            let mut reader = readers.get().await.unwrap();
+            let value: Result<i64, sqlx::Error> = sqlx::query_scalar("SELECT 7")
+                .fetch_one(reader.connection().unwrap())
+                .await;
+            reader.check(value).unwrap()
+        };
+        // A failure of the connection itself drops it from its slot.
+        {
+            let mut reader = readers.get().await.unwrap();
+            assert!(reader.check::<()>(Err(sqlx::Error::WorkerCrashed)).is_err());
+        }
+        let slots = || {
+            readers
+                .idle
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|c| c.is_none())
+                .count()
+        };
+        assert_eq!(slots(), 1, "the failed connection's slot is empty");
+        // Every slot in use at once: the empty one gets a new connection.
+        let held: Vec<_> = take_readers(&readers, HELD_READERS as usize).await;
+        assert_eq!(held.len(), HELD_READERS as usize);
+        drop(held);
+        assert_eq!(slots(), 0, "replaced");
+        assert_eq!(one(&readers).await, 7);
+    }
+
+    /// Takes `n` readers at once.
+    async fn take_readers(readers: &Readers, n: usize) -> Vec<HeldReader<'_>> {
+        let mut held = Vec::with_capacity(n);
+        for _ in 0..n {
+            held.push(readers.get().await.unwrap());
+        }
+        held
+    }
 }
