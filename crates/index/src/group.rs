@@ -2,9 +2,9 @@
 //!
 //! SQLite has one writer, and every durable commit waits for its WAL to reach the disk. With
 //! a transaction per request, concurrent stores queue for the write lock and pay one flush
-//! each. Here one task takes whatever writes are waiting, runs each in its own savepoint of
-//! one transaction (a write that fails is undone alone), commits once, and only then answers
-//! them: acknowledged still means on disk. sqlx has no such batching, hence this module.
+//! each. Here one task takes whatever writes are waiting, runs them in one transaction (after
+//! a failure, again, each in its own savepoint, so a write that fails is undone alone),
+//! commits once, and only then answers them: acknowledged still means on disk. sqlx has no such batching, hence this module.
 //!
 //! Every statement is a round trip to the connection's worker thread, which costs a store
 //! more CPU than the statement. So a write alone in its group runs in its one-shot form, its
@@ -75,14 +75,14 @@ struct Pending<T, F> {
 impl<T, F> Write for Pending<T, F>
 where
     T: Send + 'static,
-    F: for<'a, 'c> FnOnce(&'a mut Tx<'c>) -> WriteFuture<'a, T> + Send + 'static,
+    F: for<'a, 'c> Fn(&'a mut Tx<'c>) -> WriteFuture<'a, T> + Send + 'static,
 {
     fn run<'a, 'c>(
         &'a mut self,
         tx: &'a mut Tx<'c>,
     ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
         Box::pin(async move {
-            let Some(work) = self.work.take() else {
+            let Some(work) = &self.work else {
                 return false;
             };
             let result = work(tx).await;
@@ -169,7 +169,7 @@ impl CommitGroups {
     pub(crate) async fn write<T, F>(&self, work: F, alone: Option<AloneWork<T>>) -> Result<T>
     where
         T: Send + 'static,
-        F: for<'a, 'c> FnOnce(&'a mut Tx<'c>) -> WriteFuture<'a, T> + Send + 'static,
+        F: for<'a, 'c> Fn(&'a mut Tx<'c>) -> WriteFuture<'a, T> + Send + 'static,
     {
         let (reply, replied) = oneshot::channel();
         let pending = Pending {
@@ -284,8 +284,27 @@ async fn run_group(
         }
         return Ok(());
     }
-    // Each statement is a round trip to the connection's worker thread, so one write's release
-    // and the next one's savepoint go together, and the commit releases the last.
+    // Writes rarely fail (a store of an instance that exists), so first every write runs
+    // straight in the transaction, one round trip each. If one fails, everything is undone and
+    // the group runs again with a savepoint around each write, so that the failed one is undone
+    // alone (each write can run again: its work is `Fn`).
+    let mut failed = false;
+    for write in group.iter_mut() {
+        if !write.run(&mut tx).await {
+            failed = true;
+            break;
+        }
+    }
+    if !failed {
+        return tx.commit().await.map_err(shared);
+    }
+    tx.rollback().await.map_err(shared)?;
+    let mut tx = connection
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(shared)?;
+    // One write's release and the next one's savepoint go together, and the commit releases
+    // the last.
     let mut savepoint = "SAVEPOINT grouped";
     for write in group.iter_mut() {
         execute(&mut tx, savepoint).await.map_err(shared)?;

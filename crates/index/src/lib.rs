@@ -338,7 +338,7 @@ impl InstanceIndex {
     pub(crate) async fn write<T, F>(&self, work: F, alone: Option<group::AloneWork<T>>) -> Result<T>
     where
         T: Send + 'static,
-        F: for<'a, 'c> FnOnce(&'a mut Tx<'c>) -> group::WriteFuture<'a, T> + Send + 'static,
+        F: for<'a, 'c> Fn(&'a mut Tx<'c>) -> group::WriteFuture<'a, T> + Send + 'static,
     {
         if let Some(groups) = &self.groups {
             return groups.write(work, alone).await;
@@ -369,7 +369,10 @@ impl InstanceIndex {
         });
         let this = self.clone();
         self.write(
-            move |tx| Box::pin(async move { this.reserve(tx, &instance).await }),
+            move |tx| {
+                let (this, instance) = (this.clone(), instance.clone());
+                Box::pin(async move { this.reserve(tx, &instance).await })
+            },
             alone,
         )
         .await
@@ -486,6 +489,7 @@ impl InstanceIndex {
         });
         self.write(
             move |tx| {
+                let completion = completion.clone();
                 Box::pin(async move {
                     if engine == Engine::Sqlite {
                         return sqlite::complete(tx, completion).await;
