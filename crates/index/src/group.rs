@@ -4,7 +4,8 @@
 //! a transaction per request, concurrent stores queue for the write lock and pay one flush
 //! each. Here one task takes whatever writes are waiting, runs them in one transaction (after
 //! a failure, again, each in its own savepoint, so a write that fails is undone alone),
-//! commits once, and only then answers them: acknowledged still means on disk. sqlx has no such batching, hence this module.
+//! commits once, and only then answers them: acknowledged still means on disk. sqlx has no
+//! such batching, hence this module.
 //!
 //! Every statement is a round trip to the connection's worker thread, which costs a store
 //! more CPU than the statement. So a write alone in its group runs in its one-shot form, its
