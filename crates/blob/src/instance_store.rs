@@ -135,24 +135,14 @@ impl InstanceBlobStore {
             .map(drop)
     }
 
-    /// The largest instance file staged whole ([`Self::stage_file`]).
+    /// The largest instance file staged whole ([`Self::stage_instance`]).
     pub fn single_put_limit(&self) -> usize {
         self.containers.files.single_put_limit()
     }
 
-    /// Writes a whole instance file (at most [`Self::single_put_limit`] bytes) before its
-    /// watermark is known, so the write overlaps the reservation; see [`crate::BlobStore::stage`].
-    pub async fn stage_file(&self, body: Vec<Bytes>) -> Result<StagedBody, BlobError> {
-        self.containers.files.stage(body).await
-    }
-
-    /// Writes metadata JSON before its watermark is known; see [`Self::stage_file`].
-    pub async fn stage_metadata(&self, json: Bytes) -> Result<StagedBody, BlobError> {
-        self.containers.metadata.stage(vec![json]).await
-    }
-
-    /// [`Self::stage_file`] and [`Self::stage_metadata`] at once (see
-    /// [`crate::BlobStore::stage_pair`]).
+    /// Writes a whole instance file (at most [`Self::single_put_limit`] bytes) and its
+    /// metadata JSON before its watermark is known, so the writes overlap the reservation
+    /// (see [`crate::BlobStore::stage_pair`]).
     pub async fn stage_instance(
         &self,
         file: Vec<Bytes>,
