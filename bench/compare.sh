@@ -53,6 +53,9 @@ else
   .tools/benchvenv/bin/python "$shared/bench/gen_dataset.py" --out "$large" --studies 0 --large 4 --large-mb 100 --seed 43 >/dev/null
 fi
 
+# The datasets (about 700 MB) go to disk now, not while the first runs are measured.
+sync
+
 bench=$shared/bench/dicomweb_bench.py
 results=$work/results
 mkdir -p "$results"
