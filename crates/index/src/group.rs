@@ -8,10 +8,11 @@
 //! such batching, hence this module.
 //!
 //! Every statement is a round trip to the connection's worker thread, which costs a store
-//! more CPU than the statement. So a write alone in its group runs in its one-shot form, its
-//! own `BEGIN`, statements and `COMMIT` in one round trip, and the task keeps the writer
-//! connection between groups until another writer of this process asks for it (sqlx pings
-//! every connection taken back into its pool: one more round trip).
+//! more CPU than the statement. So the writes of a group run in their framed form: the first
+//! one's statements begin the transaction and the last one's commit it, each write one round
+//! trip (a write alone in its group does both), and the task keeps the writer connection
+//! between groups until another writer of this process asks for it (sqlx pings every
+//! connection taken back into its pool: one more round trip).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,15 +33,63 @@ const QUEUE_LENGTH: usize = 1024;
 /// The work of one write, holding the group's transaction while it runs.
 pub(crate) type WriteFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
-/// A write's one-shot form: a transaction of its own on the connection, begun and committed
-/// by the work itself. A failure may leave that transaction open; the group rolls it back.
-pub(crate) type AloneWork<T> =
-    Box<dyn for<'a> FnOnce(&'a mut AnyConnection) -> WriteFuture<'a, T> + Send>;
+/// Where a write's framed form stands in its group's transaction: whether its statements
+/// begin it (`BEGIN IMMEDIATE` in front) and whether they commit it (`COMMIT` behind).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Frame {
+    pub(crate) begins: bool,
+    pub(crate) commits: bool,
+}
 
-/// Boxes a write's one-shot form (the bound makes a closure's signature what it must be).
-pub(crate) fn alone<T, F>(work: F) -> AloneWork<T>
+impl Frame {
+    /// `body` (statements separated by `;`) in this frame: one of the four `framings`, built
+    /// once by [`framings`].
+    pub(crate) fn pick(self, framings: &[String; 4]) -> &str {
+        &framings[usize::from(self.begins) * 2 + usize::from(self.commits)]
+    }
+}
+
+/// The four framings of `body`, in the order [`Frame::pick`] reads them.
+pub(crate) fn framings(body: &str) -> [String; 4] {
+    [
+        body.to_owned(),
+        format!("{body}; COMMIT"),
+        format!("BEGIN IMMEDIATE; {body}"),
+        format!("BEGIN IMMEDIATE; {body}; COMMIT"),
+    ]
+}
+
+/// What a write's framed form came to.
+pub(crate) enum Framed<T> {
+    /// Every statement ran, its frame's `BEGIN` and `COMMIT` included; the write's result.
+    Ran(Result<T>),
+    /// Not every statement ran (one failed, or none was sent): nothing of the group was
+    /// committed, and its transaction may be open or not.
+    Stopped(IndexError),
+}
+
+impl<T> Framed<T> {
+    /// The same outcome with `f` applied to a result that is a value.
+    pub(crate) fn and_then<U>(self, f: impl FnOnce(T) -> Result<U>) -> Framed<U> {
+        match self {
+            Self::Ran(result) => Framed::Ran(result.and_then(f)),
+            Self::Stopped(error) => Framed::Stopped(error),
+        }
+    }
+}
+
+/// The future of a write's framed form.
+pub(crate) type FramedFuture<'a, T> = Pin<Box<dyn Future<Output = Framed<T>> + Send + 'a>>;
+
+/// A write's framed form: its statements with its frame's `BEGIN` and `COMMIT`, in one round
+/// trip on the writer connection.
+pub(crate) type FramedWork<T> =
+    Box<dyn for<'a> Fn(&'a mut AnyConnection, Frame) -> FramedFuture<'a, T> + Send>;
+
+/// Boxes a write's framed form (the bound makes a closure's signature what it must be).
+pub(crate) fn framed<T, F>(work: F) -> FramedWork<T>
 where
-    F: for<'a> FnOnce(&'a mut AnyConnection) -> WriteFuture<'a, T> + Send + 'static,
+    F: for<'a> Fn(&'a mut AnyConnection, Frame) -> FramedFuture<'a, T> + Send + 'static,
 {
     Box::new(work)
 }
@@ -53,12 +102,16 @@ trait Write: Send {
         tx: &'a mut Tx<'c>,
     ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
 
-    /// Runs the work's one-shot form on `connection`, if it has one; says whether it
-    /// succeeded.
-    fn run_alone<'a>(
+    /// Whether the work has a framed form.
+    fn is_framed(&self) -> bool;
+
+    /// Runs the work's framed form on `connection` (it must have one); says whether every
+    /// statement ran (see [`Framed`]).
+    fn run_framed<'a>(
         &'a mut self,
         connection: &'a mut AnyConnection,
-    ) -> Option<Pin<Box<dyn Future<Output = bool> + Send + 'a>>>;
+        frame: Frame,
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
 
     /// Answers the caller once the group's fate is known: a failed write with its own error
     /// (its writes were undone either way), a successful one with its result if the group
@@ -67,8 +120,8 @@ trait Write: Send {
 }
 
 struct Pending<T, F> {
-    work: Option<F>,
-    alone: Option<AloneWork<T>>,
+    work: F,
+    framed: Option<FramedWork<T>>,
     result: Option<Result<T>>,
     reply: oneshot::Sender<Result<T>>,
 }
@@ -83,28 +136,34 @@ where
         tx: &'a mut Tx<'c>,
     ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
         Box::pin(async move {
-            let Some(work) = &self.work else {
-                return false;
-            };
-            let result = work(tx).await;
+            let result = (self.work)(tx).await;
             let succeeded = result.is_ok();
             self.result = Some(result);
             succeeded
         })
     }
 
-    fn run_alone<'a>(
+    fn is_framed(&self) -> bool {
+        self.framed.is_some()
+    }
+
+    fn run_framed<'a>(
         &'a mut self,
         connection: &'a mut AnyConnection,
-    ) -> Option<Pin<Box<dyn Future<Output = bool> + Send + 'a>>> {
-        let alone = self.alone.take()?;
-        self.work = None;
-        Some(Box::pin(async move {
-            let result = alone(connection).await;
-            let succeeded = result.is_ok();
+        frame: Frame,
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+        Box::pin(async move {
+            let outcome = match &self.framed {
+                Some(framed) => framed(connection, frame).await,
+                None => Framed::Stopped(IndexError::Stopped),
+            };
+            let (result, ran) = match outcome {
+                Framed::Ran(result) => (result, true),
+                Framed::Stopped(error) => (Err(error), false),
+            };
             self.result = Some(result);
-            succeeded
-        }))
+            ran
+        })
     }
 
     fn answer(self: Box<Self>, group: Result<(), Arc<IndexError>>) {
@@ -165,17 +224,17 @@ impl CommitGroups {
     /// Runs `work` in the next group's transaction and returns its result once that
     /// transaction is committed. When `work` fails, its writes are undone and its error
     /// returned; the rest of the group commits.
-    /// `alone`, if given, is the same write in its one-shot form, run when the write is
-    /// alone in its group.
-    pub(crate) async fn write<T, F>(&self, work: F, alone: Option<AloneWork<T>>) -> Result<T>
+    /// `framed`, if given, is the same write in its framed form, run when every write of the
+    /// group has one.
+    pub(crate) async fn write<T, F>(&self, work: F, framed: Option<FramedWork<T>>) -> Result<T>
     where
         T: Send + 'static,
         F: for<'a, 'c> Fn(&'a mut Tx<'c>) -> WriteFuture<'a, T> + Send + 'static,
     {
         let (reply, replied) = oneshot::channel();
         let pending = Pending {
-            work: Some(work),
-            alone,
+            work,
+            framed,
             result: None,
             reply,
         };
@@ -256,23 +315,28 @@ async fn run_group(
     group: &mut [Box<dyn Write>],
 ) -> Result<(), Arc<IndexError>> {
     let shared = |error: sqlx::Error| Arc::new(IndexError::Database(error));
-    if let [write] = group {
-        let alone = match write.run_alone(connection) {
-            Some(alone) => Some(alone.await),
-            None => None,
-        };
-        if let Some(succeeded) = alone {
-            if !succeeded {
-                // Whatever the failed write left open is undone. No transaction open (the
-                // failure came before its BEGIN or after its COMMIT) fails this rollback, and
-                // the connection then goes back to the pool, which checks it.
-                sqlx::raw_sql("ROLLBACK")
-                    .execute(&mut **connection)
-                    .await
-                    .map_err(shared)?;
+    let mut failed = false;
+    if group.iter().all(|write| write.is_framed()) {
+        let last = group.len().saturating_sub(1);
+        for (at, write) in group.iter_mut().enumerate() {
+            let frame = Frame {
+                begins: at == 0,
+                commits: at == last,
+            };
+            if !write.run_framed(connection, frame).await {
+                failed = true;
+                break;
             }
+        }
+        if !failed {
             return Ok(());
         }
+        // A statement failed or was never sent, so the last write's COMMIT did not run:
+        // nothing was committed. Whatever is open is undone (with nothing open, the rollback
+        // fails, which is as good), and the group runs again below, in a transaction of the
+        // pool's, where each write's work decides what the failed statement could not (a
+        // reservation whose UIDs are taken looks at who holds them).
+        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut **connection).await;
     }
     let mut tx = connection
         .begin_with("BEGIN IMMEDIATE")
@@ -285,25 +349,27 @@ async fn run_group(
         }
         return Ok(());
     }
-    // Writes rarely fail (a store of an instance that exists), so first every write runs
-    // straight in the transaction, one round trip each. If one fails, everything is undone and
-    // the group runs again with a savepoint around each write, so that the failed one is undone
-    // alone (each write can run again: its work is `Fn`).
-    let mut failed = false;
-    for write in group.iter_mut() {
-        if !write.run(&mut tx).await {
-            failed = true;
-            break;
-        }
-    }
+    // Writes rarely fail (a store of an instance that exists), so unless the framed run above
+    // already failed, first every write runs straight in the transaction, one round trip each.
+    // If one fails, everything is undone and the group runs again with a savepoint around each
+    // write, so that the failed one is undone alone (each write can run again: its work is
+    // `Fn`).
     if !failed {
-        return tx.commit().await.map_err(shared);
+        for write in group.iter_mut() {
+            if !write.run(&mut tx).await {
+                failed = true;
+                break;
+            }
+        }
+        if !failed {
+            return tx.commit().await.map_err(shared);
+        }
+        tx.rollback().await.map_err(shared)?;
+        tx = connection
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(shared)?;
     }
-    tx.rollback().await.map_err(shared)?;
-    let mut tx = connection
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(shared)?;
     // One write's release and the next one's savepoint go together, and the commit releases
     // the last.
     let mut savepoint = "SAVEPOINT grouped";

@@ -333,15 +333,19 @@ impl InstanceIndex {
     }
 
     /// Runs `work` in a write transaction and commits it: on SQLite as part of the next
-    /// group commit (see `group.rs`), or as `alone`, the same write's one-shot form, when it
-    /// is alone in its group; elsewhere in a transaction of its own.
-    pub(crate) async fn write<T, F>(&self, work: F, alone: Option<group::AloneWork<T>>) -> Result<T>
+    /// group commit (see `group.rs`), as `framed`, the same write's framed form, when every
+    /// write of its group has one; elsewhere in a transaction of its own.
+    pub(crate) async fn write<T, F>(
+        &self,
+        work: F,
+        framed: Option<group::FramedWork<T>>,
+    ) -> Result<T>
     where
         T: Send + 'static,
         F: for<'a, 'c> Fn(&'a mut Tx<'c>) -> group::WriteFuture<'a, T> + Send + 'static,
     {
         if let Some(groups) = &self.groups {
-            return groups.write(work, alone).await;
+            return groups.write(work, framed).await;
         }
         let mut tx = self.begin().await?;
         let value = work(&mut tx).await?;
@@ -361,10 +365,19 @@ impl InstanceIndex {
     /// queued for removal) and replaced in the same transaction.
     pub async fn begin_create(&self, instance: &NewInstance) -> Result<Watermark> {
         let instance = Arc::new(instance.clone());
-        let alone = (self.engine == Engine::Sqlite).then(|| {
-            let (this, instance) = (self.clone(), instance.clone());
-            group::alone(move |connection| {
-                Box::pin(async move { this.reserve_alone(connection, &instance).await })
+        let framed = (self.engine == Engine::Sqlite).then(|| {
+            let (instance, owner) = (instance.clone(), self.owner);
+            group::framed(move |connection, frame| {
+                let instance = instance.clone();
+                Box::pin(async move {
+                    let now = micros(Utc::now());
+                    sqlite::reserve_framed(connection, frame, &instance, now, owner)
+                        .await
+                        .and_then(|next| {
+                            Watermark::new(next as u64)
+                                .map_err(|e| IndexError::Corrupt(e.to_string()))
+                        })
+                })
             })
         });
         let this = self.clone();
@@ -373,26 +386,9 @@ impl InstanceIndex {
                 let (this, instance) = (this.clone(), instance.clone());
                 Box::pin(async move { this.reserve(tx, &instance).await })
             },
-            alone,
+            framed,
         )
         .await
-    }
-
-    /// `begin_create` as a transaction of its own on SQLite's writer connection: one round
-    /// trip, unless the UIDs are taken; then [`Self::reserve`] decides in a transaction.
-    async fn reserve_alone(
-        &self,
-        connection: &mut sqlx::AnyConnection,
-        instance: &NewInstance,
-    ) -> Result<Watermark> {
-        let now = micros(Utc::now());
-        if let Some(next) = sqlite::reserve_alone(connection, instance, now, self.owner).await? {
-            return Watermark::new(next as u64).map_err(|e| IndexError::Corrupt(e.to_string()));
-        }
-        let mut tx = sqlx::Connection::begin_with(connection, Engine::Sqlite.begin_sql()).await?;
-        let watermark = self.reserve(&mut tx, instance).await?;
-        tx.commit().await?;
-        Ok(watermark)
     }
 
     /// `begin_create` within `tx`.
@@ -481,10 +477,13 @@ impl InstanceIndex {
             now,
         };
         let engine = self.engine;
-        let alone = (engine == Engine::Sqlite).then(|| {
+        let framed = (engine == Engine::Sqlite).then(|| {
             let completion = completion.clone();
-            group::alone(move |connection| {
-                Box::pin(async move { sqlite::complete_alone(connection, completion).await })
+            group::framed(move |connection, frame| {
+                let completion = completion.clone();
+                Box::pin(
+                    async move { sqlite::complete_framed(connection, frame, completion).await },
+                )
             })
         });
         self.write(
@@ -502,7 +501,7 @@ impl InstanceIndex {
                     append_change(engine, tx, now, ChangeAction::Create, &row, w).await
                 })
             },
-            alone,
+            framed,
         )
         .await
     }

@@ -14,6 +14,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::MigrateError;
 use sqlx::{AnyPool, AssertSqlSafe};
 
+use crate::group::{self, Frame, Framed};
 use crate::model::NewInstance;
 use crate::processes::ProcessId;
 use crate::rows::UidsRow;
@@ -295,13 +296,14 @@ static RESERVE_IN_TRANSACTION: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// [`RESERVE`] as a transaction of its own (see `group.rs`): taken UIDs fail the insert,
-/// which leaves the transaction open for the caller to roll back.
-static RESERVE_ALONE: LazyLock<String> = LazyLock::new(|| {
-    let reserve = RESERVE
-        .replace("{study}", crate::UPSERT_STUDY)
-        .replace("{taken}", "");
-    format!("BEGIN IMMEDIATE; {reserve}; COMMIT")
+/// [`RESERVE`] in each frame of a group commit (see `group.rs`): taken UIDs fail the insert,
+/// which stops the group's framed run; the group then runs [`reserve`], which decides.
+static RESERVE_FRAMED: LazyLock<[String; 4]> = LazyLock::new(|| {
+    group::framings(
+        &RESERVE
+            .replace("{study}", crate::UPSERT_STUDY)
+            .replace("{taken}", ""),
+    )
 });
 
 /// Completes a reservation in one round trip (see [`RESERVE`]): marks it `Created`
@@ -321,10 +323,9 @@ static COMPLETE: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// [`COMPLETE`] as a transaction of its own (see `group.rs`). It changes nothing when there
-/// is no reservation, so it commits either way.
-static COMPLETE_ALONE: LazyLock<String> =
-    LazyLock::new(|| format!("BEGIN IMMEDIATE; {}; COMMIT", COMPLETE.as_str()));
+/// [`COMPLETE`] in each frame of a group commit (see `group.rs`). It changes nothing when
+/// there is no reservation, so its group goes on either way.
+static COMPLETE_FRAMED: LazyLock<[String; 4]> = LazyLock::new(|| group::framings(&COMPLETE));
 
 /// Binds [`RESERVE`]'s arguments.
 fn bind_reservation<'q>(
@@ -383,57 +384,62 @@ pub(crate) async fn reserve(
     }
 }
 
-/// [`reserve`] as a committed transaction of its own, in one round trip; `None` when the UIDs
-/// are taken, after rolling back (the caller then reserves in a transaction that looks at who
-/// holds them).
-pub(crate) async fn reserve_alone(
+/// [`reserve`] in its framed form (see `group.rs`), in one round trip: the reserved
+/// watermark. Taken UIDs stop it.
+pub(crate) async fn reserve_framed(
     connection: &mut sqlx::AnyConnection,
+    frame: Frame,
     instance: &NewInstance,
     now: i64,
     owner: Option<ProcessId>,
-) -> Result<Option<i64>> {
-    let reserved = bind_reservation(RESERVE_ALONE.as_str(), instance, now, owner)?
-        .fetch_all(&mut *connection)
-        .await;
-    match reserved {
-        Ok(rows) => returned_watermark(&rows)?
-            .map(Some)
-            .ok_or_else(|| IndexError::Corrupt("a reservation returned no watermark".into())),
-        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
-            sqlx::raw_sql("ROLLBACK").execute(&mut *connection).await?;
-            Ok(None)
-        }
-        Err(error) => Err(error.into()),
+) -> Framed<i64> {
+    let query = match bind_reservation(frame.pick(&RESERVE_FRAMED), instance, now, owner) {
+        Ok(query) => query,
+        Err(error) => return Framed::Stopped(error),
+    };
+    match query.fetch_all(connection).await {
+        Ok(rows) => Framed::Ran(returned_watermark(&rows).and_then(|watermark| {
+            watermark
+                .ok_or_else(|| IndexError::Corrupt("a reservation returned no watermark".into()))
+        })),
+        Err(error) => Framed::Stopped(error.into()),
     }
 }
 
 /// Completes a reservation (see [`COMPLETE`]); [`IndexError::NotFound`] when there is none.
 pub(crate) async fn complete(tx: &mut Tx<'_>, completion: Completion) -> Result<()> {
-    complete_on(&mut *tx, COMPLETE.as_str(), completion).await
+    complete_on(&mut *tx, COMPLETE.as_str(), completion).await?
 }
 
-/// [`complete`] as a committed transaction of its own, in one round trip.
-pub(crate) async fn complete_alone(
+/// [`complete`] in its framed form (see `group.rs`), in one round trip.
+pub(crate) async fn complete_framed(
     connection: &mut sqlx::AnyConnection,
+    frame: Frame,
     completion: Completion,
-) -> Result<()> {
-    complete_on(connection, COMPLETE_ALONE.as_str(), completion).await
+) -> Framed<()> {
+    match complete_on(connection, frame.pick(&COMPLETE_FRAMED), completion).await {
+        Ok(changed) => Framed::Ran(changed),
+        Err(error) => Framed::Stopped(error.into()),
+    }
 }
 
+/// Runs [`COMPLETE`] (in `sql`'s frame); [`IndexError::NotFound`] inside when it changed
+/// nothing.
 async fn complete_on(
     connection: &mut sqlx::AnyConnection,
     sql: &str,
     completion: Completion,
-) -> Result<()> {
+) -> Result<Result<()>, sqlx::Error> {
     let changed: Vec<UidsRow> = completion
         .bind(sqlx::query_as(AssertSqlSafe(sql)))
         .bind(ChangeAction::Create as i16)
         .fetch_all(connection)
         .await?;
-    if changed.is_empty() {
-        return Err(IndexError::NotFound);
-    }
-    Ok(())
+    Ok(if changed.is_empty() {
+        Err(IndexError::NotFound)
+    } else {
+        Ok(())
+    })
 }
 
 pub(crate) async fn raise_watermarks_above(tx: &mut Tx<'_>, watermark: i64) -> Result<()> {

@@ -1011,6 +1011,44 @@ pub async fn concurrent_reservations_get_distinct_watermarks(t: &TestIndex) {
     assert_eq!(t.index.count_created().await.unwrap(), 80 + 1 + 6);
 }
 
+/// A completion whose reservation is gone changes nothing and fails alone, wherever it falls
+/// in a group commit (on SQLite: opening, inside or closing a group's framed writes; a
+/// closing one has committed the group when it finds nothing).
+pub async fn a_completion_of_nothing_fails_alone(t: &TestIndex) {
+    // Queued in this order, the first group holds every task's first write. In the first
+    // round such a completion closes it; in the second it also opens it and falls inside.
+    let rounds: [fn(usize) -> bool; 2] = [|n| n == 11, |n| n == 0 || n % 3 == 2];
+    let mut stored = BTreeSet::new();
+    for (round, completes_nothing) in rounds.into_iter().enumerate() {
+        let tasks: Vec<_> = (0..12)
+            .map(|n| {
+                let index = t.index.clone();
+                let nothing = completes_nothing(n);
+                tokio::spawn(async move {
+                    if nothing {
+                        let gone = Watermark::new(1_000_000).unwrap();
+                        return index.end_create(gone, 1, "c", false).await.map(|()| None);
+                    }
+                    let w = index
+                        .begin_create(&new(&format!("1.2.3.8{round}.{n}")))
+                        .await?;
+                    index.end_create(w, 1, "c", false).await.map(|()| Some(w))
+                })
+            })
+            .collect();
+        for (n, task) in tasks.into_iter().enumerate() {
+            match (completes_nothing(n), task.await.unwrap()) {
+                (true, Err(IndexError::NotFound)) => {}
+                (true, other) => panic!("completing nothing gave {other:?}"),
+                (false, Ok(Some(w))) => assert!(stored.insert(w)),
+                (false, other) => panic!("a store failed: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(stored.len(), 11 + 7);
+    assert_eq!(t.index.count_created().await.unwrap(), 11 + 7);
+}
+
 pub async fn concurrent_claims_never_share_a_removal(t: &TestIndex) {
     let index = &t.index;
     let mut queued = BTreeSet::new();

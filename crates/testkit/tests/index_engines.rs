@@ -37,6 +37,7 @@ on_every_engine! {
     adoption_keeps_the_highest_watermark,
     operation_failures_and_walks,
     concurrent_reservations_get_distinct_watermarks,
+    a_completion_of_nothing_fails_alone,
     concurrent_claims_never_share_a_removal,
     concurrent_acquisitions_of_an_operation_have_one_winner,
     an_expired_process_is_reaped_once,
