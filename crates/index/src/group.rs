@@ -102,11 +102,8 @@ trait Write: Send {
         tx: &'a mut Tx<'c>,
     ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
 
-    /// Whether the work has a framed form.
-    fn is_framed(&self) -> bool;
-
-    /// Runs the work's framed form on `connection` (it must have one); says whether every
-    /// statement ran (see [`Framed`]).
+    /// Runs the work's framed form on `connection`; says whether every statement ran (see
+    /// [`Framed`]).
     fn run_framed<'a>(
         &'a mut self,
         connection: &'a mut AnyConnection,
@@ -121,7 +118,7 @@ trait Write: Send {
 
 struct Pending<T, F> {
     work: F,
-    framed: Option<FramedWork<T>>,
+    framed: FramedWork<T>,
     result: Option<Result<T>>,
     reply: oneshot::Sender<Result<T>>,
 }
@@ -143,21 +140,13 @@ where
         })
     }
 
-    fn is_framed(&self) -> bool {
-        self.framed.is_some()
-    }
-
     fn run_framed<'a>(
         &'a mut self,
         connection: &'a mut AnyConnection,
         frame: Frame,
     ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
         Box::pin(async move {
-            let outcome = match &self.framed {
-                Some(framed) => framed(connection, frame).await,
-                None => Framed::Stopped(IndexError::Stopped),
-            };
-            let (result, ran) = match outcome {
+            let (result, ran) = match (self.framed)(connection, frame).await {
                 Framed::Ran(result) => (result, true),
                 Framed::Stopped(error) => (Err(error), false),
             };
@@ -224,9 +213,9 @@ impl CommitGroups {
     /// Runs `work` in the next group's transaction and returns its result once that
     /// transaction is committed. When `work` fails, its writes are undone and its error
     /// returned; the rest of the group commits.
-    /// `framed`, if given, is the same write in its framed form, run when every write of the
-    /// group has one.
-    pub(crate) async fn write<T, F>(&self, work: F, framed: Option<FramedWork<T>>) -> Result<T>
+    /// `framed` is the same write in its framed form, which runs first; `work` runs when a
+    /// write of the group failed there.
+    pub(crate) async fn write<T, F>(&self, work: F, framed: FramedWork<T>) -> Result<T>
     where
         T: Send + 'static,
         F: for<'a, 'c> Fn(&'a mut Tx<'c>) -> WriteFuture<'a, T> + Send + 'static,
@@ -315,29 +304,27 @@ async fn run_group(
     group: &mut [Box<dyn Write>],
 ) -> Result<(), Arc<IndexError>> {
     let shared = |error: sqlx::Error| Arc::new(IndexError::Database(error));
+    let last = group.len().saturating_sub(1);
     let mut failed = false;
-    if group.iter().all(|write| write.is_framed()) {
-        let last = group.len().saturating_sub(1);
-        for (at, write) in group.iter_mut().enumerate() {
-            let frame = Frame {
-                begins: at == 0,
-                commits: at == last,
-            };
-            if !write.run_framed(connection, frame).await {
-                failed = true;
-                break;
-            }
+    for (at, write) in group.iter_mut().enumerate() {
+        let frame = Frame {
+            begins: at == 0,
+            commits: at == last,
+        };
+        if !write.run_framed(connection, frame).await {
+            failed = true;
+            break;
         }
-        if !failed {
-            return Ok(());
-        }
-        // A statement failed or was never sent, so the last write's COMMIT did not run:
-        // nothing was committed. Whatever is open is undone (with nothing open, the rollback
-        // fails, which is as good), and the group runs again below, in a transaction of the
-        // pool's, where each write's work decides what the failed statement could not (a
-        // reservation whose UIDs are taken looks at who holds them).
-        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut **connection).await;
     }
+    if !failed {
+        return Ok(());
+    }
+    // A statement failed or was never sent, so the last write's COMMIT did not run: nothing
+    // was committed. Whatever is open is undone (with nothing open, the rollback fails, which
+    // is as good), and the group runs again in a transaction of the pool's, where each write's
+    // work decides what the failed statement could not (a reservation whose UIDs are taken
+    // looks at who holds them).
+    let _ = sqlx::raw_sql("ROLLBACK").execute(&mut **connection).await;
     let mut tx = connection
         .begin_with("BEGIN IMMEDIATE")
         .await
@@ -349,29 +336,9 @@ async fn run_group(
         }
         return Ok(());
     }
-    // Writes rarely fail (a store of an instance that exists), so unless the framed run above
-    // already failed, first every write runs straight in the transaction, one round trip each.
-    // If one fails, everything is undone and the group runs again with a savepoint around each
-    // write, so that the failed one is undone alone (each write can run again: its work is
-    // `Fn`).
-    if !failed {
-        for write in group.iter_mut() {
-            if !write.run(&mut tx).await {
-                failed = true;
-                break;
-            }
-        }
-        if !failed {
-            return tx.commit().await.map_err(shared);
-        }
-        tx.rollback().await.map_err(shared)?;
-        tx = connection
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(shared)?;
-    }
-    // One write's release and the next one's savepoint go together, and the commit releases
-    // the last.
+    // With a savepoint around each write, the failed one is undone alone (each write can run
+    // again: its work is `Fn`). One write's release and the next one's savepoint go together,
+    // and the commit releases the last.
     let mut savepoint = "SAVEPOINT grouped";
     for write in group.iter_mut() {
         execute(&mut tx, savepoint).await.map_err(shared)?;

@@ -333,8 +333,8 @@ impl InstanceIndex {
     }
 
     /// Runs `work` in a write transaction and commits it: on SQLite as part of the next
-    /// group commit (see `group.rs`), as `framed`, the same write's framed form, when every
-    /// write of its group has one; elsewhere in a transaction of its own.
+    /// group commit (see `group.rs`), which first runs `framed`, the same write's framed form;
+    /// elsewhere, or without a framed form, in a transaction of its own.
     pub(crate) async fn write<T, F>(
         &self,
         work: F,
@@ -344,7 +344,7 @@ impl InstanceIndex {
         T: Send + 'static,
         F: for<'a, 'c> Fn(&'a mut Tx<'c>) -> group::WriteFuture<'a, T> + Send + 'static,
     {
-        if let Some(groups) = &self.groups {
+        if let (Some(groups), Some(framed)) = (&self.groups, framed) {
             return groups.write(work, framed).await;
         }
         let mut tx = self.begin().await?;
