@@ -12,6 +12,9 @@ pub const READ_FALLBACK: &str = "Tessera:ReadFallback";
 pub const STALE_STORE_TIMEOUT: &str = "Tessera:StaleStoreTimeout";
 /// Time between sweeps for crashed stores.
 pub const SWEEP_INTERVAL: &str = "Tessera:SweepInterval";
+/// Threads that run the server's async tasks (requests, background work); blocking file I/O and
+/// the index's connections have threads of their own besides.
+pub const WORKER_THREADS: &str = "Tessera:WorkerThreads";
 /// How long a process holds a background operation without renewing its lease; after a crash,
 /// another process (or the restarted one) resumes the operation once this has passed.
 pub const OPERATION_LEASE: &str = "Tessera:OperationLease";

@@ -89,6 +89,21 @@ fn defaults_are_the_embedded_single_machine_setup() {
     assert_eq!(s.functions.copy.max_parallel_count, 2);
     assert_eq!(s.containers.files, "dicomwebcontainer");
     assert_eq!(s.containers.metadata, "metadatacontainer");
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(s.tessera.worker_threads, (cores / 2).max(1));
+}
+
+#[test]
+fn worker_threads_are_a_positive_count() {
+    let s = load(r#"{"Tessera":{"WorkerThreads":3}}"#, &[])
+        .unwrap()
+        .settings;
+    assert_eq!(s.tessera.worker_threads, 3);
+    for bad in ["0", "-1", "many", "1025"] {
+        let text = format!(r#"{{"Tessera":{{"WorkerThreads":"{bad}"}}}}"#);
+        let error = load(&text, &[]).unwrap_err().to_string();
+        assert!(error.contains("Tessera:WorkerThreads"), "{error}");
+    }
 }
 
 #[test]
