@@ -872,6 +872,19 @@ pub(crate) const UPSERT_STUDY: &str =
          referring_physician_name_folded = excluded.referring_physician_name_folded,
          referring_physician_name_words = excluded.referring_physician_name_words";
 
+/// A `WHERE` for [`UPSERT_STUDY`]'s update: some attribute it sets, the time aside, differs
+/// from the row's.
+pub(crate) const STUDY_CHANGED: &str =
+    "WHERE (studies.patient_id, studies.patient_name, studies.patient_birth_date,
+         studies.accession_number, studies.referring_physician_name, studies.study_date,
+         studies.study_description, studies.patient_name_folded, studies.patient_name_words,
+         studies.referring_physician_name_folded, studies.referring_physician_name_words)
+     IS DISTINCT FROM (COALESCE(excluded.patient_id, studies.patient_id), excluded.patient_name,
+         excluded.patient_birth_date, excluded.accession_number, excluded.referring_physician_name,
+         excluded.study_date, excluded.study_description, excluded.patient_name_folded,
+         excluded.patient_name_words, excluded.referring_physician_name_folded,
+         excluded.referring_physician_name_words)";
+
 /// Binds `$1..=$13` of [`UPSERT_STUDY`]: `$1` is the study UID and `$9` the time.
 pub(crate) fn bind_study<'q>(
     query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,

@@ -512,6 +512,83 @@ pub async fn a_refused_duplicate_leaves_the_study_as_it_was(t: &TestIndex) {
     assert_eq!(rows[0].study_instances, Some(2));
 }
 
+/// Every store moves its study and series to the front (newest first), whether it repeats
+/// their attributes or changes them, and changed attributes are the latest store's.
+pub async fn a_later_instance_refreshes_its_study_and_series(t: &TestIndex) {
+    let index = &t.index;
+    let attributes = |name: &str, modality: &str| SearchableAttributes {
+        patient_name: Some(name.into()),
+        patient_id: Some("P7".into()),
+        modality: Some(modality.into()),
+        ..Default::default()
+    };
+    let listed = async |level, attribute| {
+        let query = QidoQuery {
+            level,
+            study: None,
+            series: None,
+            filters: vec![],
+            limit: 10,
+            offset: 0,
+            fields: QidoFields::all(),
+        };
+        let rows = index.search(&query).await.unwrap();
+        let values = |attribute| -> Vec<String> {
+            rows.iter()
+                .map(|row| row.value(attribute).unwrap_or_default().to_owned())
+                .collect()
+        };
+        (values(attribute), values(QueryAttribute::StudyInstanceUid))
+    };
+    let studies = async || listed(QueryLevel::Study, QueryAttribute::PatientName).await;
+    let series = async || listed(QueryLevel::Series, QueryAttribute::Modality).await;
+    store(
+        index,
+        &instance("7.1", "7.1.1", "7.1.1.1", attributes("A^A", "CT")),
+    )
+    .await;
+    store(
+        index,
+        &instance("7.2", "7.2.1", "7.2.1.1", attributes("B^B", "CT")),
+    )
+    .await;
+    assert_eq!(studies().await.1, ["7.2", "7.1"]);
+    // The same attributes again: only the time moves.
+    store(
+        index,
+        &instance("7.1", "7.1.1", "7.1.1.2", attributes("A^A", "CT")),
+    )
+    .await;
+    assert_eq!(
+        studies().await,
+        (
+            vec!["A^A".into(), "B^B".into()],
+            vec!["7.1".into(), "7.2".into()]
+        )
+    );
+    assert_eq!(series().await.1, ["7.1", "7.2"]);
+    // New attributes: the latest store's win, and the rows move too.
+    store(
+        index,
+        &instance("7.2", "7.2.1", "7.2.1.2", attributes("C^C", "MR")),
+    )
+    .await;
+    assert_eq!(
+        studies().await,
+        (
+            vec!["C^C".into(), "A^A".into()],
+            vec!["7.2".into(), "7.1".into()]
+        )
+    );
+    assert_eq!(
+        series().await,
+        (
+            vec!["MR".into(), "CT".into()],
+            vec!["7.2".into(), "7.1".into()]
+        )
+    );
+}
+
 pub async fn qido_search(t: &TestIndex) {
     let index = &t.index;
     let patient = |name: &str, id: &str, date: &str| SearchableAttributes {
