@@ -542,51 +542,29 @@ pub async fn a_later_instance_refreshes_its_study_and_series(t: &TestIndex) {
     };
     let studies = async || listed(QueryLevel::Study, QueryAttribute::PatientName).await;
     let series = async || listed(QueryLevel::Series, QueryAttribute::Modality).await;
-    store(
-        index,
-        &instance("7.1", "7.1.1", "7.1.1.1", attributes("A^A", "CT")),
-    )
-    .await;
-    store(
-        index,
-        &instance("7.2", "7.2.1", "7.2.1.1", attributes("B^B", "CT")),
-    )
-    .await;
+    let add = async |study: &str, sop: &str, name: &str, modality: &str| {
+        let series = format!("{study}.1");
+        let new = instance(study, &series, sop, attributes(name, modality));
+        store(index, &new).await;
+    };
+    let owned = |values: [&str; 2]| values.map(str::to_owned).to_vec();
+    add("7.1", "7.1.1.1", "A^A", "CT").await;
+    add("7.2", "7.2.1.1", "B^B", "CT").await;
     assert_eq!(studies().await.1, ["7.2", "7.1"]);
     // The same attributes again: only the time moves.
-    store(
-        index,
-        &instance("7.1", "7.1.1", "7.1.1.2", attributes("A^A", "CT")),
-    )
-    .await;
+    add("7.1", "7.1.1.2", "A^A", "CT").await;
     assert_eq!(
         studies().await,
-        (
-            vec!["A^A".into(), "B^B".into()],
-            vec!["7.1".into(), "7.2".into()]
-        )
+        (owned(["A^A", "B^B"]), owned(["7.1", "7.2"]))
     );
     assert_eq!(series().await.1, ["7.1", "7.2"]);
     // New attributes: the latest store's win, and the rows move too.
-    store(
-        index,
-        &instance("7.2", "7.2.1", "7.2.1.2", attributes("C^C", "MR")),
-    )
-    .await;
+    add("7.2", "7.2.1.2", "C^C", "MR").await;
     assert_eq!(
         studies().await,
-        (
-            vec!["C^C".into(), "A^A".into()],
-            vec!["7.2".into(), "7.1".into()]
-        )
+        (owned(["C^C", "A^A"]), owned(["7.2", "7.1"]))
     );
-    assert_eq!(
-        series().await,
-        (
-            vec!["MR".into(), "CT".into()],
-            vec!["7.2".into(), "7.1".into()]
-        )
-    );
+    assert_eq!(series().await, (owned(["MR", "CT"]), owned(["7.2", "7.1"])));
 }
 
 pub async fn qido_search(t: &TestIndex) {
