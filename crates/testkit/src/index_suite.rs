@@ -391,6 +391,19 @@ fn instance(study: &str, series: &str, sop: &str, attributes: SearchableAttribut
     }
 }
 
+/// The first 10 rows of `level`, newest first, with every field.
+fn all_at(level: QueryLevel) -> QidoQuery {
+    QidoQuery {
+        level,
+        study: None,
+        series: None,
+        filters: vec![],
+        limit: 10,
+        offset: 0,
+        fields: QidoFields::all(),
+    }
+}
+
 async fn store(index: &InstanceIndex, new: &NewInstance) -> Watermark {
     let w = index.begin_create(new).await.unwrap();
     index.end_create(w, 1, "xxh3-128:0", false).await.unwrap();
@@ -476,18 +489,7 @@ pub async fn a_refused_duplicate_leaves_the_study_as_it_was(t: &TestIndex) {
             .await,
         Err(IndexError::AlreadyExists { creating: false })
     ));
-    let studies = async || {
-        let query = QidoQuery {
-            level: QueryLevel::Study,
-            study: None,
-            series: None,
-            filters: vec![],
-            limit: 10,
-            offset: 0,
-            fields: QidoFields::all(),
-        };
-        index.search(&query).await.unwrap()
-    };
+    let studies = async || index.search(&all_at(QueryLevel::Study)).await.unwrap();
     let rows = studies().await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(
@@ -523,16 +525,7 @@ pub async fn a_later_instance_refreshes_its_study_and_series(t: &TestIndex) {
         ..Default::default()
     };
     let listed = async |level, attribute| {
-        let query = QidoQuery {
-            level,
-            study: None,
-            series: None,
-            filters: vec![],
-            limit: 10,
-            offset: 0,
-            fields: QidoFields::all(),
-        };
-        let rows = index.search(&query).await.unwrap();
+        let rows = index.search(&all_at(level)).await.unwrap();
         let values = |attribute| -> Vec<String> {
             rows.iter()
                 .map(|row| row.value(attribute).unwrap_or_default().to_owned())
