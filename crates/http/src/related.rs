@@ -7,6 +7,8 @@
 //! one incoming chunk plus a delimiter's length, the preamble and header sizes and the number
 //! of parts are limited, and each limit names its configuration key.
 
+use std::collections::VecDeque;
+
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 
@@ -59,12 +61,116 @@ pub struct PartHeaders {
     pub content_type: Option<String>,
 }
 
+/// The body's bytes not read yet: the chunks as they arrived, sliced but not copied, so a
+/// part's body reaches the store in the buffers hyper read it into. Only a header block (at
+/// most `MaxPartHeaderBytes` and a boundary line) is ever copied, to be seen whole.
+#[derive(Default)]
+struct Unread {
+    chunks: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Unread {
+    fn push(&mut self, chunk: Bytes) {
+        if !chunk.is_empty() {
+            self.len += chunk.len();
+            self.chunks.push_back(chunk);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Drops the first `count` bytes (all of them, if fewer are held).
+    fn advance(&mut self, mut count: usize) {
+        while count > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            if front.len() <= count {
+                count -= front.len();
+                self.len -= front.len();
+                self.chunks.pop_front();
+            } else {
+                front.advance(count);
+                self.len -= count;
+                count = 0;
+            }
+        }
+    }
+
+    /// Up to `most` bytes from the front: a slice of the first chunk, so possibly fewer.
+    fn take(&mut self, most: usize) -> Bytes {
+        let Some(front) = self.chunks.front_mut() else {
+            return Bytes::new();
+        };
+        let taken = if front.len() <= most {
+            self.chunks.pop_front().unwrap_or_default()
+        } else {
+            front.split_to(most)
+        };
+        self.len -= taken.len();
+        taken
+    }
+
+    /// The first `most` bytes (or all held, if fewer), in one piece: chunks they span are
+    /// joined, copying only those bytes.
+    fn front(&mut self, most: usize) -> &[u8] {
+        let want = most.min(self.len);
+        if self.chunks.front().map_or(0, Bytes::len) < want {
+            let mut joined = BytesMut::with_capacity(want);
+            while joined.len() < want {
+                let Some(front) = self.chunks.front_mut() else {
+                    break;
+                };
+                let take = (want - joined.len()).min(front.len());
+                joined.extend_from_slice(&front[..take]);
+                if take == front.len() {
+                    self.chunks.pop_front();
+                } else {
+                    front.advance(take);
+                }
+            }
+            self.chunks.push_front(joined.freeze());
+        }
+        self.chunks.front().map_or(&[], |chunk| &chunk[..want])
+    }
+
+    /// Where `needle` first begins, also when it spans chunks.
+    fn find(&self, needle: &[u8]) -> Option<usize> {
+        let overlap = needle.len().saturating_sub(1);
+        let mut offset = 0usize;
+        // The last `overlap` bytes before `offset`: where a match across a chunk's start begins.
+        let mut tail: Vec<u8> = Vec::with_capacity(2 * overlap);
+        for chunk in &self.chunks {
+            if !tail.is_empty() {
+                let behind = tail.len();
+                tail.extend_from_slice(&chunk[..chunk.len().min(overlap)]);
+                // A match beginning in the tail comes before any within this chunk.
+                if let Some(at) = find(&tail, needle).filter(|&at| at < behind) {
+                    return Some(offset - behind + at);
+                }
+                tail.truncate(behind);
+            }
+            if let Some(at) = find(chunk, needle) {
+                return Some(offset + at);
+            }
+            tail.extend_from_slice(&chunk[chunk.len().saturating_sub(overlap)..]);
+            let excess = tail.len().saturating_sub(overlap);
+            tail.drain(..excess);
+            offset += chunk.len();
+        }
+        None
+    }
+}
+
 /// A multipart/related body being read.
 pub struct RelatedReader<S> {
     body: S,
     /// `\r\n--boundary`: what ends a part's body.
     delimiter: Vec<u8>,
-    buffer: BytesMut,
+    unread: Unread,
     state: State,
     parts: u32,
     /// Preamble bytes already dropped from the buffer.
@@ -73,6 +179,24 @@ pub struct RelatedReader<S> {
     body_ended: bool,
     /// The error that ended the body, for the request's answer.
     failure: Option<String>,
+}
+
+/// What a header block, as far as it has arrived, says to do.
+enum HeaderStep {
+    /// The close delimiter: no more parts.
+    Closed,
+    /// A part without headers or content: skip this many bytes and look again.
+    Skip(usize),
+    /// A part's headers; its body begins after this many bytes.
+    Part(Result<PartHeaders, RelatedError>, usize),
+    /// Past a limit.
+    TooLong,
+    /// More bytes are needed.
+    More,
+    /// More bytes would tell whether a delimiter follows at once; without them, it does not.
+    Peek,
+    /// Malformed.
+    Malformed(&'static str),
 }
 
 impl<S> RelatedReader<S>
@@ -84,12 +208,12 @@ where
         let mut delimiter = b"\r\n--".to_vec();
         delimiter.extend_from_slice(boundary.as_bytes());
         // The first boundary may open the body without a preceding line break.
-        let mut buffer = BytesMut::new();
-        buffer.extend_from_slice(b"\r\n");
+        let mut unread = Unread::default();
+        unread.push(Bytes::from_static(b"\r\n"));
         Self {
             body,
             delimiter,
-            buffer,
+            unread,
             state: State::Preamble,
             parts: 0,
             preamble: 0,
@@ -99,14 +223,14 @@ where
         }
     }
 
-    /// Reads more of the body into the buffer; `false` at its end.
+    /// Reads more of the body; `false` at its end.
     async fn fill(&mut self) -> Result<bool, RelatedError> {
         if self.body_ended {
             return Ok(false);
         }
         match self.body.next().await {
             Some(Ok(chunk)) => {
-                self.buffer.extend_from_slice(&chunk);
+                self.unread.push(chunk);
                 Ok(true)
             }
             Some(Err(error)) => self.fail(RelatedError::Body(error)),
@@ -136,12 +260,12 @@ where
                 State::Done => return Ok(None),
                 State::Body => while self.next_chunk().await?.is_some() {},
                 State::Preamble => {
-                    if let Some(at) = find(&self.buffer, &self.delimiter) {
-                        self.buffer.advance(at + self.delimiter.len());
+                    if let Some(at) = self.unread.find(&self.delimiter) {
+                        self.unread.advance(at + self.delimiter.len());
                         self.state = State::Headers;
                         continue;
                     }
-                    let preamble = self.preamble + self.buffer.len().saturating_sub(2) as u64;
+                    let preamble = self.preamble + self.unread.len().saturating_sub(2) as u64;
                     let allowed =
                         u64::from(self.limits.max_preamble_bytes) + self.delimiter.len() as u64;
                     if preamble > allowed {
@@ -152,9 +276,9 @@ where
                     }
                     // Keep only what could still begin the delimiter.
                     let keep = self.delimiter.len() - 1;
-                    if self.buffer.len() > keep {
-                        let drop = self.buffer.len() - keep;
-                        self.buffer.advance(drop);
+                    if self.unread.len() > keep {
+                        let drop = self.unread.len() - keep;
+                        self.unread.advance(drop);
                         self.preamble += drop as u64;
                     }
                     if !self.fill().await? {
@@ -170,57 +294,25 @@ where
     /// part's header block.
     async fn headers(&mut self) -> Result<Option<PartHeaders>, RelatedError> {
         let max = self.limits.max_part_header_bytes as usize;
+        // Enough to see a boundary line of padding, the longest header block and what follows.
+        let window = max + 64 + 4 + self.delimiter.len() + 2;
         loop {
-            if self.buffer.starts_with(b"--") {
-                // The close delimiter: what follows is the epilogue, which is ignored.
-                self.state = State::Done;
-                return Ok(None);
-            }
-            // The boundary line ends with optional transport padding (white space) and CRLF;
-            // then headers up to an empty line (or none at all: the empty line follows at
-            // once).
-            if let Some(line_end) = find(&self.buffer, b"\r\n") {
-                if !self.buffer[..line_end]
-                    .iter()
-                    .all(|&b| b == b' ' || b == b'\t')
-                {
-                    return self.fail(RelatedError::Malformed(
-                        "a boundary is followed by more than white space on its line",
-                    ));
+            let more = !self.body_ended;
+            let step = header_step(self.unread.front(window), &self.delimiter, max, more);
+            match step {
+                HeaderStep::Closed => {
+                    // The close delimiter: what follows is the epilogue, which is ignored.
+                    self.state = State::Done;
+                    return Ok(None);
                 }
-                // A delimiter right after the boundary line: a body part with neither headers
-                // nor content (what .NET's MultipartContent sends when it has no parts). It
-                // holds no instance, so it is not a part.
-                let rest = &self.buffer[line_end + 2..];
-                if rest.len() < self.delimiter.len()
-                    && self.delimiter.starts_with(rest)
-                    && !self.body_ended
-                {
-                    self.fill().await?;
-                    continue;
-                }
-                if rest.starts_with(&self.delimiter) {
-                    self.buffer.advance(line_end + 2 + self.delimiter.len());
+                HeaderStep::Skip(count) => {
+                    self.unread.advance(count);
                     // Counted all the same, so that a body of empty parts stays bounded.
                     self.count_part()?;
                     continue;
                 }
-                let headers_start = line_end + 2;
-                let block = &self.buffer[headers_start..];
-                let end = if block.starts_with(b"\r\n") {
-                    Some(0)
-                } else {
-                    find(block, b"\r\n\r\n").map(|at| at + 2)
-                };
-                if let Some(end) = end {
-                    if line_end > 64 || end > max {
-                        return self.fail(RelatedError::Limit {
-                            key: "Tessera:Limits:MaxPartHeaderBytes",
-                            limit: max as u64,
-                        });
-                    }
-                    let headers = parse_headers(&block[..end]);
-                    self.buffer.advance(headers_start + end + 2);
+                HeaderStep::Part(headers, count) => {
+                    self.unread.advance(count);
                     let headers = match headers {
                         Ok(headers) => headers,
                         Err(error) => return self.fail(error),
@@ -229,12 +321,18 @@ where
                     self.state = State::Body;
                     return Ok(Some(headers));
                 }
-            }
-            if self.buffer.len() > max + 64 + 4 {
-                return self.fail(RelatedError::Limit {
-                    key: "Tessera:Limits:MaxPartHeaderBytes",
-                    limit: max as u64,
-                });
+                HeaderStep::TooLong => {
+                    return self.fail(RelatedError::Limit {
+                        key: "Tessera:Limits:MaxPartHeaderBytes",
+                        limit: max as u64,
+                    });
+                }
+                HeaderStep::Malformed(why) => return self.fail(RelatedError::Malformed(why)),
+                HeaderStep::Peek => {
+                    self.fill().await?;
+                    continue;
+                }
+                HeaderStep::More => {}
             }
             if !self.fill().await? {
                 return self.fail(RelatedError::Malformed("the body ends in a part's headers"));
@@ -260,18 +358,18 @@ where
             return Ok(None);
         }
         loop {
-            if let Some(at) = find(&self.buffer, &self.delimiter) {
+            if let Some(at) = self.unread.find(&self.delimiter) {
                 if at > 0 {
-                    return Ok(Some(self.buffer.split_to(at).freeze()));
+                    return Ok(Some(self.unread.take(at)));
                 }
-                self.buffer.advance(self.delimiter.len());
+                self.unread.advance(self.delimiter.len());
                 self.state = State::Headers;
                 return Ok(None);
             }
             // Everything but a possible beginning of the delimiter belongs to the part.
-            let safe = self.buffer.len().saturating_sub(self.delimiter.len() - 1);
+            let safe = self.unread.len().saturating_sub(self.delimiter.len() - 1);
             if safe > 0 {
-                return Ok(Some(self.buffer.split_to(safe).freeze()));
+                return Ok(Some(self.unread.take(safe)));
             }
             if !self.fill().await? {
                 return self.fail(RelatedError::Malformed(
@@ -280,6 +378,50 @@ where
             }
         }
     }
+}
+
+/// What the bytes after a boundary (`view`, the first bytes held) say, `more` telling whether
+/// the body may still bring more.
+fn header_step(view: &[u8], delimiter: &[u8], max: usize, more: bool) -> HeaderStep {
+    if view.starts_with(b"--") {
+        return HeaderStep::Closed;
+    }
+    // The boundary line ends with optional transport padding (white space) and CRLF; then
+    // headers up to an empty line (or none at all: the empty line follows at once).
+    if let Some(line_end) = find(view, b"\r\n") {
+        if !view[..line_end].iter().all(|&b| b == b' ' || b == b'\t') {
+            return HeaderStep::Malformed(
+                "a boundary is followed by more than white space on its line",
+            );
+        }
+        // A delimiter right after the boundary line: a body part with neither headers nor
+        // content (what .NET's MultipartContent sends when it has no parts). It holds no
+        // instance, so it is not a part.
+        let rest = &view[line_end + 2..];
+        if rest.len() < delimiter.len() && delimiter.starts_with(rest) && more {
+            return HeaderStep::Peek;
+        }
+        if rest.starts_with(delimiter) {
+            return HeaderStep::Skip(line_end + 2 + delimiter.len());
+        }
+        let headers_start = line_end + 2;
+        let block = &view[headers_start..];
+        let end = if block.starts_with(b"\r\n") {
+            Some(0)
+        } else {
+            find(block, b"\r\n\r\n").map(|at| at + 2)
+        };
+        if let Some(end) = end {
+            if line_end > 64 || end > max {
+                return HeaderStep::TooLong;
+            }
+            return HeaderStep::Part(parse_headers(&block[..end]), headers_start + end + 2);
+        }
+    }
+    if view.len() > max + 64 + 4 {
+        return HeaderStep::TooLong;
+    }
+    HeaderStep::More
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -357,6 +499,65 @@ mod tests {
                 "chunk {chunk}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn near_delimiters_split_anywhere_stay_in_the_body() {
+        // Bodies holding every prefix of the delimiter, and a delimiter split at each byte.
+        let body = b"--b0und\r\n\r\n\r\n\r\n-\r\n--\r\n--b\r\n--b0un\r\n--b0unx\r\n--b0und\r\nContent-Type: application/dicom\r\n\r\n\r\n--b0un\r\n--b0und--";
+        for chunk in 1..=body.len() {
+            let parts = read_all(body, chunk).await.unwrap();
+            assert_eq!(
+                parts,
+                vec![
+                    (
+                        None,
+                        b"\r\n\r\n-\r\n--\r\n--b\r\n--b0un\r\n--b0unx".to_vec()
+                    ),
+                    (Some("application/dicom".into()), b"\r\n--b0un".to_vec()),
+                ],
+                "chunk {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_match_is_found_across_any_chunking() {
+        let text = b"xx\r\n-\r\n--b0un\r\n--b0und tail \r\n--b0und";
+        let needle = b"\r\n--b0und";
+        for first in 0..text.len() {
+            for second in first..text.len() {
+                let mut unread = Unread::default();
+                for piece in [&text[..first], &text[first..second], &text[second..]] {
+                    unread.push(Bytes::copy_from_slice(piece));
+                }
+                assert_eq!(
+                    unread.find(needle),
+                    Some(13),
+                    "split at {first} and {second}"
+                );
+                assert_eq!(unread.find(b"absent"), None);
+                assert_eq!(unread.front(20), &text[..20]);
+                assert_eq!(unread.len(), text.len());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_part_body_is_handed_on_in_the_chunks_it_arrived_in() {
+        let chunk = Bytes::from_static(b"--b0und\r\n\r\nthe part's bytes\r\n--b0und--");
+        let range = chunk.as_ptr_range();
+        let pieces = vec![Ok::<_, axum::Error>(chunk.clone())];
+        let mut reader = RelatedReader::new(futures::stream::iter(pieces), "b0und", LIMITS);
+        assert!(reader.next_part().await.unwrap().is_some());
+        let piece = reader.next_chunk().await.unwrap().unwrap();
+        assert_eq!(&piece[..], b"the part's bytes");
+        assert!(
+            range.contains(&piece.as_ptr()),
+            "the part's bytes were copied"
+        );
+        assert!(reader.next_chunk().await.unwrap().is_none());
+        assert!(reader.next_part().await.unwrap().is_none());
     }
 
     #[tokio::test]
