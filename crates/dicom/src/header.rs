@@ -237,6 +237,18 @@ impl InstanceHeader {
     /// OW, UN), recursively. A top-level bulk element is named by a BulkDataURI relative to the
     /// instance ([`BULK_DATA_URI_PREFIX`] and its tag), which a retrieve makes absolute.
     pub fn metadata_json(&self) -> Result<Vec<u8>, DicomError> {
+        // Most headers hold neither bulk data nor NUL-padded strings: their JSON is dicom-json's
+        // own, written at once instead of through a copy of the data set and a tree of values.
+        if !needs_rewriting(&self.dataset) {
+            return dicom_json::to_vec(&self.dataset)
+                .map_err(|e| DicomError::Malformed(e.to_string()));
+        }
+        self.rewritten_metadata_json()
+    }
+
+    /// [`Self::metadata_json`] built through a tree of values, with bulk data left out and named
+    /// and NUL padding restored.
+    fn rewritten_metadata_json(&self) -> Result<Vec<u8>, DicomError> {
         let filtered = without_bulk_data(&self.dataset);
         let mut json =
             dicom_json::to_value(&filtered).map_err(|e| DicomError::Malformed(e.to_string()))?;
@@ -371,6 +383,28 @@ fn restore_nul_padding(object: &InMemDicomObject, json: &mut serde_json::Value) 
             _ => {}
         }
     }
+}
+
+/// Whether the metadata JSON of `object` differs from what dicom-json writes of it at once: bulk
+/// data to leave out and name, a string value ending in NUL padding, which dicom-json trims
+/// (see [`restore_nul_padding`]), or an `FL` value, which the tree of values holds as an `f64`
+/// and so writes with more digits than dicom-json's own `f32` (the stored metadata always had
+/// them), at any depth.
+fn needs_rewriting(object: &InMemDicomObject) -> bool {
+    object.iter().any(|element| {
+        if is_bulk(element.vr()) || element.vr() == VR::FL {
+            return true;
+        }
+        match element.value() {
+            Value::Sequence(sequence) => sequence.items().iter().any(needs_rewriting),
+            Value::Primitive(_) if element.vr() == VR::UI => false,
+            Value::Primitive(primitive) => primitive.strings().is_ok_and(|raw| {
+                raw.iter()
+                    .any(|value| value.trim_end_matches(' ').ends_with('\0'))
+            }),
+            _ => false,
+        }
+    })
 }
 
 /// How a stored BulkDataURI begins: relative to its instance's URL, so that the stored metadata
@@ -677,5 +711,99 @@ mod tests {
             other => panic!("expected a header, got {other:?}"),
         };
         assert_eq!(header.string(tags::PATIENT_ID).as_deref(), Some("ID42"));
+    }
+
+    /// One Explicit VR Little Endian element.
+    fn data_element(group: u16, element: u16, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+        let mut out = [group.to_le_bytes(), element.to_le_bytes()].concat();
+        out.extend_from_slice(vr);
+        if matches!(vr, b"OB" | b"SQ") {
+            out.extend_from_slice(&[0, 0]);
+            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        } else {
+            out.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        }
+        out.extend_from_slice(value);
+        out
+    }
+
+    fn header_of(bytes: &[u8]) -> InstanceHeader {
+        match scan_header(bytes, true) {
+            Ok(HeaderScan::Complete(header)) => *header,
+            other => panic!("expected a header, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn metadata_is_written_at_once_only_where_nothing_needs_rewriting() {
+        let item = [
+            [0xFE, 0xFF, 0x00, 0xE0].as_slice(),
+            &12u32.to_le_bytes(),
+            &data_element(0x0008, 0x0100, b"SH", b"CODE"),
+        ]
+        .concat();
+        let plain = [
+            data_element(0x0008, 0x1140, b"SQ", &item),
+            data_element(0x0010, 0x0020, b"LO", b"ID42"),
+        ]
+        .concat();
+        let header = header_of(&part10(&plain));
+        assert!(!needs_rewriting(&header.dataset));
+        let json = header.metadata_json().unwrap();
+        assert_eq!(json, header.rewritten_metadata_json().unwrap());
+        assert!(String::from_utf8(json).unwrap().contains("\"CODE\""));
+
+        let padded = [
+            data_element(0x0008, 0x1140, b"SQ", &item.replace_last_code()),
+            data_element(0x0010, 0x0020, b"LO", b"ID42"),
+        ]
+        .concat();
+        let header = header_of(&part10(&padded));
+        assert!(needs_rewriting(&header.dataset), "NUL padding in an item");
+        let json = String::from_utf8(header.metadata_json().unwrap()).unwrap();
+        assert!(json.contains("COD\\u0000"), "{json}");
+
+        let bulk = [
+            data_element(0x0009, 0x0010, b"LO", b"PRIVATE"),
+            data_element(0x0009, 0x1001, b"OB", &[1, 2]),
+            data_element(0x0010, 0x0020, b"LO", b"ID42"),
+        ]
+        .concat();
+        let header = header_of(&part10(&bulk));
+        assert!(needs_rewriting(&header.dataset), "bulk data");
+        let json = String::from_utf8(header.metadata_json().unwrap()).unwrap();
+        assert!(json.contains("BulkDataURI"), "{json}");
+
+        let testdata =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata");
+        let (mut compared, mut at_once) = (0, 0);
+        for folder in [testdata.clone(), testdata.join("transfer-syntaxes")] {
+            for entry in std::fs::read_dir(folder).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "dcm") {
+                    let header = header_of(&std::fs::read(&path).unwrap());
+                    let rewritten = header.rewritten_metadata_json().unwrap();
+                    assert_eq!(header.metadata_json().unwrap(), rewritten, "{path:?}");
+                    compared += 1;
+                    at_once += usize::from(!needs_rewriting(&header.dataset));
+                }
+            }
+        }
+        assert!(compared >= 15, "expected the shared samples");
+        assert!(at_once > 0, "no sample is written at once");
+    }
+
+    trait ReplaceLastCode {
+        fn replace_last_code(&self) -> Vec<u8>;
+    }
+
+    impl ReplaceLastCode for Vec<u8> {
+        /// The item with its code value `CODE` padded as `COD\0`.
+        fn replace_last_code(&self) -> Vec<u8> {
+            let mut out = self.clone();
+            let at = out.len() - 1;
+            out[at] = 0;
+            out
+        }
     }
 }
