@@ -655,6 +655,7 @@ fn inflate(deflated: &[u8], limit: u64) -> Result<Vec<u8>, DicomError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::walk::tests::element;
 
     /// A Part-10 file (no preamble) of Explicit VR Little Endian with `dataset` as its data set.
     fn part10(dataset: &[u8]) -> Vec<u8> {
@@ -713,20 +714,6 @@ mod tests {
         assert_eq!(header.string(tags::PATIENT_ID).as_deref(), Some("ID42"));
     }
 
-    /// One Explicit VR Little Endian element.
-    fn data_element(group: u16, element: u16, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
-        let mut out = [group.to_le_bytes(), element.to_le_bytes()].concat();
-        out.extend_from_slice(vr);
-        if matches!(vr, b"OB" | b"SQ") {
-            out.extend_from_slice(&[0, 0]);
-            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        } else {
-            out.extend_from_slice(&(value.len() as u16).to_le_bytes());
-        }
-        out.extend_from_slice(value);
-        out
-    }
-
     fn header_of(bytes: &[u8]) -> InstanceHeader {
         match scan_header(bytes, true) {
             Ok(HeaderScan::Complete(header)) => *header,
@@ -734,17 +721,24 @@ mod tests {
         }
     }
 
+    /// The metadata JSON of a data set that must take the rewriting path.
+    fn rewritten_json(dataset: &[u8]) -> String {
+        let header = header_of(&part10(dataset));
+        assert!(needs_rewriting(&header.dataset));
+        String::from_utf8(header.metadata_json().unwrap()).unwrap()
+    }
+
     #[test]
     fn metadata_is_written_at_once_only_where_nothing_needs_rewriting() {
         let item = [
             [0xFE, 0xFF, 0x00, 0xE0].as_slice(),
             &12u32.to_le_bytes(),
-            &data_element(0x0008, 0x0100, b"SH", b"CODE"),
+            &element((0x0008, 0x0100), b"SH", b"CODE"),
         ]
         .concat();
         let plain = [
-            data_element(0x0008, 0x1140, b"SQ", &item),
-            data_element(0x0010, 0x0020, b"LO", b"ID42"),
+            element((0x0008, 0x1140), b"SQ", &item),
+            element((0x0010, 0x0020), b"LO", b"ID42"),
         ]
         .concat();
         let header = header_of(&part10(&plain));
@@ -754,25 +748,24 @@ mod tests {
         assert!(String::from_utf8(json).unwrap().contains("\"CODE\""));
 
         let padded = [
-            data_element(0x0008, 0x1140, b"SQ", &item.replace_last_code()),
-            data_element(0x0010, 0x0020, b"LO", b"ID42"),
+            element((0x0008, 0x1140), b"SQ", &item.replace_last_code()),
+            element((0x0010, 0x0020), b"LO", b"ID42"),
         ]
         .concat();
-        let header = header_of(&part10(&padded));
-        assert!(needs_rewriting(&header.dataset), "NUL padding in an item");
-        let json = String::from_utf8(header.metadata_json().unwrap()).unwrap();
-        assert!(json.contains("COD\\u0000"), "{json}");
+        let json = rewritten_json(&padded);
+        assert!(
+            json.contains("COD\\u0000"),
+            "NUL padding in an item: {json}"
+        );
 
         let bulk = [
-            data_element(0x0009, 0x0010, b"LO", b"PRIVATE"),
-            data_element(0x0009, 0x1001, b"OB", &[1, 2]),
-            data_element(0x0010, 0x0020, b"LO", b"ID42"),
+            element((0x0009, 0x0010), b"LO", b"PRIVATE"),
+            element((0x0009, 0x1001), b"OB", &[1, 2]),
+            element((0x0010, 0x0020), b"LO", b"ID42"),
         ]
         .concat();
-        let header = header_of(&part10(&bulk));
-        assert!(needs_rewriting(&header.dataset), "bulk data");
-        let json = String::from_utf8(header.metadata_json().unwrap()).unwrap();
-        assert!(json.contains("BulkDataURI"), "{json}");
+        let json = rewritten_json(&bulk);
+        assert!(json.contains("BulkDataURI"), "bulk data: {json}");
 
         let testdata =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata");

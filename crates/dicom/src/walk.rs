@@ -585,7 +585,7 @@ pub fn meta_end(prefix: &[u8], start: usize, limit: usize) -> Result<Option<usiz
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Found by the `header` fuzz target: (0002,0002) with the unknown VR `TI` and a 2-byte
@@ -637,7 +637,8 @@ mod tests {
         );
     }
 
-    fn element(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+    /// One Explicit VR Little Endian element (a long VR's header has 12 bytes).
+    pub(crate) fn element(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(&tag.0.to_le_bytes());
         out.extend_from_slice(&tag.1.to_le_bytes());
