@@ -3,9 +3,11 @@
 //!
 //! Hand-written rather than multer because multer (built for form-data) buffers the preamble
 //! and each part's header block until it finds their end, without a bound: a body with no
-//! boundary, or a part header of 150 MB, is held whole. Here the buffer never holds more than
-//! one incoming chunk plus a delimiter's length, the preamble and header sizes and the number
-//! of parts are limited, and each limit names its configuration key.
+//! boundary, or a part header of 150 MB, is held whole. Here the reader never holds more than
+//! the incoming chunk and up to a delimiter's length of the one before (a slice, which keeps
+//! that chunk's buffer alive), plus a joined header block of at most `MaxPartHeaderBytes` and a
+//! boundary line; the preamble and header sizes and the number of parts are limited, and each
+//! limit names its configuration key.
 
 use std::collections::VecDeque;
 
