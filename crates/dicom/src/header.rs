@@ -690,10 +690,7 @@ mod tests {
     fn pixel_data_with_a_short_vr_is_read_not_a_panic() {
         let pixel_data = [0xE0, 0x7F, 0x10, 0x00, b'U', b'S', 2, 0, 1, 0];
         let bytes = part10(&pixel_data);
-        let header = match scan_header(&bytes, true) {
-            Ok(HeaderScan::Complete(header)) => header,
-            other => panic!("expected a header, got {other:?}"),
-        };
+        let header = header_of(&bytes);
         assert_eq!(
             header.pixel_data(),
             Some(PixelData::Native {
@@ -707,10 +704,7 @@ mod tests {
             0x10, 0x00, 0x20, 0x00, b'L', b'O', 4, 0, b'I', b'D', b'4', b'2',
         ];
         dataset.extend_from_slice(&pixel_data);
-        let header = match scan_header(&part10(&dataset), true) {
-            Ok(HeaderScan::Complete(header)) => header,
-            other => panic!("expected a header, got {other:?}"),
-        };
+        let header = header_of(&part10(&dataset));
         assert_eq!(header.string(tags::PATIENT_ID).as_deref(), Some("ID42"));
     }
 
@@ -730,14 +724,17 @@ mod tests {
 
     #[test]
     fn metadata_is_written_at_once_only_where_nothing_needs_rewriting() {
-        let item = [
-            [0xFE, 0xFF, 0x00, 0xE0].as_slice(),
-            &12u32.to_le_bytes(),
-            &element((0x0008, 0x0100), b"SH", b"CODE"),
-        ]
-        .concat();
+        // One sequence item holding a 4-byte code value.
+        let item = |code: &[u8; 4]| {
+            [
+                [0xFE, 0xFF, 0x00, 0xE0].as_slice(),
+                &12u32.to_le_bytes(),
+                &element((0x0008, 0x0100), b"SH", code),
+            ]
+            .concat()
+        };
         let plain = [
-            element((0x0008, 0x1140), b"SQ", &item),
+            element((0x0008, 0x1140), b"SQ", &item(b"CODE")),
             element((0x0010, 0x0020), b"LO", b"ID42"),
         ]
         .concat();
@@ -748,7 +745,7 @@ mod tests {
         assert!(String::from_utf8(json).unwrap().contains("\"CODE\""));
 
         let padded = [
-            element((0x0008, 0x1140), b"SQ", &item.replace_last_code()),
+            element((0x0008, 0x1140), b"SQ", &item(b"COD\0")),
             element((0x0010, 0x0020), b"LO", b"ID42"),
         ]
         .concat();
@@ -784,19 +781,5 @@ mod tests {
         }
         assert!(compared >= 15, "expected the shared samples");
         assert!(at_once > 0, "no sample is written at once");
-    }
-
-    trait ReplaceLastCode {
-        fn replace_last_code(&self) -> Vec<u8>;
-    }
-
-    impl ReplaceLastCode for Vec<u8> {
-        /// The item with its code value `CODE` padded as `COD\0`.
-        fn replace_last_code(&self) -> Vec<u8> {
-            let mut out = self.clone();
-            let at = out.len() - 1;
-            out[at] = 0;
-            out
-        }
     }
 }
