@@ -144,8 +144,10 @@ impl Unread {
         let overlap = needle.len().saturating_sub(1);
         let mut offset = 0usize;
         // The last `overlap` bytes before `offset`: where a match across a chunk's start begins.
-        let mut tail: Vec<u8> = Vec::with_capacity(2 * overlap);
-        for chunk in &self.chunks {
+        // Allocated only when a second chunk follows (mostly one chunk is held).
+        let mut tail: Vec<u8> = Vec::new();
+        let last = self.chunks.len().saturating_sub(1);
+        for (index, chunk) in self.chunks.iter().enumerate() {
             if !tail.is_empty() {
                 let behind = tail.len();
                 tail.extend_from_slice(&chunk[..chunk.len().min(overlap)]);
@@ -157,6 +159,9 @@ impl Unread {
             }
             if let Some(at) = find(chunk, needle) {
                 return Some(offset + at);
+            }
+            if index == last {
+                break;
             }
             tail.extend_from_slice(&chunk[chunk.len().saturating_sub(overlap)..]);
             let excess = tail.len().saturating_sub(overlap);
