@@ -202,7 +202,7 @@ async fn bulk_load(
                 "referring_physician_name",
                 "study_date",
                 "study_description",
-                "updated_at",
+                "created_at",
                 "patient_name_folded",
                 "patient_name_words",
                 "referring_physician_name_folded",
@@ -217,7 +217,7 @@ async fn bulk_load(
                 "modality",
                 "performed_procedure_step_start_date",
                 "manufacturer_model_name",
-                "updated_at",
+                "created_at",
             ],
         );
         let mut instance_rows = Rows::new(
@@ -367,8 +367,8 @@ async fn check_bulk_matches_store(dir: &std::path::Path) -> Result<(), Box<dyn s
     let bulk = InstanceIndex::open(&bulk_url).await?;
     bulk_load(&bulk, &bulk_url, STUDIES).await?;
     for table in [
-        "SELECT * FROM studies ORDER BY updated_at, study_uid",
-        "SELECT * FROM series ORDER BY updated_at, study_uid, series_uid",
+        "SELECT * FROM studies ORDER BY created_at, study_uid",
+        "SELECT * FROM series ORDER BY created_at, study_uid, series_uid",
         "SELECT * FROM instances ORDER BY updated_at, watermark",
         "SELECT * FROM change_feed ORDER BY sequence",
         "SELECT * FROM watermark_sequence",

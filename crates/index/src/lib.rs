@@ -856,10 +856,11 @@ async fn mark_feed_deleted(tx: &mut Tx<'_>, uids: &UidsRow) -> Result<()> {
 
 /// Creates or updates the study row of an instance (latest wins, orig A.5; an instance without
 /// a PatientID leaves the study's as it is, as the original's v2 does). Binds as in
-/// [`bind_study`].
+/// [`bind_study`]. Its time is set only when the row is created: studies are listed newest first
+/// by when they were created, as the original lists them (by its StudyKey).
 pub(crate) const UPSERT_STUDY: &str =
     "INSERT INTO studies (study_uid, patient_id, patient_name, patient_birth_date, accession_number,
-         referring_physician_name, study_date, study_description, updated_at, patient_name_folded,
+         referring_physician_name, study_date, study_description, created_at, patient_name_folded,
          patient_name_words, referring_physician_name_folded, referring_physician_name_words)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
      ON CONFLICT (study_uid) DO UPDATE SET patient_id = COALESCE(excluded.patient_id, studies.patient_id),
@@ -867,13 +868,12 @@ pub(crate) const UPSERT_STUDY: &str =
          accession_number = excluded.accession_number,
          referring_physician_name = excluded.referring_physician_name,
          study_date = excluded.study_date, study_description = excluded.study_description,
-         updated_at = excluded.updated_at, patient_name_folded = excluded.patient_name_folded,
+         patient_name_folded = excluded.patient_name_folded,
          patient_name_words = excluded.patient_name_words,
          referring_physician_name_folded = excluded.referring_physician_name_folded,
          referring_physician_name_words = excluded.referring_physician_name_words";
 
-/// A `WHERE` for [`UPSERT_STUDY`]'s update: some attribute it sets, the time aside, differs
-/// from the row's.
+/// A `WHERE` for [`UPSERT_STUDY`]'s update: some attribute it sets differs from the row's.
 pub(crate) const STUDY_CHANGED: &str =
     "WHERE (studies.patient_id, studies.patient_name, studies.patient_birth_date,
          studies.accession_number, studies.referring_physician_name, studies.study_date,
@@ -885,7 +885,8 @@ pub(crate) const STUDY_CHANGED: &str =
          excluded.patient_name_words, excluded.referring_physician_name_folded,
          excluded.referring_physician_name_words)";
 
-/// Binds `$1..=$13` of [`UPSERT_STUDY`]: `$1` is the study UID and `$9` the time.
+/// Binds `$1..=$13` of [`UPSERT_STUDY`]: `$1` is the study UID and `$9` the time (a new row's
+/// creation time).
 pub(crate) fn bind_study<'q>(
     query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
     instance: &NewInstance,
@@ -913,7 +914,8 @@ pub(crate) fn bind_study<'q>(
         .bind(referring.map(|r| r.1))
 }
 
-/// Creates or updates the study and series rows of an instance (latest wins).
+/// Creates or updates the study and series rows of an instance (latest wins; a row's time is
+/// when it was created).
 pub(crate) async fn upsert_parents(
     tx: &mut Tx<'_>,
     instance: &NewInstance,
@@ -925,20 +927,20 @@ pub(crate) async fn upsert_parents(
         .execute(&mut **tx)
         .await?;
     sqlx::query(
-            "INSERT INTO series (study_uid, series_uid, modality, performed_procedure_step_start_date,
-                 manufacturer_model_name, updated_at) VALUES ($1, $2, $3, $4, $5, $6)
+        "INSERT INTO series (study_uid, series_uid, modality, performed_procedure_step_start_date,
+                 manufacturer_model_name, created_at) VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (study_uid, series_uid) DO UPDATE SET modality = excluded.modality,
                  performed_procedure_step_start_date = excluded.performed_procedure_step_start_date,
-                 manufacturer_model_name = excluded.manufacturer_model_name, updated_at = excluded.updated_at",
-        )
-        .bind(id.study.as_str())
-        .bind(id.series.as_str())
-        .bind(a.modality.clone())
-        .bind(a.performed_procedure_step_start_date.clone())
-        .bind(a.manufacturer_model_name.clone())
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+                 manufacturer_model_name = excluded.manufacturer_model_name",
+    )
+    .bind(id.study.as_str())
+    .bind(id.series.as_str())
+    .bind(a.modality.clone())
+    .bind(a.performed_procedure_step_start_date.clone())
+    .bind(a.manufacturer_model_name.clone())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 

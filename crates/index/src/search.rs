@@ -239,10 +239,10 @@ impl InstanceIndex {
                     conditions.push(visible("s", "study_uid", "v.study_uid = s.study_uid"));
                     (
                         "studies s",
-                        "s.updated_at DESC, s.study_uid",
-                        "s.study_uid AS page_study_uid, s.updated_at AS page_updated_at",
+                        "s.created_at DESC, s.study_uid",
+                        "s.study_uid AS page_study_uid, s.created_at AS page_created_at",
                         "JOIN studies s ON s.study_uid = page.page_study_uid",
-                        "page.page_updated_at DESC, page.page_study_uid",
+                        "page.page_created_at DESC, page.page_study_uid",
                         "s",
                         format!(
                             "(SELECT MAX(watermark) FROM instances v
@@ -258,12 +258,12 @@ impl InstanceIndex {
                     ));
                     (
                         "series se JOIN studies s ON s.study_uid = se.study_uid",
-                        "se.updated_at DESC, se.series_uid",
+                        "se.created_at DESC, se.series_uid",
                         "se.study_uid AS page_study_uid, se.series_uid AS page_series_uid,
-                         se.updated_at AS page_updated_at",
+                         se.created_at AS page_created_at",
                         "JOIN series se ON se.study_uid = page.page_study_uid AND se.series_uid = page.page_series_uid
                          JOIN studies s ON s.study_uid = se.study_uid",
-                        "page.page_updated_at DESC, page.page_series_uid",
+                        "page.page_created_at DESC, page.page_series_uid",
                         "se",
                         format!("(SELECT MAX(watermark) {})", series_scope("se")),
                     )

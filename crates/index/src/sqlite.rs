@@ -273,23 +273,21 @@ async fn applied_migrations(pool: &AnyPool) -> i64 {
 /// upserts study (`$1..=$13`, see `crate::bind_study`) and series, and inserts the `Creating`
 /// row, returning its watermark. `{taken}` is what the insert does when the UIDs are taken.
 ///
-/// Study and series rows are updated only where an attribute changed, then get the time
-/// apart: SQLite rewrites an index over a column an `UPDATE` sets even when its value stays,
-/// and most stores repeat their study's and series' attributes (3 of the 25 or so b-tree pages
-/// a store wrote to the log).
+/// Study and series rows are updated only where an attribute changed: SQLite rewrites an index
+/// over a column an `UPDATE` sets even when its value stays, and most stores repeat their
+/// study's and series' attributes. Their time is when they were created (results are listed
+/// newest first by it), so a store into an existing study and series writes neither row.
 const RESERVE: &str =
     "UPDATE watermark_sequence SET next_value = next_value + 1 WHERE id = 1;
      {study} {study_changed};
-     UPDATE studies SET updated_at = $9 WHERE study_uid = $1 AND updated_at <> $9;
      INSERT INTO series (study_uid, series_uid, modality, performed_procedure_step_start_date,
-         manufacturer_model_name, updated_at) VALUES ($1, $14, $15, $16, $17, $9)
+         manufacturer_model_name, created_at) VALUES ($1, $14, $15, $16, $17, $9)
      ON CONFLICT (study_uid, series_uid) DO UPDATE SET modality = excluded.modality,
          performed_procedure_step_start_date = excluded.performed_procedure_step_start_date,
-         manufacturer_model_name = excluded.manufacturer_model_name, updated_at = excluded.updated_at
+         manufacturer_model_name = excluded.manufacturer_model_name
      WHERE (series.modality, series.performed_procedure_step_start_date, series.manufacturer_model_name)
          IS DISTINCT FROM (excluded.modality, excluded.performed_procedure_step_start_date,
              excluded.manufacturer_model_name);
-     UPDATE series SET updated_at = $9 WHERE study_uid = $1 AND series_uid = $14 AND updated_at <> $9;
      INSERT INTO instances (watermark, study_uid, series_uid, sop_uid, sop_class_uid, transfer_syntax,
          status, created_at, updated_at, owner_id, native_frame_offset, native_frame_length,
          native_frame_count)

@@ -514,9 +514,10 @@ pub async fn a_refused_duplicate_leaves_the_study_as_it_was(t: &TestIndex) {
     assert_eq!(rows[0].study_instances, Some(2));
 }
 
-/// Every store moves its study and series to the front (newest first), whether it repeats
-/// their attributes or changes them, and changed attributes are the latest store's.
-pub async fn a_later_instance_refreshes_its_study_and_series(t: &TestIndex) {
+/// Studies and series are listed newest first by when they were created, as the original lists
+/// them (by StudyKey and SeriesKey): a later store into one leaves it in its place, whether it
+/// repeats its attributes or changes them, and changed attributes are the latest store's.
+pub async fn a_later_instance_updates_its_study_and_series_in_place(t: &TestIndex) {
     let index = &t.index;
     let attributes = |name: &str, modality: &str| SearchableAttributes {
         patient_name: Some(name.into()),
@@ -544,20 +545,23 @@ pub async fn a_later_instance_refreshes_its_study_and_series(t: &TestIndex) {
     add("7.1", "7.1.1.1", "A^A", "CT").await;
     add("7.2", "7.2.1.1", "B^B", "CT").await;
     assert_eq!(studies().await.1, ["7.2", "7.1"]);
-    // The same attributes again: only the time moves.
+    // The same attributes again: nothing moves.
     add("7.1", "7.1.1.2", "A^A", "CT").await;
     assert_eq!(
         studies().await,
-        (owned(["A^A", "B^B"]), owned(["7.1", "7.2"]))
+        (owned(["B^B", "A^A"]), owned(["7.2", "7.1"]))
     );
-    assert_eq!(series().await.1, ["7.1", "7.2"]);
-    // New attributes: the latest store's win, and the rows move too.
-    add("7.2", "7.2.1.2", "C^C", "MR").await;
+    assert_eq!(series().await.1, ["7.2", "7.1"]);
+    // New attributes: the latest store's win, and the rows stay in their place.
+    add("7.1", "7.1.1.3", "C^C", "MR").await;
     assert_eq!(
         studies().await,
-        (owned(["C^C", "A^A"]), owned(["7.2", "7.1"]))
+        (owned(["B^B", "C^C"]), owned(["7.2", "7.1"]))
     );
-    assert_eq!(series().await, (owned(["MR", "CT"]), owned(["7.2", "7.1"])));
+    assert_eq!(series().await, (owned(["CT", "MR"]), owned(["7.2", "7.1"])));
+    // A study created later comes first.
+    add("7.3", "7.3.1.1", "D^D", "CT").await;
+    assert_eq!(studies().await.1, ["7.3", "7.2", "7.1"]);
 }
 
 pub async fn qido_search(t: &TestIndex) {

@@ -26,7 +26,7 @@ on_every_engine! {
     one_process_holds_an_operation_until_its_lease_expires,
     a_live_owners_reservation_blocks_and_a_dead_ones_is_taken_over,
     a_refused_duplicate_leaves_the_study_as_it_was,
-    a_later_instance_refreshes_its_study_and_series,
+    a_later_instance_updates_its_study_and_series_in_place,
     an_expired_lease_makes_a_reservation_dead,
     orphaned_and_unowned_reservations,
     a_released_operation_is_taken_at_once,
