@@ -30,7 +30,7 @@ mod rows;
 mod search;
 mod sqlite;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -885,6 +885,33 @@ pub(crate) const STUDY_CHANGED: &str =
          excluded.patient_name_words, excluded.referring_physician_name_folded,
          excluded.referring_physician_name_words)";
 
+/// [`UPSERT_STUDY`] that updates the row only where an attribute changed: most stores repeat
+/// their study's attributes. On PostgreSQL the row is locked either way (`ON CONFLICT DO
+/// UPDATE` locks the row it finds whether or not its `WHERE` holds), as the lock order of
+/// stores and deletes needs.
+pub(crate) static UPSERT_STUDY_IF_CHANGED: LazyLock<String> =
+    LazyLock::new(|| format!("{UPSERT_STUDY} {STUDY_CHANGED}"));
+
+/// Creates or updates the series row of an instance (latest wins), only where an attribute
+/// changed; `$1` and `$2` are the study and series UIDs, `$6` the time (a new row's creation
+/// time).
+static UPSERT_SERIES_IF_CHANGED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO series (study_uid, series_uid, modality, performed_procedure_step_start_date,
+             manufacturer_model_name, created_at) VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (study_uid, series_uid) DO UPDATE SET modality = excluded.modality,
+             performed_procedure_step_start_date = excluded.performed_procedure_step_start_date,
+             manufacturer_model_name = excluded.manufacturer_model_name
+         {SERIES_CHANGED}"
+    )
+});
+
+/// A `WHERE` for a series upsert's update: some attribute it sets differs from the row's.
+pub(crate) const SERIES_CHANGED: &str =
+    "WHERE (series.modality, series.performed_procedure_step_start_date, series.manufacturer_model_name)
+         IS DISTINCT FROM (excluded.modality, excluded.performed_procedure_step_start_date,
+             excluded.manufacturer_model_name)";
+
 /// Binds `$1..=$13` of [`UPSERT_STUDY`]: `$1` is the study UID and `$9` the time (a new row's
 /// creation time).
 pub(crate) fn bind_study<'q>(
@@ -923,24 +950,22 @@ pub(crate) async fn upsert_parents(
 ) -> Result<()> {
     let id = &instance.id;
     let a = &instance.attributes;
-    bind_study(sqlx::query(UPSERT_STUDY), instance, now)
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query(
-        "INSERT INTO series (study_uid, series_uid, modality, performed_procedure_step_start_date,
-                 manufacturer_model_name, created_at) VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (study_uid, series_uid) DO UPDATE SET modality = excluded.modality,
-                 performed_procedure_step_start_date = excluded.performed_procedure_step_start_date,
-                 manufacturer_model_name = excluded.manufacturer_model_name",
+    bind_study(
+        sqlx::query(AssertSqlSafe(UPSERT_STUDY_IF_CHANGED.as_str())),
+        instance,
+        now,
     )
-    .bind(id.study.as_str())
-    .bind(id.series.as_str())
-    .bind(a.modality.clone())
-    .bind(a.performed_procedure_step_start_date.clone())
-    .bind(a.manufacturer_model_name.clone())
-    .bind(now)
     .execute(&mut **tx)
     .await?;
+    sqlx::query(AssertSqlSafe(UPSERT_SERIES_IF_CHANGED.as_str()))
+        .bind(id.study.as_str())
+        .bind(id.series.as_str())
+        .bind(a.modality.clone())
+        .bind(a.performed_procedure_step_start_date.clone())
+        .bind(a.manufacturer_model_name.clone())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 

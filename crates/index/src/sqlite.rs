@@ -279,15 +279,13 @@ async fn applied_migrations(pool: &AnyPool) -> i64 {
 /// newest first by it), so a store into an existing study and series writes neither row.
 const RESERVE: &str =
     "UPDATE watermark_sequence SET next_value = next_value + 1 WHERE id = 1;
-     {study} {study_changed};
+     {study};
      INSERT INTO series (study_uid, series_uid, modality, performed_procedure_step_start_date,
          manufacturer_model_name, created_at) VALUES ($1, $14, $15, $16, $17, $9)
      ON CONFLICT (study_uid, series_uid) DO UPDATE SET modality = excluded.modality,
          performed_procedure_step_start_date = excluded.performed_procedure_step_start_date,
          manufacturer_model_name = excluded.manufacturer_model_name
-     WHERE (series.modality, series.performed_procedure_step_start_date, series.manufacturer_model_name)
-         IS DISTINCT FROM (excluded.modality, excluded.performed_procedure_step_start_date,
-             excluded.manufacturer_model_name);
+     {series_changed};
      INSERT INTO instances (watermark, study_uid, series_uid, sop_uid, sop_class_uid, transfer_syntax,
          status, created_at, updated_at, owner_id, native_frame_offset, native_frame_length,
          native_frame_count)
@@ -299,8 +297,8 @@ const RESERVE: &str =
 /// [`RESERVE`] with its placeholders filled, `taken` for `{taken}`.
 fn reservation(taken: &str) -> String {
     RESERVE
-        .replace("{study}", crate::UPSERT_STUDY)
-        .replace("{study_changed}", crate::STUDY_CHANGED)
+        .replace("{study}", &crate::UPSERT_STUDY_IF_CHANGED)
+        .replace("{series_changed}", crate::SERIES_CHANGED)
         .replace("{taken}", taken)
 }
 
