@@ -895,19 +895,26 @@ pub(crate) static UPSERT_STUDY_IF_CHANGED: LazyLock<String> =
 /// Creates or updates the series row of an instance (latest wins), only where an attribute
 /// changed; `$1` and `$2` are the study and series UIDs, `$6` the time (a new row's creation
 /// time).
-static UPSERT_SERIES_IF_CHANGED: LazyLock<String> = LazyLock::new(|| {
+static UPSERT_SERIES_IF_CHANGED: LazyLock<String> =
+    LazyLock::new(|| upsert_series_if_changed(["$1", "$2", "$3", "$4", "$5", "$6"]));
+
+/// The series upsert that updates a row only where an attribute changed, its values at
+/// `placeholders`: study UID, series UID, Modality, PerformedProcedureStepStartDate,
+/// ManufacturerModelName and the time (a new row's creation time).
+pub(crate) fn upsert_series_if_changed(placeholders: [&str; 6]) -> String {
+    let [study, series, modality, performed, model, time] = placeholders;
     format!(
         "INSERT INTO series (study_uid, series_uid, modality, performed_procedure_step_start_date,
-             manufacturer_model_name, created_at) VALUES ($1, $2, $3, $4, $5, $6)
+             manufacturer_model_name, created_at) VALUES ({study}, {series}, {modality}, {performed}, {model}, {time})
          ON CONFLICT (study_uid, series_uid) DO UPDATE SET modality = excluded.modality,
              performed_procedure_step_start_date = excluded.performed_procedure_step_start_date,
              manufacturer_model_name = excluded.manufacturer_model_name
          {SERIES_CHANGED}"
     )
-});
+}
 
 /// A `WHERE` for a series upsert's update: some attribute it sets differs from the row's.
-pub(crate) const SERIES_CHANGED: &str =
+const SERIES_CHANGED: &str =
     "WHERE (series.modality, series.performed_procedure_step_start_date, series.manufacturer_model_name)
          IS DISTINCT FROM (excluded.modality, excluded.performed_procedure_step_start_date,
              excluded.manufacturer_model_name)";

@@ -270,8 +270,9 @@ async fn applied_migrations(pool: &AnyPool) -> i64 {
 
 /// A reservation in one round trip to the connection's worker thread (every statement costs
 /// one, and their thread hand-offs were most of a store's index time): draws a watermark,
-/// upserts study (`$1..=$13`, see `crate::bind_study`) and series, and inserts the `Creating`
-/// row, returning its watermark. `{taken}` is what the insert does when the UIDs are taken.
+/// upserts study (`$1..=$13`, see `crate::bind_study`) and series (`$14..=$17`), and inserts
+/// the `Creating` row, returning its watermark. `{taken}` is what the insert does when the UIDs
+/// are taken.
 ///
 /// Study and series rows are updated only where an attribute changed: SQLite rewrites an index
 /// over a column an `UPDATE` sets even when its value stays, and most stores repeat their
@@ -280,12 +281,7 @@ async fn applied_migrations(pool: &AnyPool) -> i64 {
 const RESERVE: &str =
     "UPDATE watermark_sequence SET next_value = next_value + 1 WHERE id = 1;
      {study};
-     INSERT INTO series (study_uid, series_uid, modality, performed_procedure_step_start_date,
-         manufacturer_model_name, created_at) VALUES ($1, $14, $15, $16, $17, $9)
-     ON CONFLICT (study_uid, series_uid) DO UPDATE SET modality = excluded.modality,
-         performed_procedure_step_start_date = excluded.performed_procedure_step_start_date,
-         manufacturer_model_name = excluded.manufacturer_model_name
-     {series_changed};
+     {series};
      INSERT INTO instances (watermark, study_uid, series_uid, sop_uid, sop_class_uid, transfer_syntax,
          status, created_at, updated_at, owner_id, native_frame_offset, native_frame_length,
          native_frame_count)
@@ -298,7 +294,10 @@ const RESERVE: &str =
 fn reservation(taken: &str) -> String {
     RESERVE
         .replace("{study}", &crate::UPSERT_STUDY_IF_CHANGED)
-        .replace("{series_changed}", crate::SERIES_CHANGED)
+        .replace(
+            "{series}",
+            &crate::upsert_series_if_changed(["$1", "$14", "$15", "$16", "$17", "$9"]),
+        )
         .replace("{taken}", taken)
 }
 
