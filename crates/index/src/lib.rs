@@ -858,7 +858,7 @@ async fn mark_feed_deleted(tx: &mut Tx<'_>, uids: &UidsRow) -> Result<()> {
 /// a PatientID leaves the study's as it is, as the original's v2 does). Binds as in
 /// [`bind_study`]. Its time is set only when the row is created: studies are listed newest first
 /// by when they were created, as the original lists them (by its StudyKey).
-pub(crate) const UPSERT_STUDY: &str =
+const UPSERT_STUDY: &str =
     "INSERT INTO studies (study_uid, patient_id, patient_name, patient_birth_date, accession_number,
          referring_physician_name, study_date, study_description, created_at, patient_name_folded,
          patient_name_words, referring_physician_name_folded, referring_physician_name_words)
@@ -874,7 +874,7 @@ pub(crate) const UPSERT_STUDY: &str =
          referring_physician_name_words = excluded.referring_physician_name_words";
 
 /// A `WHERE` for [`UPSERT_STUDY`]'s update: some attribute it sets differs from the row's.
-pub(crate) const STUDY_CHANGED: &str =
+const STUDY_CHANGED: &str =
     "WHERE (studies.patient_id, studies.patient_name, studies.patient_birth_date,
          studies.accession_number, studies.referring_physician_name, studies.study_date,
          studies.study_description, studies.patient_name_folded, studies.patient_name_words,
