@@ -15,6 +15,9 @@ pub const SWEEP_INTERVAL: &str = "Tessera:SweepInterval";
 /// Threads that run the server's async tasks (requests, background work); blocking file I/O and
 /// the index's connections have threads of their own besides.
 pub const WORKER_THREADS: &str = "Tessera:WorkerThreads";
+/// Run the server's threads under Linux's `SCHED_BATCH` policy (a woken thread does not
+/// preempt the one that woke it).
+pub const BATCH_SCHEDULING: &str = "Tessera:BatchScheduling";
 /// How long a process holds a background operation without renewing its lease; after a crash,
 /// another process (or the restarted one) resumes the operation once this has passed.
 pub const OPERATION_LEASE: &str = "Tessera:OperationLease";

@@ -100,6 +100,9 @@ pub struct TesseraSettings {
     pub operation_lease: Duration,
     /// Async worker threads (see [`default_worker_threads`]).
     pub worker_threads: usize,
+    /// Whether the process's threads run under `SCHED_BATCH` (Linux), see
+    /// [`keys::BATCH_SCHEDULING`].
+    pub batch_scheduling: bool,
 }
 
 /// Half the cores this process may use, at least one. A store or a read waits mostly on
@@ -549,6 +552,7 @@ impl Settings {
                 |t| parse_number(t, 1, 1024).map(|n| n as usize),
                 usize::to_string,
             )?,
+            batch_scheduling: b.boolean(keys::BATCH_SCHEDULING, true)?,
         };
         let blob_migration = BlobMigrationSettings {
             format_type: b.bind(

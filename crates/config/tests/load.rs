@@ -91,6 +91,18 @@ fn defaults_are_the_embedded_single_machine_setup() {
     assert_eq!(s.containers.metadata, "metadatacontainer");
     let cores = std::thread::available_parallelism().unwrap().get();
     assert_eq!(s.tessera.worker_threads, (cores / 2).max(1));
+    assert!(s.tessera.batch_scheduling);
+}
+
+#[test]
+fn batch_scheduling_is_turned_off_by_false_only() {
+    let env = [("Tessera__BatchScheduling", "false")];
+    let s = load("{}", &env).unwrap().settings;
+    assert!(!s.tessera.batch_scheduling);
+    let error = load(r#"{"Tessera":{"BatchScheduling":"sometimes"}}"#, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("Tessera:BatchScheduling"), "{error}");
 }
 
 #[test]

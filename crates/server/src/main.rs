@@ -4,6 +4,7 @@
 //! libraries. Every error ends the process with one line on stderr and a non-zero status.
 
 mod migrate;
+mod scheduling;
 mod serve;
 mod shutdown;
 
@@ -92,6 +93,11 @@ fn main() -> ExitCode {
                     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
             )
             .init();
+    }
+    if config.settings.tessera.batch_scheduling
+        && let Err(error) = scheduling::run_as_batch()
+    {
+        tracing::warn!(%error, "could not run the threads under SCHED_BATCH; they keep the default policy");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.settings.tessera.worker_threads)
