@@ -7,9 +7,10 @@
 //! multi-statement query (about 14 times per single-instance store on 2 cores) and the worker
 //! woke for each result instead of once for all. Under `SCHED_BATCH` a woken thread waits for
 //! the running one to block or use up its slice: the same store then took 30 context switches
-//! instead of 55, and 10–25% less CPU in interleaved runs. Every thread inherits its creator's policy, so setting
-//! it on the main thread before any other exists covers the runtime's workers, its blocking
-//! threads and the index's connection threads.
+//! instead of 55, and about 4–15% less CPU (runs on one machine vary more than that). Every
+//! thread inherits its creator's policy, so setting it on the main thread before any other
+//! exists covers the runtime's workers, its blocking threads and the index's connection
+//! threads.
 
 /// Puts the calling thread (and so every thread it creates later) under `SCHED_BATCH`,
 /// keeping its nice value.
