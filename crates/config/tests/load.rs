@@ -95,7 +95,7 @@ fn defaults_are_the_embedded_single_machine_setup() {
 }
 
 #[test]
-fn batch_scheduling_is_turned_off_by_false_only() {
+fn batch_scheduling_can_be_turned_off_and_rejects_a_word_that_is_no_boolean() {
     let env = [("Tessera__BatchScheduling", "false")];
     let s = load("{}", &env).unwrap().settings;
     assert!(!s.tessera.batch_scheduling);
