@@ -14,7 +14,7 @@ use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use rustix::fs::{AtFlags, CWD, Mode, OFlags};
@@ -83,8 +83,7 @@ pub(crate) fn create(paths: &[PathBuf], body: &[Bytes], root: &FolderSync) -> io
 /// the file unless it is linked, and are durable once [`link`] returns. `None` when this
 /// filesystem cannot make unnamed files.
 pub(crate) fn write_unnamed(folder: &Path, body: &[Bytes]) -> io::Result<Option<File>> {
-    create_folders(folder)?;
-    let file = match unnamed_file(folder) {
+    let file = match in_folder(folder, || unnamed_file(folder)) {
         Ok(file) => file,
         Err(error) if unsupported(&error) => return Ok(None),
         Err(error) => return Err(error),
@@ -104,9 +103,7 @@ pub(crate) fn write_unnamed(folder: &Path, body: &[Bytes]) -> io::Result<Option<
 pub(crate) fn link(file: &File, paths: &[PathBuf], root: &FolderSync) -> io::Result<Created> {
     let mut linked: Vec<&Path> = Vec::with_capacity(paths.len());
     for (index, path) in paths.iter().enumerate() {
-        let outcome = parent(path)
-            .and_then(create_folders)
-            .and_then(|()| link_one(file, path));
+        let outcome = parent(path).and_then(|folder| in_folder(folder, || link_one(file, path)));
         match outcome {
             Ok(()) => linked.push(path),
             Err(error) => {
@@ -158,11 +155,37 @@ fn unnamed_file(folder: &Path) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
+/// Runs `create` (which makes an entry in `folder`); when it finds `folder` missing, creates
+/// it (see [`create_folders`]) and runs it again. The folder is there on almost every call,
+/// so it is not looked up first.
+fn in_folder<T>(folder: &Path, create: impl Fn() -> io::Result<T>) -> io::Result<T> {
+    match create() {
+        Err(error) if error.kind() == io::ErrorKind::NotFound && !folder.is_dir() => {
+            create_folders(folder)?;
+            create()
+        }
+        outcome => outcome,
+    }
+}
+
+/// Whether `linkat(AT_EMPTY_PATH)` was refused here: Linux before 6.10 allows it only with
+/// a capability the server may not have, and answers `ENOENT` without it.
+static EMPTY_PATH_REFUSED: AtomicBool = AtomicBool::new(false);
+
 /// Links the unnamed `file` as `path`; fails with `AlreadyExists` if the name is taken.
-/// Through `/proc/self/fd` (`AT_EMPTY_PATH` would need a capability the server may not have).
+/// By its descriptor (`AT_EMPTY_PATH`) where the kernel allows that, else through
+/// `/proc/self/fd`, which costs a lookup in `/proc` on every link.
 fn link_one(file: &File, path: &Path) -> io::Result<()> {
+    if !EMPTY_PATH_REFUSED.load(Ordering::Relaxed) {
+        match rustix::fs::linkat(file, c"", CWD, path, AtFlags::EMPTY_PATH) {
+            Ok(()) => return Ok(()),
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::PERM) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
     let descriptor = format!("/proc/self/fd/{}", file.as_raw_fd());
     rustix::fs::linkat(CWD, descriptor.as_str(), CWD, path, AtFlags::SYMLINK_FOLLOW)?;
+    EMPTY_PATH_REFUSED.store(true, Ordering::Relaxed);
     Ok(())
 }
 
@@ -231,6 +254,19 @@ mod tests {
         let mut names: Vec<_> = walk(dir.path());
         names.sort();
         assert_eq!(names, ["a/b/x.bin", "y.bin"]);
+    }
+
+    #[test]
+    fn a_name_in_a_missing_folder_gets_its_folder_when_it_is_linked() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = [dir.path().join("y.bin"), dir.path().join("c/d/z.bin")];
+        let root = FolderSync::new(dir.path().to_path_buf());
+        let created = create(&paths, &body(), &root).unwrap();
+        assert!(matches!(created, Created::All), "{created:?}");
+        assert_eq!(std::fs::read(&paths[1]).unwrap(), b"abcdef");
+        let mut names: Vec<_> = walk(dir.path());
+        names.sort();
+        assert_eq!(names, ["c/d/z.bin", "y.bin"]);
     }
 
     #[test]
