@@ -270,6 +270,19 @@ mod tests {
     }
 
     #[test]
+    fn links_through_proc_where_the_kernel_refuses_a_link_by_descriptor() {
+        // Both ways give the same result, so tests running meanwhile are unaffected.
+        EMPTY_PATH_REFUSED.store(true, Ordering::Relaxed);
+        let dir = tempfile::tempdir().unwrap();
+        let paths = [dir.path().join("p.bin")];
+        let root = FolderSync::new(dir.path().to_path_buf());
+        let created = create(&paths, &body(), &root);
+        EMPTY_PATH_REFUSED.store(false, Ordering::Relaxed);
+        assert!(matches!(created.unwrap(), Created::All));
+        assert_eq!(std::fs::read(&paths[0]).unwrap(), b"abcdef");
+    }
+
+    #[test]
     fn an_existing_name_is_left_as_it_was_and_earlier_names_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         let taken = dir.path().join("taken.bin");
