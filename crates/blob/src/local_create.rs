@@ -155,12 +155,12 @@ fn unnamed_file(folder: &Path) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
-/// Runs `create` (which makes an entry in `folder`); when it finds `folder` missing, creates
-/// it (see [`create_folders`]) and runs it again. The folder is there on almost every call,
-/// so it is not looked up first.
+/// Runs `create` (which makes an entry in `folder`); when it finds something missing, creates
+/// whatever of `folder` is (see [`create_folders`]) and runs it again. The folder is there on
+/// almost every call, so it is not looked up first.
 fn in_folder<T>(folder: &Path, create: impl Fn() -> io::Result<T>) -> io::Result<T> {
     match create() {
-        Err(error) if error.kind() == io::ErrorKind::NotFound && !folder.is_dir() => {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
             create_folders(folder)?;
             create()
         }
